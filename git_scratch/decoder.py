@@ -1,0 +1,77 @@
+"""GIT's text decoder side: the visual projection, the text embeddings and the post-LN BERT block.
+
+Shapes: B batch, F frames, N image tokens, T text tokens, L = N + T, Dv vision width, D text width.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .config import GitConfig, TextConfig
+from .layers import MLP, Attention
+
+
+class ImageProjection(nn.Module):
+    """Vision features -> decoder width: Linear + LayerNorm (+ one temporal embedding per video frame)."""
+
+    def __init__(self, cfg: GitConfig):
+        super().__init__()
+        if cfg.n_frames:
+            # Added to each frame's features *before* projection, so frames stay distinguishable.
+            self.temporal_embed = nn.ParameterList(
+                nn.Parameter(torch.zeros(1, 1, cfg.vision.dim)) for _ in range(cfg.n_frames)
+            )
+        self.fc = nn.Linear(cfg.vision.dim, cfg.text.dim)
+        # NB: this LayerNorm uses the *vision* epsilon (1e-5), not the text one (1e-12).
+        self.ln = nn.LayerNorm(cfg.text.dim, eps=cfg.vision.ln_eps)
+
+    def add_time(self, frames: torch.Tensor) -> torch.Tensor:
+        """Video: (B, F, N1, Dv) -> (B, F*N1, Dv), frame f's features shifted by temporal embedding f."""
+        F = frames.shape[1]
+        time = torch.cat(list(self.temporal_embed)[:F])  # (F, 1, Dv)
+        return rearrange(frames + time, "b f n d -> b (f n) d")
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.fc(feats))  # (B, N, Dv) -> (B, N, D)
+
+
+class TextEmbedding(nn.Module):
+    """Word + position embeddings, then LayerNorm (BERT).
+
+    NB: text positions start at 0 at [CLS]; image tokens get no text position at all.
+    """
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos_embed = nn.Embedding(cfg.max_positions, cfg.dim)
+        self.ln = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+
+    def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D); `start` is the text position of ids[:, 0] (the step index when decoding)."""
+        pos = torch.arange(ids.shape[1], device=ids.device) + start
+        return self.ln(self.tok_embed(ids) + self.pos_embed(pos))
+
+
+class TextBlock(nn.Module):
+    """Post-LayerNorm BERT block: transform, add, then normalise.
+
+        x ─┬─ attn ─(+)─ ln_1 ─┬─ mlp ─(+)─ ln_2 ─▶
+           └─────────┘         └────────┘
+    """
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.attn = Attention(cfg.dim, cfg.n_heads)
+        self.ln_1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
+        self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+
+    def forward(self, x, allowed, kv=None, return_weights: bool = False):
+        a = self.attn(x, allowed, kv, return_weights=return_weights)
+        a, w = a if return_weights else (a, None)
+        x = self.ln_1(x + a)
+        x = self.ln_2(x + self.mlp(x))
+        return (x, w) if return_weights else x

@@ -1,0 +1,86 @@
+"""The two sub-layers both towers share: multi-head attention and the MLP.
+
+Both towers use the same names (`attn.q_proj/k_proj/v_proj/out_proj`, `mlp.fc1/fc2`), so a reader
+sees one attention and one MLP, and the weight table maps both towers onto them.
+Shapes: B batch, L query tokens, S key tokens, D width, H heads, Dh = D / H.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    # NB: CLIP's sigmoid approximation of GELU; the vision tower of every GIT checkpoint uses it.
+    return x * torch.sigmoid(1.702 * x)
+
+
+# The activations `config.ACTIVATIONS` admits, as transformers' ACT2FN computes them.
+_ACT = {
+    "gelu": F.gelu,  # exact erf GELU (BERT)
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def activation(name: str):
+    try:
+        return _ACT[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; supported: {', '.join(_ACT)}") from None
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a boolean mask (True = may attend, SDPA's convention).
+
+    `kv` is an optional cache layer: an object whose `update(k, v)` stores this call's keys and values
+    and returns all keys and values to attend over (see cache.py). Without it, keys = queries' tokens.
+    """
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b l (h d) -> b h l d", h=self.n_heads)
+
+    def forward(self, x, allowed=None, kv=None, return_weights: bool = False):
+        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        if kv is not None:
+            k, v = kv.update(k, v)  # (B, H, S, Dh): cached tokens + these
+        if return_weights:  # the explicit form, for users who inspect attention maps
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, L, S)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=-1)
+            out = weights @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        out = self.out_proj(rearrange(out, "b h l d -> b l (h d)"))
+        return (out, weights) if return_weights else out
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = activation(act)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))

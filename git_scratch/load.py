@@ -1,0 +1,91 @@
+"""Load a converted git_scratch checkpoint directory: config.json + model.safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .config import GitConfig
+from .model import GIT
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """True where bfloat16 matmuls beat float32: CUDA with bf16 support, or a CPU with AMX/AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " amx_bf16" in flags or " avx512_bf16" in flags
+    return False
+
+
+def resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """None -> float32 (the parity-tested path); "auto" -> bfloat16 only where it is fast."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or 'auto', got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def load(path, device=None, dtype=None) -> GIT:
+    """The model of a converted checkpoint directory, in eval mode.
+
+    device: "cpu", "cuda", "mps", "auto" or None (= auto). dtype: torch dtype, "float32", "bfloat16",
+    "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32).
+    """
+    path = Path(path)
+    cfg_path, weights = path / "config.json", path / "model.safetensors"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (is this a git_scratch checkpoint directory?)")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    if raw.get("model_type") == "git":
+        raise ValueError(
+            f"{path} is a Hugging Face checkpoint; convert it first: git-scratch convert {path} CONVERTED_DIR"
+        )
+    if raw.get("model_type") != "git_scratch":
+        raise ValueError(f"{cfg_path}: not a git_scratch checkpoint (model_type {raw.get('model_type')!r})")
+    cfg = GitConfig.from_json(cfg_path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path}: no model.safetensors")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        state = load_file(weights, device=str(dev) if dev.type != "mps" else "cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights}: cannot read weights ({e}); truncated or corrupt?") from None
+    with torch.device("meta"):  # no memory spent on random init that would be overwritten
+        model = GIT(cfg)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: does not match its config.json: {e}") from None
+    if cfg.text.tie_embeddings:
+        model.lm_head.weight = model.embed.tok_embed.weight
+    return model.to(device=dev, dtype=dt).eval()

@@ -1,0 +1,152 @@
+"""GIT: Generative Image-to-text Transformer (Wang et al. 2022, arXiv 2205.14100), as the paper's figure.
+
+    image ─▶ CLIP ViT (vision.py) ─▶ Linear + LayerNorm (decoder.ImageProjection) ─┐
+                                                                                   ├─ [img ; txt] ─▶ 6 × TextBlock ─▶ lm_head
+    text ids ─▶ word + position embeddings + LayerNorm (decoder.TextEmbedding) ────┘   under git_mask (mask.py)
+
+Shape legend, used in every model file:
+    B batch, F video frames, N image tokens (all frames), T text tokens, L = N + T,
+    D text width, Dv vision width, H heads, Dh = D / H head width, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import GitConfig
+from .decoder import ImageProjection, TextBlock, TextEmbedding
+from .mask import git_mask, with_padding
+from .vision import VisionEncoder
+
+
+@dataclass
+class GitOutput:
+    logits: torch.Tensor  # (B, T, V): text positions only
+    loss: torch.Tensor | None = None
+    hidden_states: list[torch.Tensor] | None = None  # decoder: embeddings + each block's output, (B, L, D)
+    attentions: list[torch.Tensor] | None = None  # decoder: (B, H, L, L) per block
+    vision_hidden_states: list[torch.Tensor] | None = None  # each vision block's input, (B, N1, Dv)
+    vision_attentions: list[torch.Tensor] | None = None
+    image: torch.Tensor | None = None  # projected image tokens (B, N, D), reusable via `image=`
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the text: position t predicts labels[t + 1]; -100 is ignored."""
+    return F.cross_entropy(
+        rearrange(logits[:, :-1].float(), "b t v -> (b t) v"), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+class GIT(nn.Module):
+    def __init__(self, config: GitConfig):
+        super().__init__()
+        self.config = config
+        self.vision = VisionEncoder(config.vision)
+        self.img_proj = ImageProjection(config)
+        self.embed = TextEmbedding(config.text)
+        self.blocks = nn.ModuleList(TextBlock(config.text) for _ in range(config.text.n_layers))
+        # NB: the LM head has a bias and is not tied to the word embeddings (unless the config says so).
+        self.lm_head = nn.Linear(config.text.dim, config.text.vocab_size)
+        if config.text.tie_embeddings:
+            self.lm_head.weight = self.embed.tok_embed.weight
+
+    def check_pixels(self, pixels: torch.Tensor) -> None:
+        """Clear errors for inputs the model cannot take, before any compute."""
+        cfg = self.config
+        if pixels.ndim not in (4, 5):
+            raise ValueError(f"pixel_values must be (B, 3, H, W) or (B, frames, 3, H, W), got shape {tuple(pixels.shape)}")
+        if pixels.shape[-3] != cfg.vision.n_channels:
+            raise ValueError(f"pixel_values has {pixels.shape[-3]} channels, the model expects {cfg.vision.n_channels}")
+        if pixels.ndim == 5:
+            if not cfg.n_frames:
+                raise ValueError("got video pixel_values (5 dims) but this checkpoint has no temporal embeddings")
+            if pixels.shape[1] != cfg.n_frames:
+                raise ValueError(f"got {pixels.shape[1]} video frames, this checkpoint takes {cfg.n_frames}")
+
+    def encode_image(self, pixels: torch.Tensor, output_hidden: bool = False):
+        """(B, 3, H, W) or video (B, F, 3, H, W) -> image tokens (B, N, D). Run once per image; reuse freely."""
+        self.check_pixels(pixels)
+        video = pixels.ndim == 5
+        B = pixels.shape[0]
+        if video:  # all frames through the encoder as one batch
+            pixels = rearrange(pixels, "b f c h w -> (b f) c h w")
+        out = self.vision(pixels, output_hidden=output_hidden)
+        feats = out[0] if output_hidden else out  # (B*F, N1, Dv)
+        if video:
+            feats = self.img_proj.add_time(rearrange(feats, "(b f) n d -> b f n d", b=B))
+        img = self.img_proj(feats)
+        return (img, out[1], out[2]) if output_hidden else img
+
+    def embed_text(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        return self.embed(ids, start)  # (B, T, D)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        image: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """Logits (B, T, V) of the text positions.
+
+        `attention_mask` (B, T): 1 for real text tokens, 0 for padding. `image`: the output of
+        `encode_image`, instead of `pixel_values`. With `labels`, `output_hidden_states` or
+        `output_attentions`, returns a `GitOutput` (with `.loss` for labels) instead of the bare logits.
+        """
+        if input_ids is None:
+            raise ValueError("input_ids is required (start captions with [CLS], the bos id)")
+        if (pixel_values is None) == (image is None):
+            raise ValueError("give exactly one of pixel_values and image")
+        full = output_hidden_states or output_attentions
+        vision_hidden = vision_attn = None
+        if image is None:
+            if full:
+                image, vision_hidden, vision_attn = self.encode_image(pixel_values, output_hidden=True)
+            else:
+                image = self.encode_image(pixel_values)
+        B, T = input_ids.shape
+        if image.shape[0] not in (1, B):
+            raise ValueError(f"batch mismatch: {image.shape[0]} images for {B} text rows")
+        img = image.expand(B, -1, -1)  # (B, N, D): one image may serve many prompts
+        N = img.shape[1]
+
+        x = torch.cat([img, self.embed_text(input_ids)], dim=1)  # (B, L, D): [image ; text]
+        allowed = with_padding(git_mask(N, T, device=x.device), N, attention_mask)  # (L, L) or (B, 1, L, L)
+        hidden, attns = [x], []
+        for block in self.blocks:
+            if output_attentions:
+                x, a = block(x, allowed, return_weights=True)
+                attns.append(a)
+            else:
+                x = block(x, allowed)
+            hidden.append(x)
+        logits = self.lm_head(x[:, N:])  # (B, T, V): only the text positions need logits
+
+        if labels is None and not full:
+            return logits
+        return GitOutput(
+            logits=logits,
+            loss=None if labels is None else lm_loss(logits, labels),
+            hidden_states=hidden if output_hidden_states else None,
+            attentions=attns if output_attentions else None,
+            vision_hidden_states=vision_hidden,
+            vision_attentions=vision_attn,
+            image=image,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype

@@ -1,0 +1,82 @@
+"""CLIP ViT image encoder (GIT's image encoder, taken from CLIP and kept pre-LayerNorm).
+
+Shapes: B images, C channels, h x w patch grid, N = 1 + h*w tokens, Dv vision width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import VisionConfig
+from .layers import MLP, Attention
+
+
+class VisionBlock(nn.Module):
+    """Pre-LayerNorm transformer block: normalise, transform, add back.
+
+        x ─┬─ ln_1 ─ attn ─(+)─┬─ ln_2 ─ mlp ─(+)─▶
+           └───────────────────┘└──────────────────┘
+    """
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.attn = Attention(cfg.dim, cfg.n_heads)
+        self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
+
+    def forward(self, x, return_weights: bool = False):
+        a = self.attn(self.ln_1(x), return_weights=return_weights)
+        a, w = a if return_weights else (a, None)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return (x, w) if return_weights else x
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        # NB: no bias on the patch embedding (CLIP).
+        self.patch_embed = nn.Conv2d(cfg.n_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.cls_token = nn.Parameter(torch.zeros(cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(cfg.n_tokens, cfg.dim))  # (1 + grid*grid, Dv)
+        self.ln_pre = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_post = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+
+    def positions(self, h: int, w: int) -> torch.Tensor:
+        """Learned positions for an h x w grid; bicubic interpolation of the trained grid for other sizes."""
+        g = self.cfg.grid
+        if (h, w) == (g, g):
+            return self.pos_embed
+        cls_pos, grid_pos = self.pos_embed[:1], self.pos_embed[1:]
+        grid_pos = rearrange(grid_pos, "(gh gw) d -> 1 d gh gw", gh=g)
+        grid_pos = F.interpolate(grid_pos, size=(h, w), mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, rearrange(grid_pos, "1 d h w -> (h w) d")])
+
+    def forward(self, pixels: torch.Tensor, output_hidden: bool = False):
+        """(B, C, H, W) -> (B, N, Dv). With `output_hidden`, also every block's input and attention maps."""
+        p = self.cfg.patch_size
+        if pixels.shape[-1] % p or pixels.shape[-2] % p:
+            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, Dv, h, w)
+        h, w = x.shape[-2:]
+        x = rearrange(x, "b d h w -> b (h w) d")
+        cls = self.cls_token.expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positions(h, w)  # (B, N, Dv)
+        x = self.ln_pre(x)
+        hidden, attns = [], []
+        for block in self.blocks:
+            if output_hidden:
+                hidden.append(x)
+                x, a = block(x, return_weights=True)
+                attns.append(a)
+            else:
+                x = block(x)
+        # NB: ln_post normalises every token, not only the class token as in CLIP's pooled output.
+        x = self.ln_post(x)
+        return (x, hidden, attns) if output_hidden else x

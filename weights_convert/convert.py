@@ -1,0 +1,251 @@
+"""Hugging Face GIT checkpoint <-> git_scratch checkpoint.
+
+read -> rename (mapping.NAME_MAP) -> completeness and shape checks -> dtype -> write atomically.
+The source directory is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from git_scratch.config import GitConfig
+from git_scratch.model import GIT
+
+from .mapping import DROPPED, NAME_MAP
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def _listing(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# ---------------------------------------------------------------- renaming
+def _compile(table: dict[str, str]):
+    """Each row -> (regex, target template). A row matches itself, or itself + .weight / .bias."""
+    rows = []
+    for src, dst in table.items():
+        pattern = re.escape(src).replace(r"\{i\}", r"(?P<i>\d+)")
+        rows.append((re.compile(f"^{pattern}(?P<suffix>\\.weight|\\.bias)?$"), dst))
+    return rows
+
+
+def rename(keys, table: dict[str, str], dropped=()) -> dict[str, str]:
+    """source key -> target key for every key; errors name every key that matches no row or two."""
+    rows = _compile(table)
+    out, unmapped, ambiguous = {}, [], []
+    for key in keys:
+        if key in dropped:
+            continue
+        hits = [(m, dst) for rx, dst in rows if (m := rx.match(key))]
+        if not hits:
+            unmapped.append(key)
+        elif len(hits) > 1:
+            ambiguous.append(key)
+        else:
+            m, dst = hits[0]
+            out[key] = dst.replace("{i}", m.groupdict().get("i") or "") + (m.group("suffix") or "")
+    if unmapped:
+        raise ConversionError(f"{len(unmapped)} source key(s) match no row of the name table: {_listing(unmapped)}")
+    if ambiguous:
+        raise ConversionError(f"source key(s) match two rows of the name table: {_listing(ambiguous)}")
+    targets = list(out.values())
+    if len(set(targets)) != len(targets):
+        dups = {t for t in targets if targets.count(t) > 1}
+        raise ConversionError(f"two source keys land on one target: {_listing(dups)}")
+    return out
+
+
+def check_complete(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], what: str) -> None:
+    """Every expected parameter present, nothing extra, every shape equal. Errors name the keys."""
+    missing = set(expected) - set(state)
+    extra = set(state) - set(expected)
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != expected {tuple(expected[k])}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k]
+    ]
+    errors = []
+    if missing:
+        errors.append(f"missing {len(missing)} {what} parameter(s): {_listing(missing)}")
+    if extra:
+        errors.append(f"unexpected {len(extra)} {what} parameter(s): {_listing(extra)}")
+    if wrong:
+        errors.append(f"wrong shape for {len(wrong)} {what} parameter(s): {'; '.join(wrong[:8])}")
+    if errors:
+        raise ConversionError("; ".join(errors))
+
+
+def expected_shapes(cfg: GitConfig) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        model = GIT(cfg)
+    return {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def hf_to_ours(hf_state: dict[str, torch.Tensor], cfg: GitConfig) -> dict[str, torch.Tensor]:
+    names = rename(hf_state, NAME_MAP, DROPPED)
+    ours = {names[k]: v for k, v in hf_state.items() if k in names}
+    if cfg.text.tie_embeddings and "lm_head.weight" not in ours and "embed.tok_embed.weight" in ours:
+        ours["lm_head.weight"] = ours["embed.tok_embed.weight"]  # tied checkpoints may omit the copy
+    check_complete(ours, expected_shapes(cfg), "git_scratch")
+    return ours
+
+
+def ours_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inverse = {dst: src for src, dst in NAME_MAP.items()}
+    names = rename(state, inverse)
+    return {names[k]: v for k, v in state.items()}
+
+
+# ---------------------------------------------------------------- reading
+def read_config(src: Path) -> dict:
+    path = src / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{src}: no config.json (is this a checkpoint directory?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_one(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ConversionError(f"{path}: cannot read weights ({type(e).__name__}: {e}); truncated or corrupt?") from None
+
+
+def read_weights(src: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, sharded safetensors with an index, or pytorch_model.bin (also sharded)."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (src / single).is_file():
+            return _read_one(src / single)
+        if (src / index).is_file():
+            try:
+                shards = sorted(set(json.loads((src / index).read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ConversionError(f"{src / index}: not a valid shard index ({e})") from None
+            state = {}
+            for shard in shards:
+                if not (src / shard).is_file():
+                    raise ConversionError(f"{src / index} names shard {shard}, which is missing")
+                state.update(_read_one(src / shard))
+            return state
+    raise ConversionError(
+        f"{src}: no weights found (looked for model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin, pytorch_model.bin.index.json)"
+    )
+
+
+# ---------------------------------------------------------------- writing
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    # contiguous copies: safetensors refuses views and shared storage (tied weights)
+    return {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().clone()
+        for k, v in state.items()
+    }
+
+
+def _write_atomically(dst: Path, fill, overwrite: bool) -> None:
+    """Build the checkpoint in a temporary sibling directory, then move it into place in one rename."""
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"{dst} exists and is not a directory")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise ConversionError(f"{dst} already exists and is not empty (pass --overwrite to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        fill(tmp)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: bool = False) -> dict:
+    """Convert one checkpoint directory. Returns a summary (counts, files copied)."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise ConversionError(f"{src}: not a directory")
+    if src.resolve() == dst.resolve():
+        raise ConversionError("source and destination are the same directory; the source is never modified")
+    torch_dtype = None
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        torch_dtype = DTYPES[dtype]
+    hf_cfg = read_config(src)
+
+    if not to_hf:
+        try:
+            cfg = GitConfig.from_hf(hf_cfg)
+        except (ValueError, TypeError) as e:
+            raise ConversionError(f"{src / 'config.json'}: {e}") from None
+        source = read_weights(src)
+        state = _cast(hf_to_ours(source, cfg), torch_dtype)
+        config_out = cfg.to_dict()
+    else:
+        try:
+            cfg = GitConfig.from_dict(hf_cfg)
+        except (ValueError, TypeError) as e:
+            raise ConversionError(f"{src / 'config.json'}: not a git_scratch checkpoint config ({e})") from None
+        if not (src / "model.safetensors").is_file():
+            raise ConversionError(f"{src}: no model.safetensors")
+        source = _read_one(src / "model.safetensors")
+        check_complete(source, expected_shapes(cfg), "git_scratch")
+        state = ours_to_hf(_cast(source, torch_dtype))
+        if cfg.text.tie_embeddings:
+            state.pop("output.weight")  # transformers re-ties it on load
+        config_out = cfg.to_hf()
+        config_out["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+
+    copied: list[str] = []
+
+    def fill(tmp: Path) -> None:
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config_out, indent=2) + "\n")
+        copied.extend(_copy_tokenizer_files(src, tmp))
+
+    _write_atomically(dst, fill, overwrite)
+    return {"tensors": len(state), "dropped": sorted(set(source) & set(DROPPED)), "copied": copied}
