@@ -1,0 +1,227 @@
+"""weights_convert: the name table, the completeness checks, the file formats, and the failure messages."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import git_scratch
+from reference import build
+from weights_convert import ConversionError, convert
+from weights_convert.convert import NAME_MAP, rename
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build("tiny", tmp_path_factory.mktemp("conv"))
+
+
+def tree_digest(path):
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        h.update(str(p.relative_to(path)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def copy_hf(tiny, tmp_path, mutate=None):
+    """A copy of the tiny HF checkpoint, its state dict changed by `mutate(state)`."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf_dir, src)
+    if mutate:
+        state = load_file(src / "model.safetensors")
+        mutate(state)
+        save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    return src
+
+
+def logits(model, ref):
+    px, ids = ref.pixels(1, seed=7), ref.ids(1, 5, seed=7)
+    with torch.no_grad():
+        return model(px, ids)
+
+
+def test_table_maps_every_transformers_parameter_one_to_one(tiny):
+    hf_keys = list(tiny.hf.state_dict())
+    names = rename(hf_keys, NAME_MAP, dropped=())
+    assert len(set(names.values())) == len(hf_keys)
+    assert set(names.values()) == set(tiny.ours.state_dict())
+
+
+def test_converted_checkpoint_reloads_identical_weights(tiny):
+    ours = load_file(tiny.our_dir / "model.safetensors")
+    hf = tiny.hf.state_dict()
+    names = rename(hf, NAME_MAP)
+    for k, v in hf.items():
+        assert torch.equal(ours[names[k]], v), k
+
+
+def test_source_directory_is_never_modified(tiny, tmp_path):
+    before = tree_digest(tiny.hf_dir)
+    convert(tiny.hf_dir, tmp_path / "out")
+    assert tree_digest(tiny.hf_dir) == before
+
+
+def test_tokenizer_files_are_copied(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path)
+    (src / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    (src / "preprocessor_config.json").write_text("{}")
+    summary = convert(src, tmp_path / "out")
+    assert summary["copied"] == ["vocab.txt", "preprocessor_config.json"]
+    assert (tmp_path / "out" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
+
+
+def test_pytorch_bin_with_stale_position_ids_converts(tiny, tmp_path):
+    """Published checkpoints are pytorch_model.bin files that still carry the position_ids buffers."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(tiny.hf_dir / "config.json", src)
+    state = dict(tiny.hf.state_dict())
+    state["git.embeddings.position_ids"] = torch.arange(64)[None]
+    state["git.image_encoder.vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    torch.save(state, src / "pytorch_model.bin")
+    summary = convert(src, tmp_path / "out")
+    assert len(summary["dropped"]) == 2
+    assert torch.equal(logits(git_scratch.load(tmp_path / "out"), tiny), logits(tiny.ours, tiny))
+
+
+def test_sharded_safetensors_convert(tiny, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(tiny.hf_dir / "config.json", src)
+    state = {k: v.contiguous() for k, v in tiny.hf.state_dict().items()}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for fname, ks in shards.items():
+        save_file({k: state[k] for k in ks}, src / fname, metadata={"format": "pt"})
+    index = {"weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    convert(src, tmp_path / "out")
+    assert torch.equal(logits(git_scratch.load(tmp_path / "out"), tiny), logits(tiny.ours, tiny))
+
+
+def test_dtype_cast(tiny, tmp_path):
+    convert(tiny.hf_dir, tmp_path / "out", dtype="bfloat16")
+    state = load_file(tmp_path / "out" / "model.safetensors")
+    assert {v.dtype for v in state.values()} == {torch.bfloat16}
+    assert git_scratch.load(tmp_path / "out", dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_to_hf_round_trip_loads_in_transformers(tiny, tmp_path):
+    from transformers import GitForCausalLM
+
+    convert(tiny.our_dir, tmp_path / "back", to_hf=True)
+    back = GitForCausalLM.from_pretrained(tmp_path / "back").eval()
+    for k, v in tiny.hf.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    px, ids = tiny.pixels(2, seed=5), tiny.ids(2, 6, seed=5)
+    with torch.no_grad():
+        assert torch.equal(back(pixel_values=px, input_ids=ids).logits, tiny.hf(pixel_values=px, input_ids=ids).logits)
+    # and forward again: HF -> ours -> HF -> ours gives the same checkpoint
+    convert(tmp_path / "back", tmp_path / "again")
+    a, b = load_file(tmp_path / "again" / "model.safetensors"), load_file(tiny.our_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tied_checkpoint_round_trip(tmp_path):
+    from transformers import GitForCausalLM
+
+    ref = build("odd-silu", tmp_path)  # tie_word_embeddings=True
+    assert ref.ours.lm_head.weight is ref.ours.embed.tok_embed.weight
+    convert(ref.our_dir, tmp_path / "back", to_hf=True)
+    back = GitForCausalLM.from_pretrained(tmp_path / "back").eval()
+    px, ids = ref.pixels(1), ref.ids(1, 4)
+    with torch.no_grad():
+        assert torch.equal(back(pixel_values=px, input_ids=ids).logits, ref.hf(pixel_values=px, input_ids=ids).logits)
+
+
+# ---------------------------------------------------------------- failures, each with its message
+def expect_failure(src, dst, match):
+    with pytest.raises(ConversionError, match=match):
+        convert(src, dst)
+    assert not dst.exists(), "a failed conversion must leave no destination behind"
+    assert not [p for p in dst.parent.iterdir() if ".partial-" in p.name], "temporary directory left behind"
+
+
+def test_missing_key_is_named(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path, lambda s: s.pop("git.encoder.layer.1.output.dense.bias"))
+    expect_failure(src, tmp_path / "out", r"missing 1 git_scratch parameter\(s\): blocks\.1\.mlp\.fc2\.bias")
+
+
+def test_extra_key_is_named(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path, lambda s: s.update({"git.encoder.layer.0.attention.self.rotary": torch.ones(2)}))
+    expect_failure(src, tmp_path / "out", r"match no row of the name table: git\.encoder\.layer\.0\.attention\.self\.rotary")
+
+
+def test_extra_layer_is_named(tiny, tmp_path):
+    """A layer the config does not declare maps by the table but has no place in the model."""
+    src = copy_hf(tiny, tmp_path, lambda s: s.update({"git.encoder.layer.7.output.dense.bias": torch.ones(32)}))
+    expect_failure(src, tmp_path / "out", r"unexpected 1 git_scratch parameter\(s\): blocks\.7\.mlp\.fc2\.bias")
+
+
+def test_wrong_shape_is_named(tiny, tmp_path):
+    def shrink(s):
+        s["git.visual_projection.visual_projection.0.weight"] = torch.zeros(32, 31)
+
+    src = copy_hf(tiny, tmp_path, shrink)
+    expect_failure(src, tmp_path / "out", r"wrong shape.*img_proj\.fc\.weight \(32, 31\) != expected \(32, 32\)")
+
+
+def test_truncated_file_is_named(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path)
+    data = (src / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(data[: len(data) // 2])
+    expect_failure(src, tmp_path / "out", r"model\.safetensors: cannot read weights.*truncated or corrupt")
+
+
+def test_empty_directory_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    expect_failure(tmp_path / "empty", tmp_path / "out", r"empty: no config\.json")
+
+
+def test_config_without_weights_is_named(tiny, tmp_path):
+    (tmp_path / "src").mkdir()
+    shutil.copy(tiny.hf_dir / "config.json", tmp_path / "src")
+    expect_failure(tmp_path / "src", tmp_path / "out", r"no weights found")
+
+
+def test_unknown_activation_is_an_error(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["hidden_act"] = "mish_v9"
+    (src / "config.json").write_text(json.dumps(cfg))
+    expect_failure(src, tmp_path / "out", r"unknown activation 'mish_v9'")
+
+
+def test_existing_destination_is_kept_unless_overwrite(tiny, tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="already exists"):
+        convert(tiny.hf_dir, dst)
+    assert (dst / "keep.txt").read_text() == "mine"
+    convert(tiny.hf_dir, dst, overwrite=True)
+    assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").is_file()
+
+
+def test_command_line_reports_failure_with_exit_code(tiny, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "weights_convert", str(tiny.hf_dir), str(tmp_path / "a")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "converted" in ok.stderr
+    (tmp_path / "empty").mkdir()
+    bad = subprocess.run([sys.executable, "-m", "weights_convert", str(tmp_path / "empty"), str(tmp_path / "b")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "error:" in bad.stderr and "no config.json" in bad.stderr
+
+
+def test_load_refuses_an_unconverted_checkpoint(tiny):
+    with pytest.raises(ValueError, match="convert it first"):
+        git_scratch.load(tiny.hf_dir)
