@@ -4,8 +4,8 @@ Tolerances are relative to the scale of the compared tensor (max |reference|). B
 float32 with the same operations, but in a different order: we use SDPA with a boolean mask where
 transformers' text decoder uses an explicit softmax with an additive mask, and video frames go through
 the encoder as one batch instead of one call per frame. Each reordering moves a float32 result by a few
-ulps (2^-23 ~ 1.2e-7 relative); through 6-24 layers the measured worst case is below 2e-6 of the
-output's scale (see the issue note), so 1e-5 leaves 5x headroom while a wrong mask, a missed
+ulps (2^-23 ~ 1.2e-7 relative); through 6-24 layers the measured worst case is below 9e-7 of the
+output's scale (git-large; `python bench/parity.py` prints the table), so 1e-5 leaves 10x headroom while a wrong mask, a missed
 LayerNorm or a wrong epsilon moves the outputs by 1e-3 or more.
 """
 
@@ -105,18 +105,50 @@ def test_loss_and_gradients_match_transformers(reference, name):
 
     ours_params = dict(r.ours.named_parameters())
     to_ours = rename([k for k, _ in r.hf.named_parameters()], NAME_MAP)
-    checked = 0
+    checked = skipped = 0
     for hf_name, p in r.hf.named_parameters():
         ours_name = to_ours[hf_name]
-        if not any(s in ours_name for s in ("vision.blocks.0.attn.q_proj", "img_proj.fc", "embed.tok_embed",
-                                              "blocks.1.mlp.fc2", "lm_head.bias", "vision.pos_embed")):
+        if ours_name.endswith("k_proj.bias"):
+            # softmax ignores a score added to every key, so this gradient is exactly 0 in exact arithmetic;
+            # both sides hold rounding noise (~1e-10) that has no scale to be relative to
+            assert ours_params[ours_name].grad.abs().max() < 1e-6
+            skipped += 1
             continue
-        g_ref, g_ours = p.grad, ours_params[ours_name].grad
-        # gradients pass through the whole network backwards: same reordering argument, one more pass
-        assert rel_err(g_ours, g_ref) < 2 * REL, ours_name
+        # gradients cross the network twice (forward, then backward): same reordering argument, and the
+        # measured worst case over every parameter is 2e-6 (git-base), so 2e-5 keeps the headroom
+        assert rel_err(ours_params[ours_name].grad, p.grad) < 2 * REL, ours_name
         checked += 1
-    assert checked >= 6
+    assert skipped == r.ours.config.vision.n_layers + r.ours.config.text.n_layers
+    assert checked + skipped == len(ours_params)
 
 
 def test_every_shape_has_parity_coverage():
     assert set(SHAPES) == {*FAST, "git-base", "git-large", "git-base-vatex"}
+
+
+def test_other_image_sizes_interpolate_positions_like_transformers(reference):
+    """A 48x64 image on a 32x32 model: the 4x4 position grid is resized bicubically to 6x8."""
+    r = reference("tiny")
+    g = torch.Generator().manual_seed(9)
+    px, ids = torch.randn(2, 3, 48, 64, generator=g), r.ids(2, 5)
+    with torch.no_grad():
+        ref = r.hf(pixel_values=px, input_ids=ids, interpolate_pos_encoding=True).logits
+        ours = r.ours(px, ids)
+    assert ref.shape[1] - 5 == 1 + 6 * 8
+    assert rel_err(ours, ref[:, -5:]) < REL
+
+
+def test_hidden_states_and_attentions_are_returned(reference):
+    r = reference("tiny")
+    px, ids = r.pixels(1), r.ids(1, 5)
+    with torch.no_grad():
+        ref = r.hf(pixel_values=px, input_ids=ids, output_hidden_states=True, output_attentions=True)
+        out = r.ours(px, ids, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == len(ref.hidden_states) == r.ours.config.text.n_layers + 1
+    for ours_h, ref_h in zip(out.hidden_states, ref.hidden_states):
+        assert rel_err(ours_h, ref_h) < REL
+    for ours_a, ref_a in zip(out.attentions, ref.attentions):
+        assert ours_a.shape == ref_a.shape
+        # probabilities in [0, 1]: an absolute bound of a few ulps of 1
+        assert (ours_a - ref_a).abs().max() < 1e-6
+    assert len(out.vision_attentions) == r.ours.config.vision.n_layers
