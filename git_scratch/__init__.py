@@ -1,15 +1,22 @@
 """git_scratch: a from-scratch PyTorch GIT (Generative Image-to-text Transformer)."""
 
 from .config import GitConfig, TextConfig, VisionConfig
+from .init import init_checkpoint, init_weights, save
 from .load import load
 from .mask import git_mask
 from .model import GIT, GitOutput
+from .processor import Processor
 
-__all__ = ["GIT", "GitConfig", "GitOutput", "TextConfig", "VisionConfig", "git_mask", "load"]
-
-try:  # the processor arrives with its own module; keep the core importable without it
-    from .processor import Processor  # noqa: F401
-
-    __all__.append("Processor")
-except ImportError:
-    pass
+__all__ = [
+    "GIT",
+    "GitConfig",
+    "GitOutput",
+    "Processor",
+    "TextConfig",
+    "VisionConfig",
+    "git_mask",
+    "init_checkpoint",
+    "init_weights",
+    "load",
+    "save",
+]
