@@ -1,0 +1,8 @@
+"""git_scratch vs transformers: speed, peak memory and identical outputs on the same weights.
+
+    python -m bench --help
+
+workloads.py (what runs), run.py (timing and the report), memory.py (peak memory, one child process per
+side and workload), machine.py (the CPU, its matmul throughput and memory bandwidth). parity.py is the
+separate numerical-parity script. transformers is imported here, never by git_scratch itself.
+"""

@@ -1,0 +1,98 @@
+"""The machine the benchmark ran on, and its limits: fp32 matmul throughput and memory bandwidth.
+
+Two numbers bound every workload here:
+  * the vision encoder is FLOP-bound (big matmuls over N image tokens): its floor is FLOPs / matmul rate;
+  * one decode step is weight-read-bound (a (B, 1, D) row times every decoder weight and the LM head):
+    its floor is (bytes of weights + bytes of K/V cache read) / memory bandwidth.
+`roofline()` measures both rates; `run.py` compares the measured workloads against them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "f16c")
+
+
+def cpu_info() -> dict:
+    """CPU model and the flags that matter for matmul speed (AVX2 / AVX-512 / AMX bf16)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def machine_info() -> dict:
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 2**20, 1)  # GiB
+    except OSError:
+        pass
+    import transformers  # the benchmark's reference side (never imported by git_scratch itself)
+
+    return {
+        "cpu": cpu_info(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "memory_gib": mem,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def _best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first-call packing / page faults
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype=torch.float32, repeats: int = 5) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    return 2 * m * k * n / _best_time(lambda: a @ b, repeats) / 1e9
+
+
+def bandwidth_gbs(mib: int = 1024, repeats: int = 10) -> dict:
+    """Memory bandwidth over a buffer larger than the caches.
+
+    "read" is a (1, K) row times a (M, K) matrix: the very operation of a decode step, so its rate is
+    the floor a decode step can reach. "copy" (read + write) is given for comparison.
+    """
+    w = torch.ones(mib * 2**20 // 4 // 1024, 1024)
+    row, y = torch.ones(1, 1024), torch.empty_like(w)
+    nbytes = w.numel() * 4
+    read = nbytes / _best_time(lambda: torch.nn.functional.linear(row, w), repeats) / 1e9
+    copy = 2 * nbytes / _best_time(lambda: y.copy_(w), repeats) / 1e9
+    return {"read": round(read, 1), "copy": round(copy, 1), "buffer_mib": mib}
+
+
+def roofline() -> dict:
+    """The rates the workloads are held against (the vision encoder's own matmul shape is measured in run.py)."""
+    shapes = {"square 2048": (2048, 2048, 2048), "1576x768x3072": (1576, 768, 3072), "257x1024x4096": (257, 1024, 4096)}
+    fp32 = {name: round(matmul_gflops(*s), 1) for name, s in shapes.items()}
+    return {
+        "matmul_gflops_fp32": fp32,
+        "matmul_gflops_fp32_peak": max(fp32.values()),
+        # for reference only: bf16 is where AMX / AVX512-BF16 pay off (the identical-ids runs stay fp32)
+        "matmul_gflops_bf16_square": round(matmul_gflops(2048, 2048, 2048, torch.bfloat16), 1),
+        "bandwidth_gbs": bandwidth_gbs(),
+    }

@@ -1,0 +1,296 @@
+"""Time git_scratch against transformers on the same weights and inputs; see `python -m bench --help`.
+
+Method, per shape: build (once, cached) a random-init transformers checkpoint and our conversion of
+it; load both models in this process; for each workload run each side `warmup` times, then `repeats`
+times alternating which side goes first, so drifts in machine speed hit both sides alike. The first
+output of each side is compared (token ids must be identical). Peak memory is measured in fresh child
+processes, one per side and workload (see memory.py). Results: a Markdown table on stdout, and
+bench/results/<time>.json / .md (plus latest.json / latest.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .machine import machine_info, matmul_gflops, roofline
+from .workloads import QUICK, WORKLOADS, checkpoint, load_ours, load_theirs
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHAPES = ("git-base", "git-large")
+
+EXAMPLES = """examples:
+  python -m bench --quick                       # git-base, 6 short workloads, 2 repeats (~2 min)
+  python -m bench                               # everything: git-base and git-large, all workloads (long)
+  python -m bench --shapes git-base --workloads greedy-1 beam4-1 --repeats 5
+  python -m bench --list                        # the workloads and their targets
+  python -m bench --no-memory --no-roofline     # timings only
+
+workloads: """ + ", ".join(WORKLOADS)
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def summary(ts: list[float]) -> dict:
+    return {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "runs": ts}
+
+
+def time_pair(w, models: dict, inputs: dict, warmup: int, repeats: int) -> dict:
+    """Alternating timed runs of both sides; the first output of each side is kept for the comparison."""
+    fns = {"ours": w.ours, "theirs": w.theirs}
+    first, times = {}, {"ours": [], "theirs": []}
+
+    def run(side):
+        t0 = time.perf_counter()
+        out = fns[side](models[side], **inputs)
+        dt = time.perf_counter() - t0
+        first.setdefault(side, out)
+        return dt
+
+    ctx = contextlib.nullcontext() if w.grad else torch.inference_mode()
+    with ctx:
+        for side in ("ours", "theirs"):
+            for _ in range(warmup):
+                run(side)
+        for r in range(repeats):
+            for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
+                times[side].append(run(side))
+                log(f"    {side:6s} {times[side][-1]:8.3f} s")
+    ok, detail = w.same(first["ours"], first["theirs"])
+    res = {side: summary(times[side]) for side in times}
+    res["ratio"] = res["ours"]["median"] / res["theirs"]["median"]
+    res["same"], res["same_detail"] = ok, detail
+    return res
+
+
+def peak_memory(hf_dir: Path, our_dir: Path, workload: str, threads: int) -> dict:
+    out = {}
+    for side in ("ours", "theirs"):
+        cmd = [sys.executable, "-m", "bench.memory", str(hf_dir), str(our_dir), workload, side, "--threads", str(threads)]
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        if p.returncode:
+            log(f"    memory child failed ({side}): {p.stderr.strip().splitlines()[-1:]}")
+            out[side] = None
+        else:
+            out[side] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out
+
+
+def vision_flops(model, cfg) -> int:
+    """FLOPs of the vision encoder on one image, counted by torch (matmuls, the conv, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .workloads import pixels
+
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        model.vision(pixels(cfg, 1))
+    return fc.get_total_flops()
+
+
+def decode_bytes(cfg, n_text: int) -> int:
+    """Bytes one greedy decode step must read (fp32): every decoder weight, the LM head, the K/V cache."""
+    D, Dm, layers = cfg.text.dim, cfg.text.mlp_dim, cfg.text.n_layers
+    per_block = 4 * D * D + 2 * D * Dm  # attention q/k/v/out + MLP
+    kv = 2 * (cfg.n_img_tokens + n_text) * D  # keys and values attended to, per layer
+    return 4 * (layers * (per_block + kv) + D * cfg.text.vocab_size)
+
+
+def limits(shape_results: dict, models: dict, cfg, roof: dict) -> dict:
+    """How close the vision encoder and the decode step come to this machine's matmul rate and bandwidth."""
+    out = {}
+    vis = shape_results.get("vision")
+    if vis:
+        flops = vision_flops(models["ours"], cfg)
+        v = cfg.vision
+        rate_1 = matmul_gflops(v.n_tokens, v.dim, v.mlp_dim)  # the encoder's own MLP matmul, 1 image
+        floor = flops / (roof["matmul_gflops_fp32_peak"] * 1e9)
+        out["vision"] = {
+            "gflop": flops / 1e9,
+            "floor_s_at_peak": floor,
+            "fc1_gflops_1_image": rate_1,
+            "floor_s_at_1_image_shape": flops / (rate_1 * 1e9),
+            "ours_s": vis["ours"]["median"],
+            "theirs_s": vis["theirs"]["median"],
+            "ours_over_floor": vis["ours"]["median"] / floor,
+            "theirs_over_floor": vis["theirs"]["median"] / floor,
+            "ours_gflops": flops / vis["ours"]["median"] / 1e9,
+        }
+    g20, g40 = shape_results.get("greedy-1"), shape_results.get("greedy-1-40")
+    if g20 and g40:
+        # per-step cost without knowing either side's internals: 20 more forced tokens, divided by 20
+        nbytes = decode_bytes(cfg, n_text=30)
+        floor = nbytes / (roof["bandwidth_gbs"]["read"] * 1e9)
+        step = {s: (g40[s]["median"] - g20[s]["median"]) / 20 for s in ("ours", "theirs")}
+        out["decode_step"] = {
+            "mb_read": nbytes / 1e6,
+            "floor_ms": floor * 1e3,
+            "ours_ms": step["ours"] * 1e3,
+            "theirs_ms": step["theirs"] * 1e3,
+            "ours_over_floor": step["ours"] / floor,
+            "theirs_over_floor": step["theirs"] / floor,
+        }
+    return out
+
+
+def run_shape(shape: str, args, roof: dict | None) -> dict:
+    res = {}
+    names = [w for w in args.workloads if not WORKLOADS[w].video]
+    videos = [w for w in args.workloads if WORKLOADS[w].video]
+    lim = {}
+    for video, group in ((False, names), (True, videos)):
+        if not group:
+            continue
+        hf_dir, our_dir = checkpoint(shape, video, args.out / "checkpoints", rebuild=args.rebuild, log=log)
+        log(f"loading {shape}{' (video)' if video else ''} ...")
+        models = {"ours": load_ours(our_dir), "theirs": load_theirs(hf_dir)}
+        cfg = models["ours"].config
+        for name in group:
+            w = WORKLOADS[name]
+            log(f"[{shape}] {name}: {w.title}")
+            inputs = w.inputs(cfg)
+            r = time_pair(w, models, inputs, args.warmup, args.repeats)
+            log(f"    ratio {r['ratio']:.3f}   outputs: {r['same_detail']}")
+            if args.memory:
+                r["memory"] = peak_memory(hf_dir, our_dir, name, args.threads)
+                log(f"    peak memory: {r['memory']}")
+            res[name] = r
+        if not video and roof is not None:
+            lim = limits(res, models, cfg, roof)
+        del models
+    return {"workloads": res, "limits": lim}
+
+
+# ---------------------------------------------------------------- report
+def _t(s: dict) -> str:
+    return f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})"
+
+
+def _mem(m: dict | None) -> str:
+    if not m or not m.get("ours") or not m.get("theirs"):
+        return "—"
+    o, t = m["ours"]["peak_mib"], m["theirs"]["peak_mib"]
+    return f"{o:.0f} / {t:.0f}"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    cpu = m["cpu"]
+    lines = [
+        f"Machine: {cpu['model']}, {m['cores']} cores, {m['threads']} torch threads, {m['memory_gib']} GiB RAM, "
+        f"flags {' '.join(cpu['flags']) or '—'}; GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
+        f"transformers {m['transformers']}, Python {m['python']}. {report['date']}.",
+    ]
+    roof = report.get("roofline")
+    if roof:
+        mm = ", ".join(f"{k}: {v:.0f}" for k, v in roof["matmul_gflops_fp32"].items())
+        bw = roof["bandwidth_gbs"]
+        lines.append(
+            f"Measured limits: fp32 matmul GFLOP/s ({mm}); bf16 square 2048: "
+            f"{roof.get('matmul_gflops_bf16_square', float('nan')):.0f}; memory bandwidth "
+            f"{bw['read']:.1f} GB/s read (GEMV over {bw['buffer_mib']} MiB), {bw['copy']:.1f} GB/s copy."
+        )
+    lines += [
+        "",
+        f"Times in seconds: median (min–max) of {report['args']['repeats']} alternating runs after "
+        f"{report['args']['warmup']} warm-up; ratio = git_scratch median / transformers median; fp32.",
+        "",
+        "| shape | workload | git_scratch s | transformers s | ratio | target | outputs | peak MiB ours / theirs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shape, sr in report["shapes"].items():
+        for name, r in sr["workloads"].items():
+            w = WORKLOADS[name]
+            tgt = "—" if w.target is None else f"≤ {w.target}" + (" ✅" if r["ratio"] <= w.target and r["same"] else " ❌")
+            same = ("✅ " if r["same"] else "❌ ") + r["same_detail"]
+            lines.append(
+                f"| {shape} | {w.title} | {_t(r['ours'])} | {_t(r['theirs'])} | {r['ratio']:.3f} | {tgt} | {same} "
+                f"| {_mem(r.get('memory'))} |"
+            )
+    lim_rows = [(s, sr["limits"]) for s, sr in report["shapes"].items() if sr.get("limits")]
+    if lim_rows:
+        lines += ["", "| shape | limit | floor | git_scratch | transformers |", "|---|---|---|---|---|"]
+        for shape, lim in lim_rows:
+            if "vision" in lim:
+                v = lim["vision"]
+                ok = "✅" if v["ours_over_floor"] <= 1.3 else "❌"
+                lines.append(
+                    f"| {shape} | vision encoder, 1 image: {v['gflop']:.1f} GFLOP (target ≤ 1.3× floor {ok}) "
+                    f"| {v['floor_s_at_peak']*1e3:.0f} ms at peak ({v['floor_s_at_1_image_shape']*1e3:.0f} ms at the "
+                    f"1-image matmul shape) | {v['ours_s']*1e3:.0f} ms = {v['ours_over_floor']:.2f}× floor "
+                    f"({v['ours_gflops']:.0f} GFLOP/s) | {v['theirs_s']*1e3:.0f} ms = {v['theirs_over_floor']:.2f}× |"
+                )
+            if "decode_step" in lim:
+                d = lim["decode_step"]
+                lines.append(
+                    f"| {shape} | decode step, 1 image: {d['mb_read']:.0f} MB read (weights + K/V) "
+                    f"| {d['floor_ms']:.1f} ms | {d['ours_ms']:.1f} ms = {d['ours_over_floor']:.2f}× "
+                    f"| {d['theirs_ms']:.1f} ms = {d['theirs_over_floor']:.2f}× |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Time git_scratch against transformers on identical random-init weights and inputs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), metavar="W")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per side first (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--quick", action="store_true", help=f"git-base, {', '.join(QUICK)}; 2 repeats")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory child processes")
+    p.add_argument("--no-roofline", dest="roofline", action="store_false", help="skip measuring matmul/bandwidth")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached random-init checkpoints")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results and checkpoint cache (default bench/results)")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.shapes, a.workloads, a.repeats = ["git-base"], list(QUICK), 2
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.list:
+        for name, w in WORKLOADS.items():
+            print(f"{name:12s} {w.title}" + (f"   (target ratio ≤ {w.target})" if w.target else ""))
+        return 0
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "shapes": {},
+    }
+    if args.roofline:
+        log("measuring matmul throughput and memory bandwidth ...")
+        report["roofline"] = roofline()
+        log(f"    {report['roofline']}")
+    for shape in args.shapes:
+        report["shapes"][shape] = run_shape(shape, args, report.get("roofline"))
+    md = markdown(report)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for name in (stamp, "latest"):
+        (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
+        (args.out / f"{name}.md").write_text(md)
+    print(md)
+    log(f"wrote {args.out / (stamp + '.json')} and .md")
+    return 0
