@@ -96,3 +96,34 @@ def roofline() -> dict:
         "matmul_gflops_bf16_square": round(matmul_gflops(2048, 2048, 2048, torch.bfloat16), 1),
         "bandwidth_gbs": bandwidth_gbs(),
     }
+
+
+class OtherLoad:
+    """How much of the CPU *other* processes used while we measured: a shared 2-core machine is noisy.
+
+    Busy CPU time of the whole machine (/proc/stat) minus this process's and its children's own CPU time,
+    as a fraction of all cores' capacity. Linux only; None elsewhere.
+    """
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot():
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields) - fields[3] - fields[4]) / tick  # all but idle and iowait, seconds
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return busy, own, time.monotonic()
+
+    def fraction(self) -> float | None:
+        end = self._snapshot()
+        if self.start is None or end is None:
+            return None
+        (b0, o0, w0), (b1, o1, w1) = self.start, end
+        wall = max(w1 - w0, 1e-9)
+        return max(0.0, ((b1 - b0) - (o1 - o0)) / (wall * (os.cpu_count() or 1)))

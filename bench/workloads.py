@@ -167,6 +167,13 @@ def _questions(cfg):
 
 
 def _questions_ours(m, px, qs):
+    """One encoding, then all questions in one call: a list of prompts of different lengths."""
+    img = m.encode_image(px)
+    out = gen_ours(m, ids=[q[0] for q in qs], new=10, image=img)  # (5, T + 10), left-padded to the longest
+    return [out[i : i + 1, out.shape[1] - q.shape[1] - 10 :] for i, q in enumerate(qs)]  # padding dropped
+
+
+def _questions_ours_one_by_one(m, px, qs):
     img = m.encode_image(px)  # one encoding, shared by every question
     return [gen_ours(m, ids=q, new=10, image=img) for q in qs]
 
@@ -203,11 +210,18 @@ WORKLOADS: dict[str, Workload] = {
     ),
     "video": caption(1, video=True, title=f"video caption, greedy, {VIDEO_FRAMES} frames"),
     "questions-5": Workload(
-        f"{len(QUESTION_LENGTHS)} questions about one image, 10 new each (transformers: one call each)",
+        f"{len(QUESTION_LENGTHS)} questions about one image, 10 new each, one batched call "
+        "(transformers: one call each)",
         inputs=_questions,
         ours=_questions_ours,
         theirs=lambda m, px, qs: [gen_theirs(m, px, q, 10) for q in qs],
         target=0.3,
+    ),
+    "questions-5-seq": Workload(
+        f"{len(QUESTION_LENGTHS)} questions about one image, one call each after one encoding",
+        inputs=_questions,
+        ours=_questions_ours_one_by_one,
+        theirs=lambda m, px, qs: [gen_theirs(m, px, q, 10) for q in qs],
     ),
     "train-8": Workload(
         "training step (forward + backward), batch 8, 20 text tokens",
