@@ -150,3 +150,9 @@ class GIT(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
+
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, **kwargs):
+        """Token ids as transformers' generate returns them (greedy, beam search, sampling); see generate.py."""
+        from .generate import generate
+
+        return generate(self, pixel_values, input_ids, attention_mask, **kwargs)

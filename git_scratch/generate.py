@@ -1,0 +1,355 @@
+"""Generation: prefill, step, greedy, sampling and beam search as plain functions over an explicit cache.
+
+    image ─▶ encode_image (once per image) ─▶ prefill_image: the decoder over the image tokens alone,
+             keeping every layer's image keys/values (cache.py)
+    prompt ─▶ decode(prompt, slots 0..T-1) ─▶ logits ─▶ pick ─▶ decode(token, slot len + i) ─▶ ...
+              (prefill)                                        (one step)
+
+The result equals `transformers.GitForCausalLM.generate` token for token (tests/test_generate.py):
+the same stopping rules, the same logits processors in the same order, the same beam bookkeeping.
+Shapes: Bi images, P prompts, K beams (or returned samples) per prompt, R = P * K rows, T prompt
+slots, S text slots, M = max_new_tokens, V vocabulary, D width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .cache import KVCache, cached_attention
+
+NEG = -1.0e9  # transformers' "impossible" beam score; the same constant keeps ties and sums bitwise equal
+
+
+@dataclass
+class Generation:
+    """What `generate(..., return_scores=True)` returns."""
+
+    sequences: torch.Tensor  # (R, T + n): the prompt as given, then the new tokens; finished rows padded
+    scores: torch.Tensor  # (R,) beams: transformers' sequences_scores (length-penalised); else sum of token_logprobs
+    token_logprobs: torch.Tensor  # (R, n) log-probability of each new token under the processed logits; 0 after the end
+    lengths: torch.Tensor  # (R,) new tokens per row, EOS included
+
+
+# ---------------------------------------------------------------- the model over the cache
+def prefill_image(model, img: torch.Tensor, cache: KVCache) -> None:
+    """Image tokens (Bi, N, D) through the decoder blocks alone, keeping each layer's keys/values.
+
+    The image never attends to the text (git_mask), so this is exactly the image part of `GIT.forward`.
+    """
+    x = img
+    for i, block in enumerate(model.blocks):
+        x = block(x, None, kv=cache.image_writer(i))
+
+
+def decode(model, ids: torch.Tensor, start: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Text ids (R, L) in text slots start..start+L-1 (start: (R, 1)) -> hidden states (R, L, D)."""
+    slots, allowed = cache.positions(start, ids.shape[1])
+    x = model.embed_text(ids, start)  # text position = text slot
+    for i, block in enumerate(model.blocks):
+        # NB: decoder.TextBlock.forward's post-LN wiring, with the cached attention; a test holds them equal.
+        x = block.ln_1(x + cached_attention(block.attn, x, cache, i, slots, allowed))
+        x = block.ln_2(x + block.mlp(x))
+    return x
+
+
+# ---------------------------------------------------------------- logits processors (transformers' order)
+def no_early_eos(scores: torch.Tensor, n_new: int, min_new_tokens: int, eos: int) -> torch.Tensor:
+    """min_new_tokens: EOS is impossible until n_new tokens have been generated."""
+    if n_new >= min_new_tokens:
+        return scores
+    return scores.index_fill(-1, torch.tensor([eos], device=scores.device), float("-inf"))
+
+
+def warp(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Sampling warpers: temperature, then top-k, then top-p (nucleus), each a no-op at its default."""
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1])).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p  # the low tail holding 1 - top_p
+        drop[..., -1:] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
+
+
+# ---------------------------------------------------------------- greedy and sampling
+def search(model, cache, ids, lengths, *, max_new_tokens, min_new_tokens, eos, pad, do_sample, temperature,
+           top_k, top_p, generator, on_token):
+    """Greedy or sampled tokens for R rows: (new tokens (R, n), token log-probs (R, n), lengths (R,))."""
+    R = ids.shape[0]
+    rows = torch.arange(R, device=ids.device)
+    h = decode(model, ids, torch.zeros(R, 1, dtype=torch.long, device=ids.device), cache)[rows, lengths - 1]
+    new = torch.full((R, max_new_tokens), pad, dtype=torch.long, device=ids.device)
+    logprobs = torch.zeros(R, max_new_tokens, device=ids.device)
+    n_new = torch.zeros(R, dtype=torch.long, device=ids.device)
+    done = torch.zeros(R, dtype=torch.bool, device=ids.device)
+    for i in range(max_new_tokens):
+        scores = no_early_eos(model.lm_head(h).float(), i, min_new_tokens, eos)  # (R, V)
+        if do_sample:
+            scores = warp(scores, temperature, top_k, top_p)
+            tok = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)[:, 0]
+        else:
+            tok = scores.argmax(dim=-1)
+        tok = tok.masked_fill(done, pad)  # finished rows are padded
+        new[:, i] = tok
+        logprobs[:, i] = scores.log_softmax(dim=-1).gather(1, tok[:, None])[:, 0].masked_fill(done, 0.0)
+        n_new += ~done
+        done |= tok == eos
+        if on_token is not None:
+            on_token(tok)
+        if done.all() or i + 1 == max_new_tokens:
+            break
+        h = decode(model, tok[:, None], (lengths + i)[:, None], cache)[:, 0]
+    return new[:, : i + 1], logprobs[:, : i + 1], n_new
+
+
+# ---------------------------------------------------------------- beam search
+@dataclass
+class Beams:
+    """Beam search state for P prompts x K beams, at most M new tokens, with transformers' bookkeeping.
+
+    Running beams extend by one token per step; a beam that emits EOS (or reaches M tokens) becomes a
+    finished hypothesis, kept if it ranks among the K best finished ones by score / length**penalty.
+    """
+
+    tokens: torch.Tensor  # (P, K, M) running beams' new tokens, `fill` past their end
+    logprobs: torch.Tensor  # (P, K, M) their per-token log-probabilities
+    score: torch.Tensor  # (P, K) summed log-probabilities
+    done_tokens: torch.Tensor  # (P, K, M) finished hypotheses, best first
+    done_logprobs: torch.Tensor  # (P, K, M)
+    done_score: torch.Tensor  # (P, K) length-penalised scores; NEG for an empty slot
+    done_len: torch.Tensor  # (P, K) new tokens, EOS included
+    done: torch.Tensor  # (P, K) bool: slot holds a finished hypothesis
+    open: torch.Tensor  # (P, 1) bool: a running beam may still beat the worst finished one
+    stop: bool = False
+
+    @classmethod
+    def start(cls, P: int, K: int, M: int, fill: int, device=None) -> Beams:
+        tokens = torch.full((P, K, M), fill, dtype=torch.long, device=device)
+        logprobs = torch.zeros(P, K, M, device=device)
+        score = torch.zeros(P, K, device=device)
+        score[:, 1:] = NEG  # all K beams start as the same prompt: expand only the first at step 0
+        return cls(tokens, logprobs, score, tokens.clone(), logprobs.clone(), torch.full((P, K), NEG, device=device),
+                   torch.zeros(P, K, dtype=torch.long, device=device),
+                   torch.zeros(P, K, dtype=torch.bool, device=device), torch.ones(P, 1, dtype=torch.bool, device=device))
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (P, B, ...) -> (P, J, ...): x[p, idx[p, j]]."""
+    return x.gather(1, idx.view(*idx.shape, *[1] * (x.ndim - 2)).expand(*idx.shape, *x.shape[2:]))
+
+
+def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty: float,
+              early_stopping: bool | str) -> torch.Tensor:
+    """Advance `b` by new token t given the K beams' next-token log-probs (P*K, V).
+
+    Returns the source row of each running beam (P*K,), for reordering the cache. Sets `b.stop`.
+    `early_stopping`: True stops a prompt once K hypotheses are finished; False stops when the best
+    running beam, at its current length, cannot beat the worst finished one; "never" assumes the best
+    length is M when length_penalty > 0 (transformers' heuristics, kept exactly).
+    """
+    P, K, M = b.tokens.shape
+    V = logprobs.shape[-1]
+    logprobs = logprobs.view(P, K, V)
+    # 1. the 2K best (beam, token) continuations: K to go on even if the best K all end here
+    top, idx = torch.topk((logprobs + b.score[:, :, None]).view(P, K * V), 2 * K)  # (P, 2K), best first
+    src, tok = idx // V, idx % V
+    tokens, lps = _take(b.tokens, src), _take(b.logprobs, src)  # (P, 2K, M)
+    tokens[:, :, t] = tok
+    lps[:, :, t] = logprobs.view(P, K * V).gather(1, idx)
+    ends = (tok == eos) | (t + 1 >= M)  # (P, 2K) stopping criteria: EOS, or the M-th token
+
+    # 2. the K best that do not end keep running
+    running = top + ends.to(torch.float32) * NEG
+    keep = torch.topk(running, K).indices  # (P, K)
+    b.tokens, b.logprobs, b.score = _take(tokens, keep), _take(lps, keep), _take(running, keep)
+    rows = (_take(src, keep) + torch.arange(P, device=src.device)[:, None] * K).flatten()
+
+    # 3. those of the top K that end become hypotheses, ranked by length-penalised score
+    fin = top / ((t + 1) ** length_penalty)
+    fin += (b.done.all(dim=-1, keepdim=True) & (early_stopping is True)).to(torch.float32) * NEG  # full, stopping
+    fin += (~b.open).to(torch.float32) * NEG  # no improvement possible
+    new_done = ends & (torch.arange(2 * K, device=ends.device) < K)
+    fin += (~new_done) * NEG
+    best = torch.topk(torch.cat([b.done_score, fin], dim=1), K).indices
+    length = torch.full_like(tok, t + 1)
+    b.done_tokens = _take(torch.cat([b.done_tokens, tokens], dim=1), best)
+    b.done_logprobs = _take(torch.cat([b.done_logprobs, lps], dim=1), best)
+    b.done_score = _take(torch.cat([b.done_score, fin], dim=1), best)
+    b.done_len = _take(torch.cat([b.done_len, length], dim=1), best)
+    b.done = _take(torch.cat([b.done, new_done], dim=1), best)
+
+    # 4. can the best running beam still beat the worst finished hypothesis?
+    best_len = M if (early_stopping == "never" and length_penalty > 0.0) else t + 1
+    best_possible = b.score[:, :1] / (best_len**length_penalty)
+    worst = torch.where(b.done, b.done_score.min(dim=1, keepdim=True).values, NEG)
+    b.open = b.open & (best_possible > worst).any(dim=-1, keepdim=True)
+    full = bool(b.done.all()) and early_stopping is True
+    b.stop = not bool(b.open.any()) or full or bool(ends.all())
+    return rows
+
+
+def beam_search(model, cache, ids, lengths, *, num_beams, max_new_tokens, min_new_tokens, eos, fill,
+                length_penalty, early_stopping):
+    """Beam search over R = P * K rows (each prompt repeated K times). Returns the final `Beams`."""
+    R, K = ids.shape[0], num_beams
+    rows = torch.arange(R, device=ids.device)
+    h = decode(model, ids, torch.zeros(R, 1, dtype=torch.long, device=ids.device), cache)[rows, lengths - 1]
+    b = Beams.start(R // K, K, max_new_tokens, fill, device=ids.device)
+    for t in range(max_new_tokens):
+        logprobs = no_early_eos(model.lm_head(h).float().log_softmax(dim=-1), t, min_new_tokens, eos)
+        src = beam_step(b, logprobs, t, eos, length_penalty, early_stopping)
+        if b.stop:
+            break
+        cache.reorder(src)
+        h = decode(model, b.tokens[:, :, t].reshape(R, 1), (lengths + t)[:, None], cache)[:, 0]
+    return b
+
+
+# ---------------------------------------------------------------- the entry point
+def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: int, device):
+    """-> (right-padded real tokens (P, T), lengths (P,), the prompt part of the output (P, T')).
+
+    A tensor comes back as given (transformers' format: left padding, then the new tokens). A list of
+    sequences is left-padded with `pad`, as a tokenizer with padding_side="left" would.
+    NB: like transformers, with no attention_mask a prompt's `pad` ids count as padding (unless pad == eos).
+    """
+    if input_ids is None:
+        input_ids = torch.full((max(n_images, 1), 1), bos, dtype=torch.long, device=device)
+    if isinstance(input_ids, (list, tuple)):
+        seqs = [torch.as_tensor(s, dtype=torch.long, device=device).flatten() for s in input_ids]
+        if not seqs or attention_mask is not None:
+            raise ValueError("input_ids as a list: give at least one prompt, and no attention_mask (lengths say it)")
+        T = max(len(s) for s in seqs)
+        shown = torch.stack([F.pad(s, (T - len(s), 0), value=pad) for s in seqs])
+        keep = torch.stack([F.pad(torch.ones_like(s, dtype=torch.bool), (T - len(s), 0)) for s in seqs])
+    else:
+        shown = torch.as_tensor(input_ids, device=device)
+        shown = shown[None] if shown.ndim == 1 else shown
+        if attention_mask is not None:
+            keep = torch.as_tensor(attention_mask, device=device)
+            keep = keep[None] if keep.ndim == 1 else keep
+            if keep.shape != shown.shape:
+                raise ValueError(f"attention_mask {tuple(keep.shape)} does not match input_ids {tuple(shown.shape)}")
+            keep = keep.bool()
+        elif pad != eos and bool((shown == pad).any()):
+            keep = shown != pad
+        else:
+            keep = torch.ones_like(shown, dtype=torch.bool)
+    lengths = keep.sum(dim=1)
+    T = int(lengths.max()) if len(lengths) else 0
+    # stable sort moves each row's real tokens to the front, in order: right padding
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :T]
+    ids = shown.gather(1, order).masked_fill(torch.arange(T, device=device) >= lengths[:, None], pad)
+    return ids, lengths, shown
+
+
+def _check(model, pixel_values, image, shown_rows, lengths, max_new_tokens, min_new_tokens, num_beams,
+           num_return_sequences, do_sample, temperature, top_k, top_p, early_stopping, on_token) -> int:
+    """Every error a caller can make, before any compute. Returns the number of images."""
+    if (pixel_values is None) == (image is None):
+        raise ValueError("give exactly one of pixel_values and image (from model.encode_image)")
+    if pixel_values is not None:
+        model.check_pixels(pixel_values)  # channels, video frames
+        n_images = pixel_values.shape[0]
+    else:
+        D = model.config.text.dim
+        if image.ndim != 3 or image.shape[-1] != D:
+            raise ValueError(f"image must be (B, N, {D}) from model.encode_image, got {tuple(image.shape)}")
+        n_images = image.shape[0]
+    if max_new_tokens < 1 or min_new_tokens < 0:
+        raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {max_new_tokens}, {min_new_tokens}")
+    if num_beams < 1 or num_return_sequences < 1:
+        raise ValueError(f"num_beams and num_return_sequences must be >= 1, got {num_beams}, {num_return_sequences}")
+    if do_sample and num_beams > 1:
+        raise ValueError("beam sampling (do_sample with num_beams > 1) is not supported")
+    if not do_sample and num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) > num_beams ({num_beams}): "
+                         "beam search returns at most num_beams sequences (sample with do_sample=True for more)")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if do_sample and not (temperature > 0 and top_k >= 0 and 0 < top_p <= 1):
+        raise ValueError(f"need temperature > 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    if on_token is not None and num_beams > 1:
+        raise ValueError("on_token streams greedy or sampled tokens; beam search knows its tokens only at the end")
+    if shown_rows not in (n_images, 1) and n_images != 1:
+        raise ValueError(f"batch mismatch: {n_images} images for {shown_rows} prompts "
+                         "(give one prompt per image, one prompt for all images, or one image for all prompts)")
+    if len(lengths) == 0 or int(lengths.min()) == 0:
+        raise ValueError("empty prompt: every prompt needs at least one token ([CLS] for a caption)")
+    longest, limit = int(lengths.max()), model.config.text.max_positions
+    if longest + max_new_tokens - 1 > limit:
+        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} needs text position "
+                         f"{longest + max_new_tokens - 2}; the model has {limit} (max_position_embeddings)")
+    return n_images
+
+
+@torch.no_grad()
+def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
+             max_new_tokens: int = 20, min_new_tokens: int = 0, num_beams: int = 1, length_penalty: float = 1.0,
+             early_stopping: bool | str = False, num_return_sequences: int = 1, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+             eos_token_id: int | None = None, pad_token_id: int | None = None, return_scores: bool = False,
+             on_token: Callable[[torch.Tensor], None] | None = None):
+    """Captions (no input_ids), answers or continuations (a prompt) as token ids, like transformers' generate.
+
+    pixel_values (Bi, 3, H, W) or video (Bi, F, 3, H, W), or `image` = model.encode_image(pixel_values)
+    to reuse one encoding for several calls. input_ids: None ([CLS] per image), a tensor (P, T) with an
+    optional attention_mask (any padding side), or a list of id lists of different lengths. One prompt
+    per image, one prompt for every image, or one image for every prompt.
+    Returns (P * num_return_sequences, T + n) ids: the prompt as given, then the new tokens, finished
+    rows padded. With `return_scores`, a `Generation`. `on_token(tokens (R,))` is called after each
+    greedy/sampled step (pad for finished rows), e.g. to stream words.
+
+        ids = model.generate(pixels, max_new_tokens=20, num_beams=3)
+        img = model.encode_image(pixels); a = model.generate(image=img, input_ids=question_ids)
+    """
+    text = model.config.text
+    eos = text.eos_id if eos_token_id is None else eos_token_id
+    pad = text.pad_id if pad_token_id is None else pad_token_id
+    device = model.device
+    n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
+    ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, text.bos_id, pad, eos, device)
+    n_images = _check(model, pixel_values, image, len(shown), lengths, max_new_tokens, min_new_tokens, num_beams,
+                      num_return_sequences, do_sample, temperature, top_k, top_p, early_stopping, on_token)
+    if len(shown) == 1 and n_images > 1:  # one prompt for every image
+        ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
+
+    if image is None:
+        image = model.encode_image(pixel_values)  # the only vision encoder call: once per image
+    K = num_beams if num_beams > 1 else num_return_sequences  # rows per prompt, in repeat_interleave order
+    ids, lengths = ids.repeat_interleave(K, dim=0), lengths.repeat_interleave(K)
+    # text slots: the prompt, then every new token but the last, which is never fed back
+    cache = KVCache.empty(text, n_images, ids.shape[0], image.shape[1], ids.shape[1] + max_new_tokens - 1,
+                          image.dtype, device)
+    prefill_image(model, image, cache)
+
+    if num_beams == 1:
+        new, logprobs, n_new = search(
+            model, cache, ids, lengths, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos=eos,
+            pad=pad, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+            on_token=on_token)
+        scores = logprobs.sum(dim=-1)
+    else:
+        # NB: transformers fills finished beams with `pad_token_id or eos_token_id`, so a pad id of 0 (every
+        # GIT checkpoint's [PAD]) counts as missing and beams are padded with EOS. We keep that, for equal ids.
+        b = beam_search(model, cache, ids, lengths, num_beams=K, max_new_tokens=max_new_tokens,
+                        min_new_tokens=min_new_tokens, eos=eos, fill=pad or eos, length_penalty=length_penalty,
+                        early_stopping=early_stopping)
+        n_new = b.done_len[:, :num_return_sequences].flatten()
+        n = int(n_new.max())
+        new = b.done_tokens[:, :num_return_sequences, :n].flatten(0, 1)
+        logprobs = b.done_logprobs[:, :num_return_sequences, :n].flatten(0, 1)
+        scores = b.done_score[:, :num_return_sequences].flatten()
+    n_out = num_return_sequences
+    sequences = torch.cat([shown.repeat_interleave(n_out, dim=0).to(new.dtype), new], dim=1)
+    if return_scores:
+        return Generation(sequences, scores, logprobs, n_new)
+    return sequences
