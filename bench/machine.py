@@ -71,6 +71,12 @@ def matmul_gflops(m: int, k: int, n: int, dtype=torch.float32, repeats: int = 5)
     return 2 * m * k * n / _best_time(lambda: a @ b, repeats) / 1e9
 
 
+def linear_seconds(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """Best time of one fp32 nn.Linear (with bias) of this shape: (m, k) rows -> (m, n)."""
+    x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    return _best_time(lambda: torch.nn.functional.linear(x, w, b), repeats)
+
+
 def bandwidth_gbs(mib: int = 1024, repeats: int = 10) -> dict:
     """Memory bandwidth over a buffer larger than the caches.
 

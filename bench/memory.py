@@ -9,7 +9,7 @@ activations, caches, the interpreter), identical overheads on both sides, and `e
 workload added on top of the loaded model. Without clear_refs (not Linux) it falls back to ru_maxrss,
 which also counts loading.
 
-    python -m bench.memory HF_DIR OUR_DIR WORKLOAD ours|theirs [--threads 2]   # prints one JSON line
+    python -m bench.memory HF_DIR OUR_DIR WORKLOAD ours|theirs [--threads 2] [--ours-dtype float32]   # prints one JSON line
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(hf_dir: Path, our_dir: Path, workload: str, side: str) -> dict:
+def measure(hf_dir: Path, our_dir: Path, workload: str, side: str, ours_dtype: str = "float32") -> dict:
     import transformers  # noqa: F401  (imported on both sides so the baselines match)
 
     import git_scratch
     from bench.workloads import WORKLOADS, load_ours, load_theirs
 
     w = WORKLOADS[workload]
-    model = load_ours(our_dir) if side == "ours" else load_theirs(hf_dir)
+    model = load_ours(our_dir, ours_dtype) if side == "ours" else load_theirs(hf_dir)
     inputs = w.inputs(git_scratch.GitConfig.from_json(our_dir / "config.json"))
     fn = w.ours if side == "ours" else w.theirs
     before = _status_kib("VmRSS")
@@ -72,9 +72,10 @@ def main(argv=None) -> None:
     p.add_argument("workload")
     p.add_argument("side", choices=["ours", "theirs"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ours-dtype", default="float32")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    print(json.dumps(measure(a.hf_dir, a.our_dir, a.workload, a.side)))
+    print(json.dumps(measure(a.hf_dir, a.our_dir, a.workload, a.side, a.ours_dtype)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .machine import OtherLoad, bandwidth_gbs, machine_info, matmul_gflops, roofline
+from .machine import OtherLoad, bandwidth_gbs, linear_seconds, machine_info, matmul_gflops, roofline
 from .workloads import QUICK, WORKLOADS, checkpoint, load_ours, load_theirs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,6 +35,7 @@ EXAMPLES = """examples:
   python -m bench --shapes git-base --workloads greedy-1 beam4-1 --repeats 5
   python -m bench --list                        # the workloads and their targets
   python -m bench --no-memory --no-roofline     # timings only
+  python -m bench --quick --ours-dtype bfloat16  # experiment: our side in bf16 (ids may differ: does not count)
 
 workloads: """ + ", ".join(WORKLOADS)
 
@@ -75,10 +76,11 @@ def time_pair(w, models: dict, inputs: dict, warmup: int, repeats: int) -> dict:
     return res
 
 
-def peak_memory(hf_dir: Path, our_dir: Path, workload: str, threads: int) -> dict:
+def peak_memory(hf_dir: Path, our_dir: Path, workload: str, threads: int, ours_dtype: str) -> dict:
     out = {}
     for side in ("ours", "theirs"):
-        cmd = [sys.executable, "-m", "bench.memory", str(hf_dir), str(our_dir), workload, side, "--threads", str(threads)]
+        cmd = [sys.executable, "-m", "bench.memory", str(hf_dir), str(our_dir), workload, side, "--threads", str(threads),
+               "--ours-dtype", ours_dtype]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         if p.returncode:
             log(f"    memory child failed ({side}): {p.stderr.strip().splitlines()[-1:]}")
@@ -119,11 +121,15 @@ def limits(shape_results: dict, models: dict, cfg, roof: dict) -> dict:
         flops = vision_flops(models["ours"], cfg)
         v = cfg.vision
         rate_1 = matmul_gflops(v.n_tokens, v.dim, v.mlp_dim)  # the encoder's own MLP matmul, 1 image
+        # the encoder's linear layers alone, each shape timed as torch/MKL runs it (q, k, v, out, fc1, fc2)
+        shapes = [(v.dim, v.dim)] * 4 + [(v.dim, v.mlp_dim), (v.mlp_dim, v.dim)]
+        linears = v.n_layers * sum(linear_seconds(v.n_tokens, k, n) for k, n in shapes)
         floor = flops / (roof["matmul_gflops_fp32_peak"] * 1e9)
         out["vision"] = {
             "gflop": flops / 1e9,
             "floor_s_at_peak": floor,
             "fc1_gflops_1_image": rate_1,
+            "linears_alone_s": linears,
             "floor_s_at_1_image_shape": flops / (rate_1 * 1e9),
             "ours_s": vis["ours"]["min"],
             "theirs_s": vis["theirs"]["min"],
@@ -161,7 +167,7 @@ def run_shape(shape: str, args, roof: dict | None) -> dict:
             continue
         hf_dir, our_dir = checkpoint(shape, video, args.out / "checkpoints", rebuild=args.rebuild, log=log)
         log(f"loading {shape}{' (video)' if video else ''} ...")
-        models = {"ours": load_ours(our_dir), "theirs": load_theirs(hf_dir)}
+        models = {"ours": load_ours(our_dir, args.ours_dtype), "theirs": load_theirs(hf_dir)}
         cfg = models["ours"].config
         for name in group:
             w = WORKLOADS[name]
@@ -172,7 +178,7 @@ def run_shape(shape: str, args, roof: dict | None) -> dict:
             r["other_load"] = load.fraction()
             log(f"    ratio {r['ratio']:.3f}   outputs: {r['same_detail']}   other processes' CPU: {_pct(r['other_load'])}")
             if args.memory:
-                r["memory"] = peak_memory(hf_dir, our_dir, name, args.threads)
+                r["memory"] = peak_memory(hf_dir, our_dir, name, args.threads, args.ours_dtype)
                 log(f"    peak memory: {r['memory']}")
             res[name] = r
         if not video and roof is not None:
@@ -218,7 +224,8 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Times in seconds: median (min–max) of {report['args']['repeats']} alternating runs after "
-        f"{report['args']['warmup']} warm-up; ratio = git_scratch median / transformers median; fp32. "
+        f"{report['args']['warmup']} warm-up; ratio = git_scratch median / transformers median; "
+        f"git_scratch in {report['args']['ours_dtype']}, transformers in float32. "
         "'other load': the share of the CPU that other processes used meanwhile (above a few % the "
         "times are disturbed).",
         "",
@@ -251,7 +258,8 @@ def markdown(report: dict) -> str:
                 lines.append(
                     f"| {shape} | vision encoder, 1 image: {v['gflop']:.1f} GFLOP (target ≤ 1.3× floor {ok}) "
                     f"| {v['floor_s_at_peak']*1e3:.0f} ms at peak ({v['floor_s_at_1_image_shape']*1e3:.0f} ms at the "
-                    f"1-image matmul shape) | {v['ours_s']*1e3:.0f} ms = {v['ours_over_floor']:.2f}× floor "
+                    f"1-image matmul shape; its linear layers alone, timed shape by shape: "
+                    f"{v['linears_alone_s']*1e3:.0f} ms) | {v['ours_s']*1e3:.0f} ms = {v['ours_over_floor']:.2f}× floor "
                     f"({v['ours_gflops']:.0f} GFLOP/s) | {v['theirs_s']*1e3:.0f} ms = {v['theirs_over_floor']:.2f}× |"
                 )
             if "decode_step" in lim:
@@ -279,6 +287,9 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help=f"git-base, {', '.join(QUICK)}; 2 repeats")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory child processes")
     p.add_argument("--no-roofline", dest="roofline", action="store_false", help="skip measuring matmul/bandwidth")
+    p.add_argument("--ours-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="git_scratch's dtype (transformers stays float32); anything but float32 is an experiment "
+                   "whose ids usually differ, and then does not count")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached random-init checkpoints")
     p.add_argument("--out", type=Path, default=RESULTS, help="results and checkpoint cache (default bench/results)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
