@@ -114,9 +114,13 @@ def gen_theirs(model, px, ids, new=20, beams=1):
 
 def same_ids(a, b) -> tuple[bool, str]:
     a, b = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
-    ok = len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
-    rows = sum(x.shape[0] for x in a)
-    return ok, f"{rows} row(s) identical" if ok else "token ids DIFFER"
+    rows_a, rows_b = [r for x in a for r in x], [r for x in b for r in x]
+    if len(rows_a) != len(rows_b):
+        return False, f"{len(rows_a)} rows vs {len(rows_b)}"
+    differ = sum(not (x.shape == y.shape and torch.equal(x, y)) for x, y in zip(rows_a, rows_b))
+    if differ:
+        return False, f"token ids DIFFER in {differ} of {len(rows_a)} rows"
+    return True, f"{len(rows_a)} row(s) identical"
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
