@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -160,7 +160,9 @@ class Workload:
     target: float | None = None  # ratio git_scratch / transformers the issue asks for
     video: bool = False  # runs on the shape's 6-frame video checkpoint
     grad: bool = False  # needs autograd (the training step)
-    tags: tuple = field(default_factory=tuple)
+    # generation only, for the floor estimate (run.floor_seconds): images, rows per image (beams or
+    # prompts), new tokens, longest prompt
+    gen: dict | None = None
 
 
 QUESTION_LENGTHS = (8, 12, 10, 14, 9)  # five questions of different lengths about one image
@@ -190,6 +192,7 @@ def caption(batch: int, beams: int = 1, new: int = 20, target=None, video=False,
         theirs=lambda m, px, ids: gen_theirs(m, px, ids, new, beams),
         target=target,
         video=video,
+        gen={"images": batch, "rows": beams, "new": new, "prompt": 1},
     )
 
 
@@ -211,6 +214,7 @@ WORKLOADS: dict[str, Workload] = {
         inputs=lambda cfg: {"px": pixels(cfg, 1), "ids": prompt(cfg, 1, 12)},
         ours=lambda m, px, ids: gen_ours(m, px, ids, 10),
         theirs=lambda m, px, ids: gen_theirs(m, px, ids, 10),
+        gen={"images": 1, "rows": 1, "new": 10, "prompt": 12},
     ),
     "video": caption(1, video=True, title=f"video caption, greedy, {VIDEO_FRAMES} frames"),
     "questions-5": Workload(
@@ -220,6 +224,7 @@ WORKLOADS: dict[str, Workload] = {
         ours=_questions_ours,
         theirs=lambda m, px, qs: [gen_theirs(m, px, q, 10) for q in qs],
         target=0.3,
+        gen={"images": 1, "rows": len(QUESTION_LENGTHS), "new": 10, "prompt": max(QUESTION_LENGTHS)},
     ),
     "questions-5-seq": Workload(
         f"{len(QUESTION_LENGTHS)} questions about one image, one call each after one encoding",
