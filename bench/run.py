@@ -141,6 +141,7 @@ def limits(shape_results: dict, models: dict, cfg, roof: dict) -> dict:
     out = {}
     vis = shape_results.get("vision")
     if vis:
+        flops = vision_flops(models["ours"], cfg)
         v = cfg.vision
         rate_1 = matmul_gflops(v.n_tokens, v.dim, v.mlp_dim)  # the encoder's own MLP matmul, 1 image
         # the encoder's linear layers alone, each shape timed as torch/MKL runs it (q, k, v, out, fc1, fc2)
@@ -179,8 +180,9 @@ def limits(shape_results: dict, models: dict, cfg, roof: dict) -> dict:
     return out
 
 
-def run_shape(shape: str, args, roof: dict | None) -> dict:
-    res = {}
+def run_shape(shape: str, args, roof: dict | None, out: dict) -> None:
+    """Fills `out` as it goes ({"workloads": ..., "limits": ...}), so a crash keeps what was measured."""
+    res = out["workloads"] = {}
     names = [w for w in args.workloads if not WORKLOADS[w].video]
     videos = [w for w in args.workloads if WORKLOADS[w].video]
     lim = {}
@@ -209,7 +211,7 @@ def run_shape(shape: str, args, roof: dict | None) -> dict:
         if not video and roof is not None:
             lim = limits(res, models, cfg, roof)
         del models
-    return {"workloads": res, "limits": lim}
+    out["limits"] = lim
 
 
 # ---------------------------------------------------------------- report
@@ -266,7 +268,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, sr in report["shapes"].items():
-        for name, r in sr["workloads"].items():
+        for name, r in sr.get("workloads", {}).items():
             w = WORKLOADS[name]
             tgt = "—" if w.target is None else f"≤ {w.target}" + (" ✅" if r["ratio"] <= w.target and r["same"] else " ❌")
             same = ("✅ " if r["same"] else "❌ ") + r["same_detail"]
@@ -352,14 +354,16 @@ def main(argv=None) -> int:
         report["roofline"] = roofline()
         log(f"    {report['roofline']}")
     load = OtherLoad()
-    for shape in args.shapes:
-        report["shapes"][shape] = run_shape(shape, args, report.get("roofline"))
-    report["other_load"] = load.fraction()
-    md = markdown(report)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (stamp, "latest"):
-        (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
-        (args.out / f"{name}.md").write_text(md)
-    print(md)
-    log(f"wrote {args.out / (stamp + '.json')} and .md")
+    try:
+        for shape in args.shapes:
+            run_shape(shape, args, report.get("roofline"), report["shapes"].setdefault(shape, {}))
+    finally:  # an error or ^C still leaves the results measured so far
+        report["other_load"] = load.fraction()
+        md = markdown(report)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for name in (stamp, "latest"):
+            (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
+            (args.out / f"{name}.md").write_text(md)
+        print(md)
+        log(f"wrote {args.out / (stamp + '.json')} and .md")
     return 0
