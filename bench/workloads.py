@@ -160,8 +160,8 @@ class Workload:
     target: float | None = None  # ratio git_scratch / transformers the issue asks for
     video: bool = False  # runs on the shape's 6-frame video checkpoint
     grad: bool = False  # needs autograd (the training step)
-    # generation only, for the floor estimate (run.floor_seconds): images, rows per image (beams or
-    # prompts), new tokens, longest prompt
+    # generation only, for the floor estimate (run.floor_seconds) and the near-tie check (ties.py):
+    # images, rows per image (beams or prompts), new tokens, longest prompt, beams
     gen: dict | None = None
 
 
@@ -192,7 +192,7 @@ def caption(batch: int, beams: int = 1, new: int = 20, target=None, video=False,
         theirs=lambda m, px, ids: gen_theirs(m, px, ids, new, beams),
         target=target,
         video=video,
-        gen={"images": batch, "rows": beams, "new": new, "prompt": 1},
+        gen={"images": batch, "rows": beams, "new": new, "prompt": 1, "beams": beams},
     )
 
 

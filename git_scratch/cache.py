@@ -42,6 +42,7 @@ class KVCache:
     img: torch.Tensor  # (n_layers, 2, Bi, H, N, Dh)
     txt: torch.Tensor  # (n_layers, 2, R, H, S, Dh)
     mask: torch.Tensor  # (N + S, N + S) bool, git_mask(N, S)
+    spare: torch.Tensor | None = None  # beams only: reorder's target, swapped with txt
 
     @classmethod
     def empty(cls, cfg: TextConfig, n_images: int, n_rows: int, n_img_tokens: int, n_slots: int,
@@ -77,8 +78,14 @@ class KVCache:
         return _ImageWriter(self.img[layer])
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Beam re-ranking: row r takes the text keys/values of row rows[r]. In place; image part untouched."""
-        self.txt.copy_(self.txt.index_select(2, rows))
+        """Beam re-ranking: row r takes the text keys/values of row rows[r]; the image part is untouched.
+
+        Gathered into a second buffer that then swaps with the first: one copy and no allocation per step.
+        """
+        if self.spare is None:
+            self.spare = torch.empty_like(self.txt)
+        torch.index_select(self.txt, 2, rows, out=self.spare)
+        self.txt, self.spare = self.spare, self.txt
 
 
 class _ImageWriter:

@@ -64,10 +64,10 @@ def decode(model, ids: torch.Tensor, start: torch.Tensor, cache: KVCache) -> tor
 
 # ---------------------------------------------------------------- logits processors (transformers' order)
 def no_early_eos(scores: torch.Tensor, n_new: int, min_new_tokens: int, eos: int) -> torch.Tensor:
-    """min_new_tokens: EOS is impossible until n_new tokens have been generated."""
-    if n_new >= min_new_tokens:
-        return scores
-    return scores.index_fill(-1, torch.tensor([eos], device=scores.device), float("-inf"))
+    """min_new_tokens: EOS is impossible until n_new tokens have been generated. In place."""
+    if n_new < min_new_tokens:
+        scores[:, eos] = float("-inf")
+    return scores
 
 
 def warp(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

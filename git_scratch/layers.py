@@ -44,6 +44,27 @@ def activation(name: str):
         raise ValueError(f"unknown activation {name!r}; supported: {', '.join(_ACT)}") from None
 
 
+class Linear(nn.Linear):
+    """nn.Linear, with one speed trick on CPU: inference on 4 to 64 rows goes to oneDNN instead of MKL.
+
+    Speed only; the same sums in another order (~1e-7 relative), never under autograd. A decode step of
+    a few rows (beams, a batch of captions) is a GEMM bound by reading the weights, and MKL's sgemm reads
+    them at about half its one-row speed there, while oneDNN's inner product stays closer. Measured on a
+    2-core Xeon (AMX), one pass over git-base's decoder and LM head weights (264 MB): 1 row 9.3 ms (MKL),
+    4 rows 19.2 ms MKL / 15.3 ms oneDNN, 8 rows 24.9 / 17.1, 32 rows 30.3 / 24.3. One and two rows stay
+    on MKL, which is faster there (2 rows: 9.5 / 14.1 ms); prefill and the vision encoder are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            if 4 <= x.numel() // x.shape[-1] <= 64:
+                return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+        return super().forward(x)
+
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a boolean mask (True = may attend, SDPA's convention).
 
@@ -54,10 +75,10 @@ class Attention(nn.Module):
     def __init__(self, dim: int, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.q_proj = Linear(dim, dim)
+        self.k_proj = Linear(dim, dim)
+        self.v_proj = Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b l (h d) -> b h l d", h=self.n_heads)
@@ -82,8 +103,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.act = activation(act)
 
     def forward(self, x):

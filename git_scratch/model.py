@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import GitConfig
 from .decoder import ImageProjection, TextBlock, TextEmbedding
+from .layers import Linear
 from .mask import git_mask, with_padding
 from .vision import VisionEncoder
 
@@ -51,7 +52,7 @@ class GIT(nn.Module):
         self.embed = TextEmbedding(config.text)
         self.blocks = nn.ModuleList(TextBlock(config.text) for _ in range(config.text.n_layers))
         # NB: the LM head has a bias and is not tied to the word embeddings (unless the config says so).
-        self.lm_head = nn.Linear(config.text.dim, config.text.vocab_size)
+        self.lm_head = Linear(config.text.dim, config.text.vocab_size)
         if config.text.tie_embeddings:
             self.lm_head.weight = self.embed.tok_embed.weight
 
