@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .ties import explain
+from .ties import explain, vision_against_exact
 from .machine import OtherLoad, bandwidth_gbs, linear_seconds, machine_info, matmul_gflops, roofline
 from .workloads import QUICK, WORKLOADS, checkpoint, load_ours, load_theirs
 
@@ -70,7 +70,10 @@ def time_pair(w, models: dict, inputs: dict, warmup: int, repeats: int) -> dict:
             for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
                 times[side].append(run(side))
                 log(f"    {side:6s} {times[side][-1]:8.3f} s")
-    ok, detail = w.same(first["ours"], first["theirs"])
+    if w.exact:
+        ok, detail = vision_against_exact(models, inputs, first["ours"], first["theirs"])
+    else:
+        ok, detail = w.same(first["ours"], first["theirs"])
     if not ok and w.gen:  # ids differ: a real difference, or a near-tie decided by fp32 rounding? (ties.py)
         ok, detail = explain(models, inputs, first["ours"], first["theirs"], w.gen["new"], w.gen.get("beams", 1))
     res = {side: summary(times[side]) for side in times}
