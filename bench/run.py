@@ -103,7 +103,9 @@ def vision_flops(model, cfg) -> int:
     from .workloads import pixels
 
     px = pixels(cfg, 1)
-    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+    # NB: with autograd on, layers.Linear takes its plain F.linear path, which the counter knows (it does
+    # not count oneDNN's op); the FLOPs are the same either way
+    with FlopCounterMode(display=False) as fc, torch.enable_grad():
         model.vision(px[:, 0] if px.ndim == 5 else px)  # one frame of a video
     return fc.get_total_flops()
 
