@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import GitConfig
 from .decoder import ImageProjection, TextBlock, TextEmbedding
+from .inputs import check_pixels
 from .layers import Linear
 from .mask import git_mask, with_padding
 from .vision import VisionEncoder
@@ -56,22 +57,9 @@ class GIT(nn.Module):
         if config.text.tie_embeddings:
             self.lm_head.weight = self.embed.tok_embed.weight
 
-    def check_pixels(self, pixels: torch.Tensor) -> None:
-        """Clear errors for inputs the model cannot take, before any compute."""
-        cfg = self.config
-        if pixels.ndim not in (4, 5):
-            raise ValueError(f"pixel_values must be (B, 3, H, W) or (B, frames, 3, H, W), got shape {tuple(pixels.shape)}")
-        if pixels.shape[-3] != cfg.vision.n_channels:
-            raise ValueError(f"pixel_values has {pixels.shape[-3]} channels, the model expects {cfg.vision.n_channels}")
-        if pixels.ndim == 5:
-            if not cfg.n_frames:
-                raise ValueError("got video pixel_values (5 dims) but this checkpoint has no temporal embeddings")
-            if pixels.shape[1] != cfg.n_frames:
-                raise ValueError(f"got {pixels.shape[1]} video frames, this checkpoint takes {cfg.n_frames}")
-
     def encode_image(self, pixels: torch.Tensor, output_hidden: bool = False):
         """(B, 3, H, W) or video (B, F, 3, H, W) -> image tokens (B, N, D). Run once per image; reuse freely."""
-        self.check_pixels(pixels)
+        check_pixels(self.config, pixels)
         video = pixels.ndim == 5
         B = pixels.shape[0]
         if video:  # all frames through the encoder as one batch

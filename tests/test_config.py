@@ -7,6 +7,7 @@ import pytest
 from git_scratch import GIT, GitConfig
 from git_scratch.config import PRESET_DIR
 from reference import SHAPES
+from weights_convert import config_from_hf, config_to_hf
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
@@ -14,9 +15,9 @@ def test_hf_config_round_trips_through_transformers(name):
     from transformers import GitConfig as HFConfig
 
     hf = HFConfig(**SHAPES[name])
-    ours = GitConfig.from_hf(hf.to_dict())
-    back = HFConfig(**ours.to_hf())
-    assert GitConfig.from_hf(back.to_dict()) == ours
+    ours = config_from_hf(hf.to_dict())
+    back = HFConfig(**config_to_hf(ours))
+    assert config_from_hf(back.to_dict()) == ours
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
                 "layer_norm_eps", "vocab_size", "max_position_embeddings", "num_image_with_embedding",
                 "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings"):
@@ -27,7 +28,7 @@ def test_hf_config_round_trips_through_transformers(name):
 
 
 def test_odd_fields_are_honoured():
-    cfg = GitConfig.from_hf({"model_type": "git", **SHAPES["odd"]})
+    cfg = config_from_hf({"model_type": "git", **SHAPES["odd"]})
     assert (cfg.vision.act, cfg.vision.ln_eps, cfg.text.act, cfg.text.ln_eps) == ("gelu_new", 1e-6, "relu", 1e-7)
     model = GIT(cfg)
     assert model.blocks[0].ln_1.eps == 1e-7 and model.vision.blocks[0].ln_1.eps == 1e-6
@@ -37,12 +38,12 @@ def test_odd_fields_are_honoured():
 @pytest.mark.parametrize("bad", [{"hidden_act": "gelu_fast2"}, {"vision_config": {"hidden_act": "mystery"}}])
 def test_unknown_activation_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="unknown activation"):
-        GitConfig.from_hf({"model_type": "git", **bad})
+        config_from_hf({"model_type": "git", **bad})
 
 
 def test_other_model_type_is_refused():
     with pytest.raises(ValueError, match="not a GIT config"):
-        GitConfig.from_hf({"model_type": "blip"})
+        config_from_hf({"model_type": "blip"})
 
 
 @pytest.mark.parametrize("path", sorted(PRESET_DIR.glob("*.json")), ids=lambda p: p.stem)

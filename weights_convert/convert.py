@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from git_scratch.config import GitConfig
 from git_scratch.model import GIT
 
+from .hf_config import config_from_hf, config_to_hf
 from .mapping import DROPPED, NAME_MAP
 
 TOKENIZER_FILES = (
@@ -219,7 +220,7 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
 
     if not to_hf:
         try:
-            cfg = GitConfig.from_hf(hf_cfg)
+            cfg = config_from_hf(hf_cfg)
         except (ValueError, TypeError) as e:
             raise ConversionError(f"{src / 'config.json'}: {e}") from None
         source = read_weights(src)
@@ -237,7 +238,7 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
         state = ours_to_hf(_cast(source, torch_dtype))
         if cfg.text.tie_embeddings:
             state.pop("output.weight")  # transformers re-ties it on load
-        config_out = cfg.to_hf()
+        config_out = config_to_hf(cfg)
         config_out["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
 
     copied: list[str] = []

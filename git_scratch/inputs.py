@@ -1,0 +1,99 @@
+"""What a caller hands the model: pixels and prompts checked before any compute, prompts in any padding as right-padded rows.
+
+Kept apart from generate.py so that file holds only the decoding algorithm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def check_pixels(cfg, pixels: torch.Tensor) -> None:
+    """Clear errors for pixels the model (config `cfg`) cannot take, before any compute."""
+    if pixels.ndim not in (4, 5):
+        raise ValueError(f"pixel_values must be (B, 3, H, W) or (B, frames, 3, H, W), got shape {tuple(pixels.shape)}")
+    if pixels.shape[-3] != cfg.vision.n_channels:
+        raise ValueError(f"pixel_values has {pixels.shape[-3]} channels, the model expects {cfg.vision.n_channels}")
+    if pixels.ndim == 5:
+        if not cfg.n_frames:
+            raise ValueError("got video pixel_values (5 dims) but this checkpoint has no temporal embeddings")
+        if pixels.shape[1] != cfg.n_frames:
+            raise ValueError(f"got {pixels.shape[1]} video frames, this checkpoint takes {cfg.n_frames}")
+
+
+def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: int, device):
+    """-> (right-padded real tokens (P, T), lengths (P,), the prompt part of the output (P, T')).
+
+    A tensor comes back as given (transformers' format: left padding, then the new tokens). A list of
+    sequences is left-padded with `pad`, as a tokenizer with padding_side="left" would.
+    NB: like transformers, with no attention_mask a prompt's `pad` ids count as padding (unless pad == eos).
+    """
+    if input_ids is None:
+        input_ids = torch.full((max(n_images, 1), 1), bos, dtype=torch.long, device=device)
+    if isinstance(input_ids, (list, tuple)):
+        seqs = [torch.as_tensor(s, dtype=torch.long, device=device).flatten() for s in input_ids]
+        if not seqs or attention_mask is not None:
+            raise ValueError("input_ids as a list: give at least one prompt, and no attention_mask (lengths say it)")
+        T = max(len(s) for s in seqs)
+        shown = torch.stack([F.pad(s, (T - len(s), 0), value=pad) for s in seqs])
+        keep = torch.stack([F.pad(torch.ones_like(s, dtype=torch.bool), (T - len(s), 0)) for s in seqs])
+    else:
+        shown = torch.as_tensor(input_ids, device=device)
+        shown = shown[None] if shown.ndim == 1 else shown
+        if attention_mask is not None:
+            keep = torch.as_tensor(attention_mask, device=device)
+            keep = keep[None] if keep.ndim == 1 else keep
+            if keep.shape != shown.shape:
+                raise ValueError(f"attention_mask {tuple(keep.shape)} does not match input_ids {tuple(shown.shape)}")
+            keep = keep.bool()
+        elif pad != eos and bool((shown == pad).any()):
+            keep = shown != pad
+        else:
+            keep = torch.ones_like(shown, dtype=torch.bool)
+    lengths = keep.sum(dim=1)
+    T = int(lengths.max()) if len(lengths) else 0
+    # stable sort moves each row's real tokens to the front, in order: right padding
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :T]
+    ids = shown.gather(1, order).masked_fill(torch.arange(T, device=device) >= lengths[:, None], pad)
+    return ids, lengths, shown
+
+
+def check_request(model, pixel_values, image, shown_rows, lengths, max_new_tokens, min_new_tokens, num_beams,
+           num_return_sequences, do_sample, temperature, top_k, top_p, early_stopping, on_token) -> int:
+    """Every error a caller can make, before any compute. Returns the number of images."""
+    if (pixel_values is None) == (image is None):
+        raise ValueError("give exactly one of pixel_values and image (from model.encode_image)")
+    if pixel_values is not None:
+        check_pixels(model.config, pixel_values)  # channels, video frames
+        n_images = pixel_values.shape[0]
+    else:
+        D = model.config.text.dim
+        if image.ndim != 3 or image.shape[-1] != D:
+            raise ValueError(f"image must be (B, N, {D}) from model.encode_image, got {tuple(image.shape)}")
+        n_images = image.shape[0]
+    if max_new_tokens < 1 or min_new_tokens < 0:
+        raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {max_new_tokens}, {min_new_tokens}")
+    if num_beams < 1 or num_return_sequences < 1:
+        raise ValueError(f"num_beams and num_return_sequences must be >= 1, got {num_beams}, {num_return_sequences}")
+    if do_sample and num_beams > 1:
+        raise ValueError("beam sampling (do_sample with num_beams > 1) is not supported")
+    if not do_sample and num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) > num_beams ({num_beams}): "
+                         "beam search returns at most num_beams sequences (sample with do_sample=True for more)")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if do_sample and not (temperature > 0 and top_k >= 0 and 0 < top_p <= 1):
+        raise ValueError(f"need temperature > 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    if on_token is not None and num_beams > 1:
+        raise ValueError("on_token streams greedy or sampled tokens; beam search knows its tokens only at the end")
+    if shown_rows not in (n_images, 1) and n_images != 1:
+        raise ValueError(f"batch mismatch: {n_images} images for {shown_rows} prompts "
+                         "(give one prompt per image, one prompt for all images, or one image for all prompts)")
+    if len(lengths) == 0 or int(lengths.min()) == 0:
+        raise ValueError("empty prompt: every prompt needs at least one token ([CLS] for a caption)")
+    longest, limit = int(lengths.max()), model.config.text.max_positions
+    if longest + max_new_tokens - 1 > limit:
+        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} needs text position "
+                         f"{longest + max_new_tokens - 2}; the model has {limit} (max_position_embeddings)")
+    return n_images
