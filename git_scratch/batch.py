@@ -1,0 +1,344 @@
+"""Running the command line's inputs in batches: expand paths, skip what --output already holds,
+load, encode each image once, generate every prompt from it, and write one flushed record per result.
+
+Each batch is loaded (a bad file becomes an error record, never an exception), encoded ONCE, and every
+prompt (the caption prompt, or each question) is generated from those image tokens. Records are appended
+and flushed one line at a time, so `--output` is also the resume log.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IMAGE_EXTS
+
+
+# ---------------------------------------------------------------- inputs
+@dataclass
+class Item:
+    input: str  # the path as given (folders expand to FOLDER/NAME)
+    path: Path | None = None
+    error: str | None = None  # set when the argument names nothing usable
+
+
+def expand(args: list[str], folders_are_inputs: bool = False) -> list[Item]:
+    """Command-line arguments -> inputs: files as given, folders -> their images, glob patterns -> matches.
+
+    For video, a folder is one input (its files are the frames). Arguments that name nothing become
+    error items, so they are reported with the rest instead of stopping the run.
+    """
+    out: list[Item] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir() and not folders_are_inputs:
+            images = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."))
+            out += [Item(os.path.join(arg, f.name), f) for f in images]
+            if not images:
+                out.append(Item(arg, error=f"no image files ({', '.join(sorted(IMAGE_EXTS))}) in this folder"))
+        elif path.exists():
+            out.append(Item(arg, path))
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            keep = [m for m in matches if folders_are_inputs or Path(m).is_file()]
+            out += [Item(m, Path(m)) for m in keep]
+            if not keep:
+                out.append(Item(arg, error="no file matches this pattern"))
+        else:
+            out.append(Item(arg, error="no such file or directory"))
+    seen: set[str] = set()
+    return [i for i in out if not (i.input in seen or seen.add(i.input))]
+
+
+# ---------------------------------------------------------------- results
+def read_done(path: Path) -> set[tuple[str, str | None]]:
+    """(input, question) pairs with a result in a previous run's output; failed ones are tried again.
+
+    A crash mid-write can leave an incomplete last line: it is cut off, so the rerun's first record
+    starts on a line of its own and every line of the file stays valid JSON.
+    """
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        with path.open("r+b") as f:
+            f.truncate(len(data))
+    done = set()
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "error" not in rec and "input" in rec:
+            done.add((rec["input"], rec.get("question")))
+    return done
+
+
+class Sink:
+    """Records go to stdout (text or JSON), errors also to stderr, everything to --output (one flushed line each)."""
+
+    def __init__(self, args, bar):
+        self.json, self.bar, self.n_failed = args.json, bar, 0
+        self.file = open(args.output, "a", encoding="utf-8") if args.output else None
+
+    def _save(self, rec: dict) -> None:
+        line = json.dumps(rec, ensure_ascii=False)
+        if self.json:
+            self.bar.write(line, file=sys.stdout)
+            sys.stdout.flush()
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())  # a finished record survives even a machine crash
+
+    def ok(self, rec: dict, streamed: bool = False) -> None:
+        self._save(rec)
+        if not self.json and not streamed:
+            fields = [rec["input"]] + ([rec["question"]] if rec["question"] is not None else []) + [rec["text"]]
+            self.bar.write("\t".join(fields), file=sys.stdout)
+            sys.stdout.flush()
+        self.bar.update(1)
+
+    def error(self, item: str, reason: str, questions=(None,), question: str | None = None) -> None:
+        """An input that failed: as a whole (unreadable), or for one `question` (e.g. too long a prompt)."""
+        self.n_failed += 1
+        about = f" (question {question!r})" if question is not None else ""
+        self.bar.write(f"error: {item}{about}: {reason}", file=sys.stderr)
+        self._save({"input": item, **({"question": question} if question is not None else {}), "error": reason})
+        self.bar.update(len(questions))
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
+
+
+# ---------------------------------------------------------------- running
+class Streamer:
+    """Prints one input's text word by word as tokens arrive: "INPUT<TAB>[QUESTION<TAB>]words...".
+
+    WordPiece continues a word with "##" pieces, so a word is printed once the next one has started
+    (the text up to its last space); the rest, and the newline, when generation ends.
+    """
+
+    def __init__(self, tokenizer, input: str, question: str | None):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+        sys.stdout.write("\t".join([input] + ([question] if question is not None else [])) + "\t")
+        sys.stdout.flush()
+
+    def add(self, token) -> None:
+        self.ids.append(int(token[0]))
+        text = self.tokenizer.decode(self.ids)
+        cut = text.rfind(" ")
+        if cut > len(self.shown) and text.startswith(self.shown):
+            self._show(text[:cut])
+
+    def _show(self, text: str) -> None:
+        sys.stdout.write(text[len(self.shown) :])
+        sys.stdout.flush()
+        self.shown = text
+
+    def end(self, text: str) -> None:
+        if not text.startswith(self.shown):  # decoding re-joined earlier words: restart the line
+            sys.stdout.write("\n")
+            self.shown = ""
+        self._show(text)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+class Runner:
+    """One loaded model + processor; runs batches of inputs through encode-once, generate-per-prompt."""
+
+    def __init__(self, args, model, processor, sink: Sink, video: bool):
+        import torch
+
+        self.args, self.model, self.processor, self.sink, self.video = args, model, processor, sink, video
+        self.max_pixels = processor.max_pixels  # the decompression-bomb budget, for video frames too
+        self.generator = None
+        if args.seed is not None:
+            self.generator = torch.Generator(model.device).manual_seed(args.seed)
+
+    def load(self, item: Item):
+        """(3, H, W) pixels of an image, (F, 3, H, W) of a video; raises with the reason on bad input."""
+        import torch
+
+        if self.video:
+            from .video import sample_frames
+
+            frames = sample_frames(item.path, self.model.config.n_frames, self.max_pixels)
+            return self.processor.preprocess_frames(frames)[0]
+        return torch.from_numpy(self.processor.pixel_values([item.path])[0])
+
+    def prompt(self, question: str | None):
+        """(1, T) prompt ids: [CLS] for a caption, [CLS] + question for VQA (GIT's format: no [SEP])."""
+        import torch
+
+        tok = self.processor.tokenizer
+        ids = [tok.cls_id] if question is None else tok.encode(question)
+        return torch.tensor([ids], device=self.model.device)
+
+    def generate(self, image, question: str | None, stream: Item | None = None) -> list[dict]:
+        """Records for each row of `image` (R, N, D), all given the same prompt."""
+        from .generate import generate
+
+        a, tok = self.args, self.processor.tokenizer
+        prompt = self.prompt(question)  # (1, T): generate uses it for every row
+        printer = Streamer(tok, stream.input, question) if stream else None
+        out = generate(self.model, image=image, input_ids=prompt, max_new_tokens=a.max_new_tokens,
+                       num_beams=a.num_beams, do_sample=a.sample, temperature=a.temperature, top_k=a.top_k,
+                       top_p=a.top_p, generator=self.generator, return_scores=True,
+                       on_token=printer.add if printer else None)
+        T, recs = prompt.shape[1], []
+        for seq, n, score in zip(out.sequences.tolist(), out.lengths.tolist(), out.scores.tolist()):
+            new = seq[T : T + n]  # finished rows are padded after their EOS: cut there
+            # score: mean log-probability per new token; for beams this is transformers' sequences_scores
+            # (length_penalty 1), for greedy/sampling generate returns the sum
+            recs.append({"question": question, "text": tok.decode(new), "ids": seq[: T + n],
+                         "score": score if a.num_beams > 1 else score / max(n, 1)})
+        if printer:
+            printer.end(recs[0]["text"])
+        return recs
+
+    def run(self, work: list[tuple[Item, list]]) -> None:
+        """Fill batches with inputs that load; report the others as they come, in input order."""
+        size = 1 if self.args.stream else self.args.batch_size
+        batch = []
+        for n, (item, questions) in enumerate(work):
+            if item.error:  # the argument named nothing usable
+                self.sink.error(item.input, item.error, questions)
+            else:
+                try:
+                    batch.append((item, self.load(item), questions))
+                except Exception as e:  # noqa: BLE001 -- any unreadable input is reported, never fatal
+                    self.sink.error(item.input, _reason(e, item), questions)
+            if batch and (len(batch) == size or n == len(work) - 1):
+                self.run_batch(batch)
+                batch = []
+
+    def run_batch(self, batch) -> None:
+        import torch
+
+        done, failure = {}, None
+        try:
+            with torch.inference_mode():
+                pixels = torch.stack([px for _, px, _ in batch]).to(self.model.device, self.model.dtype)
+                image = self.model.encode_image(pixels)  # (B, N, D): the one encoding every prompt reuses
+                for q in dict.fromkeys(q for _, _, qs in batch for q in qs):
+                    rows = [i for i, (_, _, qs) in enumerate(batch) if q in qs]
+                    stream = batch[rows[0]][0] if self.args.stream else None
+                    for i, rec in zip(rows, self.generate(image[rows], q, stream)):
+                        done[i, q] = rec
+        except Exception as e:  # noqa: BLE001 -- e.g. out of memory: retry alone, then report
+            failure = e
+        for i, (item, _, qs) in enumerate(batch):  # image-major order, whatever finished
+            for q in qs:
+                if (i, q) in done:
+                    self.sink.ok({"input": item.input, **done[i, q]}, streamed=self.args.stream)
+        if failure is None:
+            return
+        left = [(item, px, [q for q in qs if (i, q) not in done]) for i, (item, px, qs) in enumerate(batch)]
+        left = [x for x in left if x[2]]
+        if len(left) > 1:
+            for x in left:
+                self.run_batch([x])
+        else:
+            for item, _, qs in left:
+                for q in qs:
+                    self.sink.error(item.input, _reason(failure, item), [q], question=q)
+
+
+def _reason(e: Exception, item: Item) -> str:
+    """One line: the reason alone (the caller names the input), with the exception type where it helps."""
+    from .processor import ImageLoadError
+
+    if isinstance(e, ImageLoadError):
+        return e.reason
+    msg = " ".join(str(e).split())
+    for prefix in (f"{item.input}: ", f"{item.path}: "):  # messages that already name the file
+        msg = msg.removeprefix(prefix)
+    return msg if isinstance(e, (ValueError, OSError)) and msg else f"{type(e).__name__}: {msg}"
+
+
+class SetupError(Exception):
+    """The run cannot start (checkpoint, device): one line, exit code 2."""
+
+
+def load_checkpoint(args, video: bool):
+    """(model, processor) of --checkpoint on --device, or SetupError with one line saying what is wrong."""
+    import torch
+
+    from .load import load
+    from .processor import PILLOW_LIMIT, Processor
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SetupError(f"--device cuda: no CUDA device available to this torch ({torch.__version__})")
+    if args.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SetupError(f"--device mps: no Apple GPU available to this torch ({torch.__version__})")
+    ckpt = Path(args.checkpoint)
+    bad = f"cannot load checkpoint: {ckpt}:"
+    if not ckpt.is_dir():
+        raise SetupError(f"{bad} no such checkpoint directory")
+    try:
+        model = load(ckpt, device=args.device, dtype=args.dtype)
+        processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if args.max_pixels is None else args.max_pixels)
+    except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault
+        raise SetupError(f"cannot load checkpoint: {' '.join(str(e).split()) or type(e).__name__}") from None
+    tok, cfg = processor.tokenizer, model.config
+    if tok is None:
+        raise SetupError(f"{bad} no tokenizer.json or vocab.txt, so generated ids cannot become text")
+    if tok.vocab_size > cfg.text.vocab_size:
+        raise SetupError(f"{bad} the tokenizer has {tok.vocab_size} tokens, the model {cfg.text.vocab_size}: "
+                         "tokenizer files of another model?")
+    if video and not cfg.n_frames:
+        raise SetupError(f"{bad} not a video checkpoint (no num_image_with_embedding); use one converted from "
+                         "e.g. microsoft/git-base-vatex, or caption single frames with `git-scratch caption`")
+    return model, processor
+
+
+def run_inputs(args, video: bool) -> int:
+    from tqdm import tqdm
+
+    questions = args.question or [None]
+    items = expand(args.inputs, folders_are_inputs=video)
+    done = set()
+    if args.output:
+        out = Path(args.output)
+        try:
+            done = read_done(out)
+        except OSError as e:
+            print(f"error: cannot read --output {out}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_USAGE
+    work = [(i, [q for q in questions if (i.input, q) not in done]) for i in items]
+    work = [(i, qs) for i, qs in work if qs]
+    skipped = len(items) * len(questions) - sum(len(qs) for _, qs in work)
+    if skipped:
+        print(f"resuming: {skipped} result(s) already in {args.output}", file=sys.stderr)
+    if not work:
+        return EXIT_OK
+    try:
+        model, processor = load_checkpoint(args, video)
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    total = sum(len(qs) for _, qs in work)
+    bar = tqdm(total=total, file=sys.stderr, unit="input", dynamic_ncols=True,
+               disable=args.no_progress or args.stream or total <= 1)
+    try:
+        sink = Sink(args, bar)
+    except OSError as e:
+        bar.close()
+        print(f"error: cannot write --output {args.output}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        Runner(args, model, processor, sink, video).run(work)
+    finally:
+        sink.close()
+    if sink.n_failed:
+        print(f"{sink.n_failed} failure(s), each on an error line above", file=sys.stderr)
+    return EXIT_FAILED if sink.n_failed else EXIT_OK
