@@ -246,8 +246,9 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     device = model.device
     n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
     ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, text.bos_id, pad, eos, device)
-    n_images = check_request(model, pixel_values, image, len(shown), lengths, max_new_tokens, min_new_tokens, num_beams,
-                      num_return_sequences, do_sample, temperature, top_k, top_p, early_stopping, on_token)
+    n_images = check_request(model, pixel_values, image, len(shown), lengths, max_new_tokens, min_new_tokens,
+                             num_beams, num_return_sequences, do_sample, temperature, top_k, top_p, early_stopping,
+                             on_token)
     if len(shown) == 1 and n_images > 1:  # one prompt for every image
         ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
 

@@ -1,4 +1,5 @@
-"""What a caller hands the model: pixels and prompts checked before any compute, prompts in any padding as right-padded rows.
+"""What a caller hands the model: pixels and prompts, checked before any compute; prompts in any padding
+become right-padded rows.
 
 Kept apart from generate.py so that file holds only the decoding algorithm.
 """
