@@ -28,12 +28,17 @@ def _explain(r, px, ours, theirs, beams):
     return explain({"ours": r.ours, "theirs": r.hf}, {"px": px}, ours, theirs, new=6, beams=beams)
 
 
+def _pair(r, px):
+    """Our 6 forced new tokens per image, and a copy to play transformers' side."""
+    with torch.no_grad():
+        ours = r.ours.generate(px, max_new_tokens=6, min_new_tokens=6)
+    return ours, ours.clone()
+
+
 @pytest.mark.parametrize("beams", [1, 4])
 def test_identical_ids_and_a_twin_swap_are_not_differences(twins, beams):
     r, px, first, twin = twins
-    with torch.no_grad():
-        ours = r.ours.generate(px, max_new_tokens=6, min_new_tokens=6)
-    theirs = ours.clone()
+    ours, theirs = _pair(r, px)
     ok, detail = _explain(r, px, ours, theirs, beams)
     assert ok and "2 of 2 rows identical" in detail
     row = theirs[0]
@@ -46,9 +51,7 @@ def test_identical_ids_and_a_twin_swap_are_not_differences(twins, beams):
 @pytest.mark.parametrize("beams", [1, 4])
 def test_another_word_is_a_real_difference(twins, beams):
     r, px, first, twin = twins
-    with torch.no_grad():
-        ours = r.ours.generate(px, max_new_tokens=6, min_new_tokens=6)
-    theirs = ours.clone()
+    ours, theirs = _pair(r, px)
     theirs[1, -3] = (int(theirs[1, -3]) + 11) % r.ours.config.text.vocab_size  # a word the model did not pick
     ok, detail = _explain(r, px, ours, theirs, beams)
     assert not ok and "DIFFER in 1 of 2 rows" in detail and "row 1" in detail
