@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .ties import explain, vision_against_exact
 from .machine import OtherLoad, bandwidth_gbs, linear_seconds, machine_info, matmul_gflops, roofline
+from .ties import explain, vision_against_exact
 from .workloads import QUICK, WORKLOADS, checkpoint, load_ours, load_theirs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -140,7 +140,7 @@ def floor_seconds(cfg, gen: dict, roof: dict, vision_gflop: float) -> float:
     return encode / peak + gen["new"] * max(step_bytes / bw, step_flops / peak)
 
 
-def limits(shape_results: dict, models: dict, cfg, roof: dict) -> dict:
+def limits(shape_results: dict, cfg, roof: dict, vision_gflop: float) -> dict:
     """How close the vision encoder and the decode step come to this machine's matmul rate and bandwidth.
 
     The rates are best-of measurements, so they are held against each side's fastest run (min), not the
@@ -149,7 +149,7 @@ def limits(shape_results: dict, models: dict, cfg, roof: dict) -> dict:
     out = {}
     vis = shape_results.get("vision")
     if vis:
-        flops = vision_flops(models["ours"], cfg)
+        flops = vision_gflop * 1e9
         v = cfg.vision
         rate_1 = matmul_gflops(v.n_tokens, v.dim, v.mlp_dim)  # the encoder's own MLP matmul, 1 image
         # the encoder's linear layers alone, each shape timed as torch/MKL runs it (q, k, v, out, fc1, fc2)
@@ -201,6 +201,7 @@ def run_shape(shape: str, args, roof: dict | None, out: dict) -> None:
         log(f"loading {shape}{' (video)' if video else ''} ...")
         models = {"ours": load_ours(our_dir, args.ours_dtype), "theirs": load_theirs(hf_dir)}
         cfg = models["ours"].config
+        vision_gflop = vision_flops(models["ours"], cfg) / 1e9 if roof is not None else None
         for name in group:
             w = WORKLOADS[name]
             log(f"[{shape}] {name}: {w.title}")
@@ -214,10 +215,10 @@ def run_shape(shape: str, args, roof: dict | None, out: dict) -> None:
                 log(f"    peak memory: {r['memory']}")
             res[name] = r
             if roof is not None and w.gen:
-                r["floor_s"] = floor_seconds(cfg, w.gen, roof, vision_flops(models["ours"], cfg) / 1e9)
+                r["floor_s"] = floor_seconds(cfg, w.gen, roof, vision_gflop)
                 r["floor_ratio"] = r["floor_s"] / r["theirs"]["median"]
         if not video and roof is not None:
-            lim = limits(res, models, cfg, roof)
+            lim = limits(res, cfg, roof, vision_gflop)
         del models
     out["limits"] = lim
 

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+from .ties import rows
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from reference import SHAPES  # noqa: E402  (the HF GitConfig kwargs of each published shape)
@@ -113,8 +115,7 @@ def gen_theirs(model, px, ids, new=20, beams=1):
 
 
 def same_ids(a, b) -> tuple[bool, str]:
-    a, b = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
-    rows_a, rows_b = [r for x in a for r in x], [r for x in b for r in x]
+    rows_a, rows_b = rows(a), rows(b)
     if len(rows_a) != len(rows_b):
         return False, f"{len(rows_a)} rows vs {len(rows_b)}"
     differ = sum(not (x.shape == y.shape and torch.equal(x, y)) for x, y in zip(rows_a, rows_b))

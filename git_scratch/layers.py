@@ -44,6 +44,10 @@ def activation(name: str):
         raise ValueError(f"unknown activation {name!r}; supported: {', '.join(_ACT)}") from None
 
 
+# oneDNN's linear, as torch's CPU builds ship it (Linear's fast path below)
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 class Linear(nn.Linear):
     """nn.Linear, with one speed trick on CPU: inference on 4 to 512 rows goes to oneDNN instead of MKL.
 
@@ -63,9 +67,6 @@ class Linear(nn.Linear):
             if 4 <= x.numel() // x.shape[-1] <= 512:
                 return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
         return super().forward(x)
-
-
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class Attention(nn.Module):

@@ -66,3 +66,10 @@ def test_presets_match_published_shapes():
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(ValueError, match="git-base-coco"):
         GitConfig.preset("git-huge")
+
+
+def test_a_hugging_face_config_json_is_refused_with_the_convert_command(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "git", **SHAPES["tiny"]}))
+    with pytest.raises(ValueError, match=r"config\.json is a Hugging Face config\.json; convert the checkpoint"):
+        GitConfig.from_json(path)

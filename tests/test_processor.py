@@ -44,8 +44,6 @@ PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "retina.jp
 SIZES = [(1, 1), (4, 90), (90, 4), (224, 224), (225, 223), (100, 37), (37, 300), (480, 640)]  # (w, h), 1:22 to 1:1
 
 
-
-
 def write_config(d: Path, cfg: dict) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "preprocessor_config.json").write_text(json.dumps(cfg))
@@ -231,8 +229,6 @@ def test_unsupported_size_key_is_rejected_naming_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- text and video layout
-
-
 
 
 def test_prompts_are_cls_plus_tokens_right_padded_with_zero(tmp_path, vocab_dir):

@@ -57,8 +57,6 @@ def corpus(n_random: int = 300) -> list[str]:
     return SEEDS + mixed
 
 
-
-
 def checkpoint(tmp_path: Path, vocab_dir: Path, files, config_update: dict | None = None) -> Path:
     """A checkpoint-like directory with only some tokenizer files (and tokenizer_config edits)."""
     for f in files:

@@ -54,6 +54,7 @@ def config_from_hf(hf: dict) -> GitConfig:
     )
     return GitConfig(vision=vision, text=text, n_frames=hf.get("num_image_with_embedding"))
 
+
 def config_to_hf(cfg: GitConfig) -> dict:
     """A Hugging Face `config.json` dict that `transformers.GitConfig` reads back to this config."""
     v, t = cfg.vision, cfg.text
