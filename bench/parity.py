@@ -32,11 +32,11 @@ def measure(name: str) -> dict:
             out["projected"] = rel_err(r.ours.encode_image(px), ref_img)
             ref = r.hf(pixel_values=px, input_ids=ids).logits
             N = ref.shape[1] - ids.shape[1]
-            out["logits"] = rel_err(r.ours(px, ids), ref[:, N:])
+            out["logits"] = rel_err(r.ours(px, ids).logits, ref[:, N:])
             mask = torch.ones_like(ids)
             mask[1, :4] = 0
             ref = r.hf(pixel_values=px, input_ids=ids, attention_mask=mask).logits
-            out["logits_padded"] = rel_err(r.ours(px, ids, attention_mask=mask), ref[:, N:])
+            out["logits_padded"] = rel_err(r.ours(px, ids, attention_mask=mask).logits, ref[:, N:])
         ref_loss = r.hf(pixel_values=px, input_ids=ids, labels=ids).loss
         loss = r.ours(px, ids, labels=ids).loss
         out["loss"] = abs(loss.item() - ref_loss.item()) / abs(ref_loss.item())

@@ -45,13 +45,10 @@ def rows(x) -> list[torch.Tensor]:
     return [r for t in (x if isinstance(x, list) else [x]) for r in t]
 
 
-def token_logprobs(model, hf: bool, px: torch.Tensor, seqs: torch.Tensor, new: int) -> torch.Tensor:
+def token_logprobs(model, px: torch.Tensor, seqs: torch.Tensor, new: int) -> torch.Tensor:
     """(2, L) sequences -> (2, new) log-probabilities of their last `new` tokens given everything before."""
     with torch.inference_mode():
-        if hf:
-            logits = model(pixel_values=px, input_ids=seqs).logits[:, -seqs.shape[1] :]  # text positions
-        else:
-            logits = model(px, seqs)
+        logits = model(pixel_values=px, input_ids=seqs).logits[:, -seqs.shape[1] :]  # text positions (HF: all)
     lp = logits[:, -new - 1 : -1].double().log_softmax(dim=-1)
     return lp.gather(-1, seqs[:, -new:, None])[..., 0]
 
@@ -73,9 +70,9 @@ def explain(models: dict, inputs: dict, ours, theirs, new: int, beams: int) -> t
         i = r * n_img // n  # rows are image-major
         p = px[i : i + 1].expand(2, *px.shape[1:])
         lp = {
-            "exact": token_logprobs(exact, False, p.double(), seqs, new),
-            "ours": token_logprobs(models["ours"], False, p, seqs, new).double(),
-            "theirs": token_logprobs(models["theirs"], True, p, seqs, new).double(),
+            "exact": token_logprobs(exact, p.double(), seqs, new),
+            "ours": token_logprobs(models["ours"], p, seqs, new).double(),
+            "theirs": token_logprobs(models["theirs"], p, seqs, new).double(),
         }
         if beams > 1:  # whole sequences
             s = {k: v.sum(dim=1) for k, v in lp.items()}

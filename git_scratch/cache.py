@@ -1,68 +1,75 @@
 """The decoding cache: image keys/values computed once per image and shared, text keys/values by slot.
 
-GIT decodes over one stream `[image ; text]`. The image tokens never see the text (mask.py), so their
-keys and values at every layer depend on the image alone: they are computed once per image and
-shared by every row decoded from it (several prompts, beams, returned sequences). Only the text part
-grows, one token per step, and is different per row.
+GIT decodes over one stream `[image ; text]`. The cache is exact because of the mask (checked by
+`why_inexact` before it is used): the image tokens never see the text, so their keys and values at every
+layer depend on the image alone, and are computed once per image and shared by every row decoded from
+it (several prompts, beams, returned sequences); text is causal, so a text token's keys and values never
+change once written. Only the text part grows, one token per step, and is different per row.
 
     img   (n_layers, 2, Bi, H, N, Dh)   k and v of the N image tokens, one entry per *image*
     txt   (n_layers, 2, R,  H, S, Dh)   k and v of S preallocated text slots, one entry per *row*
-    mask  (N + S, N + S)                git_mask(N, S); a token in text slot s reads row N + s
+    mask  (N + S, N + S)                the model's mask; a token in text slot s reads row N + s
 
 Rows are image-major: rows `i*k .. i*k + k-1` (k = R / Bi) decode from image i, which is the order
-of `repeat_interleave` used for beams and returned sequences.
+of `repeat_interleave` used for beams and returned sequences. The model's own blocks run over the
+cache: each block's attention is handed a cache layer as `kv` (layers.Attention), which stores the new
+keys/values and hands back what to attend over, the image's as `shared` (never copied per row).
 
-Position bookkeeping, in one place (`positions`): text slot s is the token's text position (0 at
-[CLS]), so its mask row is N + s and its position embedding index is s. Prompts of different lengths
-are right-padded: row r's new token i goes to slot len_r + i, overwriting the padding. Under the
-causal mask a real token in slot s reads slots <= s only, all real by then, so no padding mask is
-needed (the prefill's pad queries do read pads, but their outputs are never used).
-
-Why not one SDPA call: SDPA takes one key tensor per row, so the shared image keys would have to be
-copied next to each row's text keys at every step (k copies per image for k beams). Instead the
-scores against the image keys are one batched matmul per image, with all k rows of that image stacked
-as queries; the text scores are per row; both are concatenated to (R, H, L, N + S) and go through
-one softmax under the git_mask rows, as in the picture in mask.py. The image K/V are never copied.
+Positions, in one place (`positions`): text slot s is the token's text position (0 at [CLS]), so its
+mask row is N + s and its position embedding index is s. Prompts of different lengths are right-padded:
+row r's new token i goes to slot len_r + i, overwriting the padding. Under the causal mask a real token
+in slot s reads slots <= s only, all real by then, so no padding mask is needed.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 
 from .config import TextConfig
-from .mask import git_mask
+
+
+def why_inexact(mask: torch.Tensor, n_img: int) -> str | None:
+    """Why a KV cache would decode differently from the full forward under this (L, L) mask, or None."""
+    if mask[:n_img, n_img:].any():
+        return "image tokens attend to text, so their keys/values would change with every new token"
+    txt = mask[n_img:, n_img:]
+    if not torch.equal(txt, txt.tril()):
+        return "text tokens attend to later text, so earlier tokens' keys/values would change"
+    return None
+
+
+class CacheMisuse(RuntimeError):
+    """A block attended under a mask other than the model's: the cache cannot know what that means."""
+
+
+class ImageDone(Exception):
+    """Raised by the last image layer once it holds its keys/values: the rest of that block is unused."""
 
 
 @dataclass
 class KVCache:
     img: torch.Tensor  # (n_layers, 2, Bi, H, N, Dh)
     txt: torch.Tensor  # (n_layers, 2, R, H, S, Dh)
-    mask: torch.Tensor  # (N + S, N + S) bool, git_mask(N, S)
+    mask: torch.Tensor  # (N + S, N + S) bool, the model's mask (GIT.mask)
     spare: torch.Tensor | None = None  # beams only: reorder's target, swapped with txt
 
     @classmethod
-    def empty(cls, cfg: TextConfig, n_images: int, n_rows: int, n_img_tokens: int, n_slots: int,
+    def empty(cls, cfg: TextConfig, n_images: int, n_rows: int, mask: torch.Tensor, n_img_tokens: int,
               dtype: torch.dtype, device) -> KVCache:
-        """Zeroed buffers for `n_rows` rows decoding from `n_images` images, `n_slots` text tokens each."""
+        """Zeroed buffers for `n_rows` rows decoding from `n_images` images, under `mask` (N + S, N + S)."""
         if n_rows % n_images:
             raise ValueError(f"{n_rows} rows cannot be split evenly over {n_images} images")
-        H, Dh = cfg.n_heads, cfg.dim // cfg.n_heads
+        H, Dh, S = cfg.n_heads, cfg.dim // cfg.n_heads, mask.shape[0] - n_img_tokens
         # zeros, not empty: unwritten slots are masked out of the softmax, but 0 * NaN garbage would still be NaN
         img = torch.zeros(cfg.n_layers, 2, n_images, H, n_img_tokens, Dh, dtype=dtype, device=device)
-        txt = torch.zeros(cfg.n_layers, 2, n_rows, H, n_slots, Dh, dtype=dtype, device=device)
-        return cls(img, txt, git_mask(n_img_tokens, n_slots, device=device))
+        txt = torch.zeros(cfg.n_layers, 2, n_rows, H, S, Dh, dtype=dtype, device=device)
+        return cls(img, txt, mask)
 
     @property
     def n_img_tokens(self) -> int:
         return self.img.shape[-2]
-
-    @property
-    def n_slots(self) -> int:
-        return self.txt.shape[-2]
 
     def positions(self, start: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n tokens per row from text slot `start` (R, 1) on -> (slots (R, n), mask rows (R, 1, n, N + S)).
@@ -73,9 +80,14 @@ class KVCache:
         slots = start + torch.arange(n, device=start.device)  # (R, n)
         return slots, self.mask[self.n_img_tokens + slots][:, None]
 
-    def image_writer(self, layer: int) -> _ImageWriter:
-        """The `kv` hook for `Attention.forward` while the image tokens run through the decoder once."""
-        return _ImageWriter(self.img[layer])
+    def image_layers(self, allowed) -> list[_ImageLayer]:
+        """One `kv` per block while the image tokens run through the decoder alone, under `allowed`."""
+        n = len(self.img)
+        return [_ImageLayer(self.img[i], allowed, last=i == n - 1) for i in range(n)]
+
+    def text_layers(self, slots: torch.Tensor, allowed: torch.Tensor) -> list[_TextLayer]:
+        """One `kv` per block for text tokens in `slots` (R, n) under mask rows `allowed` (from `positions`)."""
+        return [_TextLayer(self.txt[i], self.img[i], slots, allowed) for i in range(len(self.txt))]
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Beam re-ranking: row r takes the text keys/values of row rows[r]; the image part is untouched.
@@ -88,38 +100,35 @@ class KVCache:
         self.txt, self.spare = self.spare, self.txt
 
 
-class _ImageWriter:
-    def __init__(self, store: torch.Tensor):
-        self.store = store  # (2, Bi, H, N, Dh), a view into KVCache.img
+def _check(allowed, expected) -> None:
+    if allowed is not expected:  # an identity check: free, and exact
+        raise CacheMisuse("a decoder block attended under a mask other than the one the model gave it, so the "
+                          "KV cache cannot know which keys each token sees; generate with use_cache=False")
 
-    def update(self, k: torch.Tensor, v: torch.Tensor):
+
+class _ImageLayer:
+    def __init__(self, store: torch.Tensor, allowed, last: bool):
+        self.store, self.allowed, self.last = store, allowed, last  # store: (2, Bi, H, N, Dh), a view
+
+    def update(self, k, v, allowed):
+        _check(allowed, self.allowed)
         self.store[0].copy_(k)
         self.store[1].copy_(v)
-        return k, v  # the image tokens attend to each other only: nothing cached before them
+        if self.last:
+            # Speed, exact under any block wiring: the text reads only the image tokens' keys/values, so
+            # the last block's output for them is never used; stop it once it has handed these over.
+            raise ImageDone
+        return k, v, None  # the image tokens attend to each other only: nothing cached before them
 
 
-def cached_attention(attn, x: torch.Tensor, cache: KVCache, layer: int, slots: torch.Tensor,
-                     allowed: torch.Tensor) -> torch.Tensor:
-    """Text tokens x (R, L, D) in text slots `slots` (R, L) through `attn` (a layers.Attention).
+class _TextLayer:
+    def __init__(self, txt: torch.Tensor, img: torch.Tensor, slots: torch.Tensor, allowed: torch.Tensor):
+        self.txt, self.img, self.slots, self.allowed = txt, img, slots, allowed  # txt (2, R, H, S, Dh)
 
-    Writes their keys/values into the cache, then attends over the shared image keys and the row's
-    text keys. `allowed` (R, 1, L, N + S): the git_mask rows of these slots (from `positions`).
-    """
-    R, L, _ = x.shape
-    Bi, N = cache.img.shape[2], cache.n_img_tokens
-    q, k, v = attn.heads(attn.q_proj(x)), attn.heads(attn.k_proj(x)), attn.heads(attn.v_proj(x))  # (R, H, L, Dh)
-    txt_k, txt_v = cache.txt[layer]  # (R, H, S, Dh) each
-    rows = torch.arange(R, device=x.device)[:, None]  # (R, 1), broadcast against slots (R, L)
-    txt_k[rows, :, slots] = k.transpose(1, 2)  # advanced indices first: target is (R, L, H, Dh)
-    txt_v[rows, :, slots] = v.transpose(1, 2)
-    img_k, img_v = cache.img[layer]  # (Bi, H, N, Dh) each, shared by the k = R / Bi rows of each image
-
-    q_img = rearrange(q, "(b k) h l d -> b h (k l) d", b=Bi)  # every row of image b, stacked as queries
-    s_img = rearrange(q_img @ img_k.transpose(-1, -2), "b h (k l) n -> (b k) h l n", l=L)  # (R, H, L, N)
-    s_txt = q @ txt_k.transpose(-1, -2)  # (R, H, L, S)
-    scores = torch.cat([s_img, s_txt], dim=-1) / math.sqrt(q.shape[-1])  # (R, H, L, N + S): keys [image ; text]
-    p = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # never all -inf: the image is always allowed
-
-    p_img = rearrange(p[..., :N], "(b k) h l n -> b h (k l) n", b=Bi)
-    out = rearrange(p_img @ img_v, "b h (k l) d -> (b k) h l d", l=L) + p[..., N:] @ txt_v  # (R, H, L, Dh)
-    return attn.out_proj(rearrange(out, "r h l d -> r l (h d)"))
+    def update(self, k, v, allowed):
+        """k, v (R, H, n, Dh) of tokens in `slots` -> every row's text keys/values + the shared image ones."""
+        _check(allowed, self.allowed)
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (R, 1), broadcast against slots (R, n)
+        self.txt[0][rows, :, self.slots] = k.transpose(1, 2)  # advanced indices first: target is (R, n, H, Dh)
+        self.txt[1][rows, :, self.slots] = v.transpose(1, 2)
+        return self.txt[0], self.txt[1], (self.img[0], self.img[1])

@@ -10,13 +10,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Activations a config may name. Anything else is an error, never a silent fallback.
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "tanh")
+from .layers import ACTIVATIONS
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Presets ship inside the package (package data); in a checkout `git_scratch/presets` links to `configs/`.
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+NORMS = ("post", "pre")  # text.norm: where the decoder block's LayerNorms sit
 
 
 def check_act(act: str, where: str) -> str:
+    """A config may name only the activations layers.py implements: never a silent fallback."""
     if act not in ACTIVATIONS:
         raise ValueError(f"{where}: unknown activation {act!r}; supported: {', '.join(ACTIVATIONS)}")
     return act
@@ -61,6 +63,7 @@ class TextConfig:
     bos_id: int = 101  # [CLS]
     eos_id: int = 102  # [SEP]
     tie_embeddings: bool = False
+    norm: str = "post"  # "post": GIT/BERT (add, then normalise); "pre": normalise, then add, + a final LayerNorm
 
 
 @dataclass
@@ -76,6 +79,8 @@ class GitConfig:
             self.text = TextConfig(**self.text)
         check_act(self.vision.act, "vision.act")
         check_act(self.text.act, "text.act")
+        if self.text.norm not in NORMS:
+            raise ValueError(f"text.norm must be one of {', '.join(NORMS)}, got {self.text.norm!r}")
         for name, part in (("vision", self.vision), ("text", self.text)):
             if part.dim % part.n_heads:
                 raise ValueError(f"{name}: dim {part.dim} is not a multiple of n_heads {part.n_heads}")

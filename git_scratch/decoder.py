@@ -1,6 +1,6 @@
 """GIT's text decoder side: the visual projection, the text embeddings and the post-LN BERT block.
 
-Shapes: B batch, F frames, N image tokens, T text tokens, L = N + T, Dv vision width, D text width.
+Shapes: the legend at the top of model.py.
 """
 
 from __future__ import annotations
@@ -56,22 +56,25 @@ class TextEmbedding(nn.Module):
 
 
 class TextBlock(nn.Module):
-    """Post-LayerNorm BERT block: transform, add, then normalise.
+    """The decoder block, wired here and nowhere else (generation runs it too, over the cache).
 
-        x ─┬─ attn ─(+)─ ln_1 ─┬─ mlp ─(+)─ ln_2 ─▶
-           └─────────┘         └────────┘
+    "post" (GIT, BERT): transform, add, then normalise.   "pre" (text.norm = "pre"): normalise, transform, add.
+        x ─┬─ attn ─(+)─ ln_1 ─┬─ mlp ─(+)─ ln_2 ─▶         x ─┬─ ln_1 ─ attn ─(+)─┬─ ln_2 ─ mlp ─(+)─▶
+           └─────────┘         └────────┘                      └───────────────────┘└──────────────────┘
+    Tokens meet only inside `attn`, under `allowed`: that is what makes the KV cache exact (cache.py).
     """
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
+        self.pre = cfg.norm == "pre"
         self.attn = Attention(cfg.dim, cfg.n_heads)
         self.ln_1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
         self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
 
-    def forward(self, x, allowed, kv=None, return_weights: bool = False):
-        a = self.attn(x, allowed, kv, return_weights=return_weights)
-        a, w = a if return_weights else (a, None)
-        x = self.ln_1(x + a)
-        x = self.ln_2(x + self.mlp(x))
-        return (x, w) if return_weights else x
+    def forward(self, x, allowed, kv=None, maps=None) -> torch.Tensor:
+        if self.pre:
+            x = x + self.attn(self.ln_1(x), allowed, kv, maps)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, allowed, kv, maps))
+        return self.ln_2(x + self.mlp(x))

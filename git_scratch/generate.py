@@ -1,9 +1,13 @@
 """Generation: prefill, step, greedy, sampling and beam search as plain functions over an explicit cache.
 
-    image ─▶ encode_image (once per image) ─▶ prefill_image: the decoder over the image tokens alone,
-             keeping every layer's image keys/values (cache.py)
-    prompt ─▶ decode(prompt, slots 0..T-1) ─▶ logits ─▶ pick ─▶ decode(token, slot len + i) ─▶ ...
-              (prefill)                                        (one step)
+    image ─▶ encode_image (once per image) ─▶ the decoder over the image tokens alone, keeping every
+             layer's image keys/values (cache.py)
+    prompt ─▶ feed(prompt, slots 0..T-1) ─▶ logits ─▶ pick ─▶ feed(token, slot len + i) ─▶ ...
+              (prefill)                                      (one step)
+
+Both run the model's own pieces (GIT.embed_text, .mask, .run, .head): an architecture change made there
+reaches generation by itself. `Uncached` runs the full forward each step instead: the reference that the
+tests hold the cache to, and the fallback when the model's mask breaks what the cache relies on.
 
 The result equals `transformers.GitForCausalLM.generate` token for token (tests/test_generate.py):
 the same stopping rules, the same logits processors in the same order, the same beam bookkeeping.
@@ -13,13 +17,14 @@ slots, S text slots, M = max_new_tokens, V vocabulary, D width.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .cache import KVCache, cached_attention
-from .inputs import check_request, prompts
+from .cache import ImageDone, KVCache, why_inexact
+from .inputs import GenerationOptions, check_request, prompts
 
 NEG = -1.0e9  # transformers' "impossible" beam score; the same constant keeps ties and sums bitwise equal
 
@@ -29,37 +34,57 @@ class Generation:
     """What `generate(..., return_scores=True)` returns."""
 
     sequences: torch.Tensor  # (R, T + n): the prompt as given, then the new tokens; finished rows padded
-    scores: torch.Tensor  # (R,) beams: transformers' sequences_scores (length-penalised); else sum of token_logprobs
+    scores: torch.Tensor  # (R,) what the search ranked by: beams, length-penalised (transformers' sequences_scores); else = logprob
+    logprob: torch.Tensor  # (R,) summed log-probability of the new tokens (EOS included), never length-penalised
     token_logprobs: torch.Tensor  # (R, n) log-probability of each new token under the processed logits; 0 after the end
     lengths: torch.Tensor  # (R,) new tokens per row, EOS included
 
 
-# ---------------------------------------------------------------- the model over the cache
-def prefill_image(model, img: torch.Tensor, cache: KVCache) -> None:
-    """Image tokens (Bi, N, D) through the decoder blocks alone, keeping each layer's keys/values.
+# ---------------------------------------------------------------- the model, cached or not
+class Cached:
+    """Decoding over the KV cache (cache.py): the model's own embed_text / run / head, new tokens only."""
 
-    The image never attends to the text (git_mask), so this is exactly the image part of `GIT.forward`.
-    """
-    x = img
-    *blocks, last = model.blocks
-    for i, block in enumerate(blocks):
-        x = block(x, None, kv=cache.image_writer(i))
-    # Speed (exact): nothing reads the image tokens' *output* of the last block, only their keys and
-    # values there, so its queries, attention, MLP and norms are skipped for them: 1/6 less image
-    # prefill on git-base (a 14-20% faster prefill, measured; 115 ms less for 8 images on 2 CPU cores).
-    attn = last.attn
-    cache.image_writer(len(blocks)).update(attn.heads(attn.k_proj(x)), attn.heads(attn.v_proj(x)))
+    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor):
+        N = image.shape[1]
+        self.model = model
+        self.cache = KVCache.empty(model.config.text, image.shape[0], n_rows, mask, N, image.dtype, image.device)
+        img_mask = None if bool(mask[:N, :N].all()) else mask[:N, :N]  # None: SDPA's fast unmasked path
+        try:  # the image tokens through the decoder alone, once per image: each layer's keys/values stay
+            model.run(image, img_mask, kv=self.cache.image_layers(img_mask))
+        except ImageDone:
+            pass
+
+    def hidden(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """ids (R, n) in text slots start.. (start (R, 1)) -> decoder output (R, n, D); their keys/values stay."""
+        slots, allowed = self.cache.positions(start, ids.shape[1])
+        return self.model.run(self.model.embed_text(ids, start), allowed, kv=self.cache.text_layers(slots, allowed))
+
+    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """As `hidden`, then the logits (R, V) of each row's token `last` (R,) only."""
+        return self.model.head(self.hidden(ids, start)[torch.arange(len(ids), device=ids.device), last])
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder(rows)
 
 
-def decode(model, ids: torch.Tensor, start: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Text ids (R, L) in text slots start..start+L-1 (start: (R, 1)) -> hidden states (R, L, D)."""
-    slots, allowed = cache.positions(start, ids.shape[1])
-    x = model.embed_text(ids, start)  # text position = text slot
-    for i, block in enumerate(model.blocks):
-        # NB: decoder.TextBlock.forward's post-LN wiring, with the cached attention; a test holds them equal.
-        x = block.ln_1(x + cached_attention(block.attn, x, cache, i, slots, allowed))
-        x = block.ln_2(x + block.mlp(x))
-    return x
+class Uncached:
+    """The whole sequence through `model.forward` at every step: the reference rollout, and the fallback
+    for a model whose mask the cache cannot serve. Rows hold text slots as the cache does."""
+
+    def __init__(self, model, image: torch.Tensor, n_rows: int, n_slots: int):
+        self.model, self.image = model, image.repeat_interleave(n_rows // image.shape[0], dim=0)
+        self.seq = torch.zeros(n_rows, n_slots, dtype=torch.long, device=image.device)
+
+    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(len(ids), device=ids.device)
+        self.seq[rows[:, None], start + torch.arange(ids.shape[1], device=ids.device)] = ids
+        end = start[:, 0] + last + 1  # real tokens per row; later slots are padding (masked as keys)
+        T = int(end.max())
+        keep = torch.arange(T, device=ids.device) < end[:, None]
+        return self.model(image=self.image, input_ids=self.seq[:, :T], attention_mask=keep).logits[rows, end - 1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.seq = self.seq[rows]
 
 
 # ---------------------------------------------------------------- logits processors (transformers' order)
@@ -86,33 +111,31 @@ def warp(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> 
 
 
 # ---------------------------------------------------------------- greedy and sampling
-def search(model, cache, ids, lengths, *, max_new_tokens, min_new_tokens, eos, pad, do_sample, temperature,
-           top_k, top_p, generator, on_token):
+def search(dec, ids, lengths, o: GenerationOptions, generator=None, on_token=None):
     """Greedy or sampled tokens for R rows: (new tokens (R, n), token log-probs (R, n), lengths (R,))."""
-    R = ids.shape[0]
-    rows = torch.arange(R, device=ids.device)
-    h = decode(model, ids, torch.zeros(R, 1, dtype=torch.long, device=ids.device), cache)[rows, lengths - 1]
-    new = torch.full((R, max_new_tokens), pad, dtype=torch.long, device=ids.device)
-    logprobs = torch.zeros(R, max_new_tokens, device=ids.device)
-    n_new = torch.zeros(R, dtype=torch.long, device=ids.device)
-    done = torch.zeros(R, dtype=torch.bool, device=ids.device)
-    for i in range(max_new_tokens):
-        scores = no_early_eos(model.lm_head(h).float(), i, min_new_tokens, eos)  # (R, V)
-        if do_sample:
-            scores = warp(scores, temperature, top_k, top_p)
+    R, dev = ids.shape[0], ids.device
+    logits = dec.feed(ids, torch.zeros(R, 1, dtype=torch.long, device=dev), lengths - 1)
+    new = torch.full((R, o.max_new_tokens), o.pad, dtype=torch.long, device=dev)
+    logprobs = torch.zeros(R, o.max_new_tokens, device=dev)
+    n_new = torch.zeros(R, dtype=torch.long, device=dev)
+    done = torch.zeros(R, dtype=torch.bool, device=dev)
+    for i in range(o.max_new_tokens):
+        scores = no_early_eos(logits.float(), i, o.min_new_tokens, o.eos)  # (R, V)
+        if o.do_sample:
+            scores = warp(scores, o.temperature, o.top_k, o.top_p)
             tok = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)[:, 0]
         else:
             tok = scores.argmax(dim=-1)
-        tok = tok.masked_fill(done, pad)  # finished rows are padded
+        tok = tok.masked_fill(done, o.pad)  # finished rows are padded
         new[:, i] = tok
         logprobs[:, i] = scores.log_softmax(dim=-1).gather(1, tok[:, None])[:, 0].masked_fill(done, 0.0)
         n_new += ~done
-        done |= tok == eos
+        done |= tok == o.eos
         if on_token is not None:
             on_token(tok)
-        if done.all() or i + 1 == max_new_tokens:
+        if done.all() or i + 1 == o.max_new_tokens:
             break
-        h = decode(model, tok[:, None], (lengths + i)[:, None], cache)[:, 0]
+        logits = dec.feed(tok[:, None], (lengths + i)[:, None], torch.zeros_like(lengths))
     return new[:, : i + 1], logprobs[:, : i + 1], n_new
 
 
@@ -202,37 +225,35 @@ def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty
     return rows
 
 
-def beam_search(model, cache, ids, lengths, *, num_beams, max_new_tokens, min_new_tokens, eos, fill,
-                length_penalty, early_stopping):
+def beam_search(dec, ids, lengths, K: int, o: GenerationOptions) -> Beams:
     """Beam search over R = P * K rows (each prompt repeated K times). Returns the final `Beams`."""
-    R, K = ids.shape[0], num_beams
-    rows = torch.arange(R, device=ids.device)
-    h = decode(model, ids, torch.zeros(R, 1, dtype=torch.long, device=ids.device), cache)[rows, lengths - 1]
-    b = Beams.start(R // K, K, max_new_tokens, fill, device=ids.device)
-    for t in range(max_new_tokens):
-        logprobs = no_early_eos(model.lm_head(h).float().log_softmax(dim=-1), t, min_new_tokens, eos)
-        src = beam_step(b, logprobs, t, eos, length_penalty, early_stopping)
+    R = ids.shape[0]
+    logits = dec.feed(ids, torch.zeros(R, 1, dtype=torch.long, device=ids.device), lengths - 1)
+    # NB: transformers fills finished beams with `pad_token_id or eos_token_id`, so a pad id of 0 (every
+    # GIT checkpoint's [PAD]) counts as missing and beams are padded with EOS. We keep that, for equal ids.
+    b = Beams.start(R // K, K, o.max_new_tokens, o.pad or o.eos, device=ids.device)
+    for t in range(o.max_new_tokens):
+        logprobs = no_early_eos(logits.float().log_softmax(dim=-1), t, o.min_new_tokens, o.eos)
+        src = beam_step(b, logprobs, t, o.eos, o.length_penalty, o.early_stopping)
         if b.stop:
             break
-        cache.reorder(src)
-        h = decode(model, b.tokens[:, :, t].reshape(R, 1), (lengths + t)[:, None], cache)[:, 0]
+        dec.reorder(src)
+        logits = dec.feed(b.tokens[:, :, t].reshape(R, 1), (lengths + t)[:, None], torch.zeros_like(lengths))
     return b
 
 
 # ---------------------------------------------------------------- the entry point
 @torch.no_grad()
 def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
-             max_new_tokens: int = 20, min_new_tokens: int = 0, num_beams: int = 1, length_penalty: float = 1.0,
-             early_stopping: bool | str = False, num_return_sequences: int = 1, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             eos_token_id: int | None = None, pad_token_id: int | None = None, return_scores: bool = False,
-             on_token: Callable[[torch.Tensor], None] | None = None):
+             generator: torch.Generator | None = None, return_scores: bool = False,
+             on_token: Callable[[torch.Tensor], None] | None = None, **options):
     """Captions (no input_ids), answers or continuations (a prompt) as token ids, like transformers' generate.
 
     pixel_values (Bi, 3, H, W) or video (Bi, F, 3, H, W), or `image` = model.encode_image(pixel_values)
     to reuse one encoding for several calls. input_ids: None ([CLS] per image), a tensor (P, T) with an
     optional attention_mask (any padding side), or a list of id lists of different lengths. One prompt
-    per image, one prompt for every image, or one image for every prompt.
+    per image, one prompt for every image, or one image for every prompt. `options`: the fields of
+    `GenerationOptions` (max_new_tokens, num_beams, do_sample, use_cache, ...), checked before any compute.
     Returns (P * num_return_sequences, T + n) ids: the prompt as given, then the new tokens, finished
     rows padded. With `return_scores`, a `Generation`. `on_token(tokens (R,))` is called after each
     greedy/sampled step (pad for finished rows), e.g. to stream words.
@@ -240,46 +261,41 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
         ids = model.generate(pixels, max_new_tokens=20, num_beams=3)
         img = model.encode_image(pixels); a = model.generate(image=img, input_ids=question_ids)
     """
-    text = model.config.text
-    eos = text.eos_id if eos_token_id is None else eos_token_id
-    pad = text.pad_id if pad_token_id is None else pad_token_id
+    o = GenerationOptions(**options).resolve(model.config.text)
     device = model.device
     n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
-    ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, text.bos_id, pad, eos, device)
-    n_images = check_request(model, pixel_values, image, len(shown), lengths, max_new_tokens, min_new_tokens,
-                             num_beams, num_return_sequences, do_sample, temperature, top_k, top_p, early_stopping,
-                             on_token)
+    ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, model.config.text.bos_id, o.pad, o.eos, device)
+    n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming=on_token is not None)
     if len(shown) == 1 and n_images > 1:  # one prompt for every image
         ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
 
     if image is None:
         image = model.encode_image(pixel_values)  # the only vision encoder call: once per image
-    K = num_beams if num_beams > 1 else num_return_sequences  # rows per prompt, in repeat_interleave order
+    K = o.num_beams if o.num_beams > 1 else o.num_return_sequences  # rows per prompt, in repeat_interleave order
     ids, lengths = ids.repeat_interleave(K, dim=0), lengths.repeat_interleave(K)
     # text slots: the prompt, then every new token but the last, which is never fed back
-    cache = KVCache.empty(text, n_images, ids.shape[0], image.shape[1], ids.shape[1] + max_new_tokens - 1,
-                          image.dtype, device)
-    prefill_image(model, image, cache)
-
-    if num_beams == 1:
-        new, logprobs, n_new = search(
-            model, cache, ids, lengths, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos=eos,
-            pad=pad, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-            on_token=on_token)
-        scores = logprobs.sum(dim=-1)
+    N, S = image.shape[1], ids.shape[1] + o.max_new_tokens - 1
+    mask = model.mask(N, S, device=device)
+    why = why_inexact(mask, N) if o.use_cache else None
+    if why:
+        warnings.warn(f"the model's mask does not allow a KV cache ({why}); decoding without one, slower")
+    if o.use_cache and not why:
+        dec = Cached(model, image, len(ids), mask)
     else:
-        # NB: transformers fills finished beams with `pad_token_id or eos_token_id`, so a pad id of 0 (every
-        # GIT checkpoint's [PAD]) counts as missing and beams are padded with EOS. We keep that, for equal ids.
-        b = beam_search(model, cache, ids, lengths, num_beams=K, max_new_tokens=max_new_tokens,
-                        min_new_tokens=min_new_tokens, eos=eos, fill=pad or eos, length_penalty=length_penalty,
-                        early_stopping=early_stopping)
-        n_new = b.done_len[:, :num_return_sequences].flatten()
+        dec = Uncached(model, image, len(ids), S)
+
+    if o.num_beams == 1:
+        new, token_logprobs, n_new = search(dec, ids, lengths, o, generator, on_token)
+        scores = token_logprobs.sum(dim=-1)
+    else:
+        b = beam_search(dec, ids, lengths, K, o)
+        n_ret = o.num_return_sequences
+        n_new = b.done_len[:, :n_ret].flatten()
         n = int(n_new.max())
-        new = b.done_tokens[:, :num_return_sequences, :n].flatten(0, 1)
-        logprobs = b.done_logprobs[:, :num_return_sequences, :n].flatten(0, 1)
-        scores = b.done_score[:, :num_return_sequences].flatten()
-    n_out = num_return_sequences
-    sequences = torch.cat([shown.repeat_interleave(n_out, dim=0).to(new.dtype), new], dim=1)
+        new = b.done_tokens[:, :n_ret, :n].flatten(0, 1)
+        token_logprobs = b.done_logprobs[:, :n_ret, :n].flatten(0, 1)
+        scores = b.done_score[:, :n_ret].flatten()
+    sequences = torch.cat([shown.repeat_interleave(o.num_return_sequences, dim=0).to(new.dtype), new], dim=1)
     if return_scores:
-        return Generation(sequences, scores, logprobs, n_new)
+        return Generation(sequences, scores, token_logprobs.sum(dim=-1), token_logprobs, n_new)
     return sequences

@@ -6,6 +6,8 @@ Kept apart from generate.py so that file holds only the decoding algorithm.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -60,9 +62,52 @@ def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: i
     return ids, lengths, shown
 
 
-def check_request(model, pixel_values, image, shown_rows, lengths, max_new_tokens, min_new_tokens, num_beams,
-           num_return_sequences, do_sample, temperature, top_k, top_p, early_stopping, on_token) -> int:
-    """Every error a caller can make, before any compute. Returns the number of images."""
+@dataclass
+class GenerationOptions:
+    """Generation settings, checked when made (transformers' names and defaults, except top_k: 0 = off)."""
+
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False  # beams: True, False or "never" (transformers' heuristics)
+    num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: int | None = None  # None: the model's
+    pad_token_id: int | None = None
+    use_cache: bool = True  # False: the whole sequence through forward each step (slow; the reference)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.min_new_tokens < 0:
+            raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {self.max_new_tokens}, "
+                             f"{self.min_new_tokens}")
+        if self.num_beams < 1 or self.num_return_sequences < 1:
+            raise ValueError(f"num_beams and num_return_sequences must be >= 1, got {self.num_beams}, "
+                             f"{self.num_return_sequences}")
+        if self.do_sample and self.num_beams > 1:
+            raise ValueError("beam sampling (do_sample with num_beams > 1) is not supported")
+        if not self.do_sample and self.num_return_sequences > self.num_beams:
+            raise ValueError(f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): "
+                             "beam search returns at most num_beams sequences (sample with do_sample=True for more)")
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if self.do_sample and not (self.temperature > 0 and self.top_k >= 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"need temperature > 0, top_k >= 0, 0 < top_p <= 1; got {self.temperature}, "
+                             f"{self.top_k}, {self.top_p}")
+
+    def resolve(self, text) -> GenerationOptions:
+        """The model's (config `text`) EOS and pad ids where none are given; then `eos`, `pad` are set."""
+        self.eos = text.eos_id if self.eos_token_id is None else self.eos_token_id
+        self.pad = text.pad_id if self.pad_token_id is None else self.pad_token_id
+        return self
+
+
+def check_request(model, pixel_values, image, shown_rows: int, lengths, o: GenerationOptions,
+                  streaming: bool) -> int:
+    """The errors that depend on the model and the inputs, before any compute. Returns the number of images."""
     if (pixel_values is None) == (image is None):
         raise ValueError("give exactly one of pixel_values and image (from model.encode_image)")
     if pixel_values is not None:
@@ -73,20 +118,7 @@ def check_request(model, pixel_values, image, shown_rows, lengths, max_new_token
         if image.ndim != 3 or image.shape[-1] != D:
             raise ValueError(f"image must be (B, N, {D}) from model.encode_image, got {tuple(image.shape)}")
         n_images = image.shape[0]
-    if max_new_tokens < 1 or min_new_tokens < 0:
-        raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {max_new_tokens}, {min_new_tokens}")
-    if num_beams < 1 or num_return_sequences < 1:
-        raise ValueError(f"num_beams and num_return_sequences must be >= 1, got {num_beams}, {num_return_sequences}")
-    if do_sample and num_beams > 1:
-        raise ValueError("beam sampling (do_sample with num_beams > 1) is not supported")
-    if not do_sample and num_return_sequences > num_beams:
-        raise ValueError(f"num_return_sequences ({num_return_sequences}) > num_beams ({num_beams}): "
-                         "beam search returns at most num_beams sequences (sample with do_sample=True for more)")
-    if early_stopping not in (True, False, "never"):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if do_sample and not (temperature > 0 and top_k >= 0 and 0 < top_p <= 1):
-        raise ValueError(f"need temperature > 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
-    if on_token is not None and num_beams > 1:
+    if streaming and o.num_beams > 1:
         raise ValueError("on_token streams greedy or sampled tokens; beam search knows its tokens only at the end")
     if shown_rows not in (n_images, 1) and n_images != 1:
         raise ValueError(f"batch mismatch: {n_images} images for {shown_rows} prompts "
@@ -94,7 +126,7 @@ def check_request(model, pixel_values, image, shown_rows, lengths, max_new_token
     if len(lengths) == 0 or int(lengths.min()) == 0:
         raise ValueError("empty prompt: every prompt needs at least one token ([CLS] for a caption)")
     longest, limit = int(lengths.max()), model.config.text.max_positions
-    if longest + max_new_tokens - 1 > limit:
-        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} needs text position "
-                         f"{longest + max_new_tokens - 2}; the model has {limit} (max_position_embeddings)")
+    if longest + o.max_new_tokens - 1 > limit:
+        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={o.max_new_tokens} needs text position "
+                         f"{longest + o.max_new_tokens - 2}; the model has {limit} (max_position_embeddings)")
     return n_images

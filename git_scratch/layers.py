@@ -24,8 +24,8 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid_(1.702 * x).mul_(x)
 
 
-# The activations `config.ACTIVATIONS` admits, as transformers' ACT2FN computes them.
-_ACT = {
+# The activations a config may name (config.check_act), as transformers' ACT2FN computes them.
+ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU (BERT)
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -35,13 +35,6 @@ _ACT = {
     "swish": F.silu,
     "tanh": torch.tanh,
 }
-
-
-def activation(name: str):
-    try:
-        return _ACT[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; supported: {', '.join(_ACT)}") from None
 
 
 # oneDNN's linear, as torch's CPU builds ship it (Linear's fast path below)
@@ -69,11 +62,37 @@ class Linear(nn.Linear):
         return super().forward(x)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a boolean mask (True = may attend, SDPA's convention).
+def attend(q, k, v, allowed=None, shared=None, maps=None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v over the keys [shared ; k], written out. q (B, H, L, Dh), k/v (B, H, S, Dh).
 
-    `kv` is an optional cache layer: an object whose `update(k, v)` stores this call's keys and values
-    and returns all keys and values to attend over (see cache.py). Without it, keys = queries' tokens.
+    `shared` (ks, vs), each (G, H, N, Dh): keys/values common to each group of B / G consecutive rows (in
+    cached decoding, an image's, which every beam and prompt of that image reads). The rows of a group go
+    through one matmul against them as stacked queries, so they are never copied per row.
+    `allowed` (.., L, N + S) True = may attend; `maps`: a list the probabilities (B, H, L, N + S) are appended to.
+    """
+    L = q.shape[2]
+    scores = q @ k.transpose(-1, -2)  # (B, H, L, S)
+    if shared is not None:
+        ks, vs = shared
+        qs = rearrange(q, "(g r) h l d -> g h (r l) d", g=ks.shape[0])  # every row of group g, as queries
+        scores = torch.cat([rearrange(qs @ ks.transpose(-1, -2), "g h (r l) n -> (g r) h l n", l=L), scores], -1)
+    scores = scores / math.sqrt(q.shape[-1])
+    p = (scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))).softmax(dim=-1)
+    if maps is not None:
+        maps.append(p)
+    if shared is None:
+        return p @ v
+    N = ks.shape[2]
+    ps = rearrange(p[..., :N], "(g r) h l n -> g h (r l) n", g=ks.shape[0])
+    return rearrange(ps @ vs, "g h (r l) d -> (g r) h l d", l=L) + p[..., N:] @ v  # (B, H, L, Dh)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention under a boolean mask (True = may attend, SDPA's convention): the only one.
+
+    `kv`: a cache layer (cache.py) while generating. Its `update(k, v, allowed)` stores this call's keys and
+    values and returns (all keys, all values, shared keys/values or None) to attend over.
+    `maps`: a list; when given, each call appends its attention probabilities (B, H, L, S).
     """
 
     def __init__(self, dim: int, n_heads: int):
@@ -87,21 +106,16 @@ class Attention(nn.Module):
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b l (h d) -> b h l d", h=self.n_heads)
 
-    def forward(self, x, allowed=None, kv=None, return_weights: bool = False):
-        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+    def forward(self, x, allowed=None, kv=None, maps=None) -> torch.Tensor:
+        k, v, shared = self.heads(self.k_proj(x)), self.heads(self.v_proj(x)), None  # (B, H, L, Dh)
         if kv is not None:
-            k, v = kv.update(k, v)  # (B, H, S, Dh): cached tokens + these
-        if return_weights:  # the explicit form, for users who inspect attention maps
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, L, S)
-            if allowed is not None:
-                scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-            weights = scores.softmax(dim=-1)
-            out = weights @ v
-        else:
-            weights = None
+            k, v, shared = kv.update(k, v, allowed)  # cached tokens + these
+        q = self.heads(self.q_proj(x))
+        if shared is None and maps is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        out = self.out_proj(rearrange(out, "b h l d -> b l (h d)"))
-        return (out, weights) if return_weights else out
+        else:
+            out = attend(q, k, v, allowed, shared, maps)
+        return self.out_proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
 class MLP(nn.Module):
@@ -109,7 +123,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
         self.fc2 = Linear(hidden, dim)
-        self.act = activation(act)
+        self.act = ACTIVATIONS[act]
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))

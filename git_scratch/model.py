@@ -1,8 +1,10 @@
 """GIT: Generative Image-to-text Transformer (Wang et al. 2022, arXiv 2205.14100), as the paper's figure.
 
     image ─▶ CLIP ViT (vision.py) ─▶ Linear + LayerNorm (decoder.ImageProjection) ─┐
-                                                                                   ├─ [img ; txt] ─▶ 6 × TextBlock ─▶ lm_head
+                                                                                   ├─ [img ; txt] ─▶ 6 × TextBlock ─▶ head
     text ids ─▶ word + position embeddings + LayerNorm (decoder.TextEmbedding) ────┘   under git_mask (mask.py)
+
+Generation (generate.py) runs these same pieces, `embed_text`, `mask`, `run` and `head`, over a KV cache.
 
 Shape legend, used in every model file:
     B batch, F video frames, N image tokens (all frames), T text tokens, L = N + T,
@@ -28,11 +30,13 @@ from .vision import VisionEncoder
 
 @dataclass
 class GitOutput:
+    """What `GIT.forward` returns, always."""
+
     logits: torch.Tensor  # (B, T, V): text positions only
-    loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None  # with labels
     hidden_states: list[torch.Tensor] | None = None  # decoder: embeddings + each block's output, (B, L, D)
     attentions: list[torch.Tensor] | None = None  # decoder: (B, H, L, L) per block
-    vision_hidden_states: list[torch.Tensor] | None = None  # each vision block's input, (B, N1, Dv)
+    vision_hidden_states: list[torch.Tensor] | None = None  # each vision block's input + the last output (B, N1, Dv)
     vision_attentions: list[torch.Tensor] | None = None
     image: torch.Tensor | None = None  # projected image tokens (B, N, D), reusable via `image=`
 
@@ -52,27 +56,45 @@ class GIT(nn.Module):
         self.img_proj = ImageProjection(config)
         self.embed = TextEmbedding(config.text)
         self.blocks = nn.ModuleList(TextBlock(config.text) for _ in range(config.text.n_layers))
+        # Pre-LN blocks leave the residual stream un-normalised: one LayerNorm before the head (GPT-2's ln_f).
+        self.ln_f = nn.LayerNorm(config.text.dim, eps=config.text.ln_eps) if config.text.norm == "pre" else None
         # NB: the LM head has a bias and is not tied to the word embeddings (unless the config says so).
         self.lm_head = Linear(config.text.dim, config.text.vocab_size)
         if config.text.tie_embeddings:
             self.lm_head.weight = self.embed.tok_embed.weight
 
-    def encode_image(self, pixels: torch.Tensor, output_hidden: bool = False):
-        """(B, 3, H, W) or video (B, F, 3, H, W) -> image tokens (B, N, D). Run once per image; reuse freely."""
+    def encode_image(self, pixels: torch.Tensor, hidden: list | None = None, maps: list | None = None):
+        """(B, 3, H, W) or video (B, F, 3, H, W) -> image tokens (B, N, D). Run once per image; reuse freely.
+        `hidden`, `maps`: lists that collect the vision encoder's intermediates (VisionEncoder.forward)."""
         check_pixels(self.config, pixels)
         video = pixels.ndim == 5
         B = pixels.shape[0]
         if video:  # all frames through the encoder as one batch
             pixels = rearrange(pixels, "b f c h w -> (b f) c h w")
-        out = self.vision(pixels, output_hidden=output_hidden)
-        feats = out[0] if output_hidden else out  # (B*F, N1, Dv)
+        feats = self.vision(pixels, hidden, maps)  # (B*F, N1, Dv)
         if video:
             feats = self.img_proj.add_time(rearrange(feats, "(b f) n d -> b f n d", b=B))
-        img = self.img_proj(feats)
-        return (img, out[1], out[2]) if output_hidden else img
+        return self.img_proj(feats)
 
     def embed_text(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         return self.embed(ids, start)  # (B, T, D)
+
+    def mask(self, n_img: int, n_txt: int, device=None) -> torch.Tensor:
+        """(L, L) may-attend mask of [image ; text]. Generation takes its rows from here too."""
+        return git_mask(n_img, n_txt, device=device)
+
+    def run(self, x, allowed, kv=None, hidden: list | None = None, maps: list | None = None) -> torch.Tensor:
+        """x (B, L, D) through every decoder block: the one loop that forward and generation share.
+        `kv`: one cache layer per block while generating (cache.py); `hidden`, `maps` collect intermediates."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, allowed, None if kv is None else kv[i], maps)
+            if hidden is not None:
+                hidden.append(x)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output (B, T, D) -> next-token logits (B, T, V)."""
+        return self.lm_head(x if self.ln_f is None else self.ln_f(x))
 
     def forward(
         self,
@@ -84,24 +106,22 @@ class GIT(nn.Module):
         image: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-    ):
-        """Logits (B, T, V) of the text positions.
+    ) -> GitOutput:
+        """`.logits` (B, T, V) of the text positions, `.loss` with `labels`, intermediates when asked.
 
         `attention_mask` (B, T): 1 for real text tokens, 0 for padding. `image`: the output of
-        `encode_image`, instead of `pixel_values`. With `labels`, `output_hidden_states` or
-        `output_attentions`, returns a `GitOutput` (with `.loss` for labels) instead of the bare logits.
+        `encode_image`, instead of `pixel_values`.
         """
         if input_ids is None:
             raise ValueError("input_ids is required (start captions with [CLS], the bos id)")
         if (pixel_values is None) == (image is None):
             raise ValueError("give exactly one of pixel_values and image")
-        full = output_hidden_states or output_attentions
-        vision_hidden = vision_attn = None
+        out = GitOutput(logits=None, hidden_states=[] if output_hidden_states else None,
+                        attentions=[] if output_attentions else None)
         if image is None:
-            if full:
-                image, vision_hidden, vision_attn = self.encode_image(pixel_values, output_hidden=True)
-            else:
-                image = self.encode_image(pixel_values)
+            out.vision_hidden_states = [] if output_hidden_states else None
+            out.vision_attentions = [] if output_attentions else None
+            image = self.encode_image(pixel_values, out.vision_hidden_states, out.vision_attentions)
         B, T = input_ids.shape
         if image.shape[0] not in (1, B):
             raise ValueError(f"batch mismatch: {image.shape[0]} images for {B} text rows")
@@ -109,28 +129,14 @@ class GIT(nn.Module):
         N = img.shape[1]
 
         x = torch.cat([img, self.embed_text(input_ids)], dim=1)  # (B, L, D): [image ; text]
-        allowed = with_padding(git_mask(N, T, device=x.device), N, attention_mask)  # (L, L) or (B, 1, L, L)
-        hidden, attns = [x], []
-        for block in self.blocks:
-            if output_attentions:
-                x, a = block(x, allowed, return_weights=True)
-                attns.append(a)
-            else:
-                x = block(x, allowed)
-            hidden.append(x)
-        logits = self.lm_head(x[:, N:])  # (B, T, V): only the text positions need logits
-
-        if labels is None and not full:
-            return logits
-        return GitOutput(
-            logits=logits,
-            loss=None if labels is None else lm_loss(logits, labels),
-            hidden_states=hidden if output_hidden_states else None,
-            attentions=attns if output_attentions else None,
-            vision_hidden_states=vision_hidden,
-            vision_attentions=vision_attn,
-            image=image,
-        )
+        allowed = with_padding(self.mask(N, T, device=x.device), N, attention_mask)  # (L, L) or (B, 1, L, L)
+        if out.hidden_states is not None:
+            out.hidden_states.append(x)
+        x = self.run(x, allowed, hidden=out.hidden_states, maps=out.attentions)
+        out.logits = self.head(x[:, N:])  # (B, T, V): only the text positions need logits
+        out.loss = None if labels is None else lm_loss(out.logits, labels)
+        out.image = image
+        return out
 
     @property
     def device(self) -> torch.device:

@@ -1,6 +1,7 @@
 """CLIP ViT image encoder (GIT's image encoder, taken from CLIP and kept pre-LayerNorm).
 
-Shapes: B images, C channels, h x w patch grid, N = 1 + h*w tokens, Dv vision width.
+Shapes: the legend at the top of model.py; here B counts images (video frames too), C channels,
+h x w the patch grid, N1 = 1 + h*w tokens.
 """
 
 from __future__ import annotations
@@ -28,12 +29,9 @@ class VisionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
 
-    def forward(self, x, return_weights: bool = False):
-        a = self.attn(self.ln_1(x), return_weights=return_weights)
-        a, w = a if return_weights else (a, None)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return (x, w) if return_weights else x
+    def forward(self, x, maps=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), maps=maps)
+        return x + self.mlp(self.ln_2(x))
 
 
 class VisionEncoder(nn.Module):
@@ -58,8 +56,9 @@ class VisionEncoder(nn.Module):
         grid_pos = F.interpolate(grid_pos, size=(h, w), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, rearrange(grid_pos, "1 d h w -> (h w) d")])
 
-    def forward(self, pixels: torch.Tensor, output_hidden: bool = False):
-        """(B, C, H, W) -> (B, N, Dv). With `output_hidden`, also every block's input and attention maps."""
+    def forward(self, pixels: torch.Tensor, hidden: list | None = None, maps: list | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N1, Dv). `hidden`, `maps`: lists that collect each block's input (and the last
+        block's output) and attention probabilities, when given."""
         p = self.cfg.patch_size
         if pixels.shape[-1] % p or pixels.shape[-2] % p:
             raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
@@ -67,16 +66,12 @@ class VisionEncoder(nn.Module):
         h, w = x.shape[-2:]
         x = rearrange(x, "b d h w -> b (h w) d")
         cls = self.cls_token.expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positions(h, w)  # (B, N, Dv)
-        x = self.ln_pre(x)
-        hidden, attns = [], []
+        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positions(h, w))  # (B, N1, Dv)
         for block in self.blocks:
-            if output_hidden:
+            if hidden is not None:
                 hidden.append(x)
-                x, a = block(x, return_weights=True)
-                attns.append(a)
-            else:
-                x = block(x)
+            x = block(x, maps)
+        if hidden is not None:
+            hidden.append(x)
         # NB: ln_post normalises every token, not only the class token as in CLIP's pooled output.
-        x = self.ln_post(x)
-        return (x, hidden, attns) if output_hidden else x
+        return self.ln_post(x)

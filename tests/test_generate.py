@@ -28,7 +28,8 @@ import torch
 import _gen_helpers as H
 from git_scratch.cache import KVCache
 from git_scratch.config import TextConfig
-from git_scratch.generate import decode, prefill_image
+from git_scratch.generate import Cached
+from git_scratch.mask import git_mask
 
 
 def SCORE_TOL(ref: torch.Tensor) -> torch.Tensor:  # see module docstring
@@ -79,22 +80,21 @@ def test_cached_decoding_matches_forward(ckpt, name):
     steps = r.ids(6, 4, seed=4)
     with torch.no_grad():
         img = m.encode_image(r.pixels(2, seed=1))
-        cache = KVCache.empty(cfg.text, 2, 6, img.shape[1], 5 + 4, img.dtype, "cpu")
-        prefill_image(m, img, cache)
-        logits = [m.lm_head(decode(m, ids, torch.zeros(6, 1, dtype=torch.long), cache))]  # (R, 5, V)
+        dec = Cached(m, img, 6, m.mask(img.shape[1], 5 + 4))
+        logits = [m.head(dec.hidden(ids, torch.zeros(6, 1, dtype=torch.long)))]  # (R, 5, V)
         for i in range(4):
             start = torch.tensor(lengths)[:, None] + i
-            logits.append(m.lm_head(decode(m, steps[:, i : i + 1], start, cache)))
+            logits.append(m.head(dec.hidden(steps[:, i : i + 1], start)))
         ref_img = m.encode_image(H.reference_pixels(r.pixels(2, seed=1)))
         for row, (p, n) in enumerate(zip(prompts, lengths)):
             full = torch.cat([p, steps[row]])[None]
-            ref = m(image=ref_img[row // 3 : row // 3 + 1], input_ids=full)[0]  # (n + 4, V)
+            ref = m(image=ref_img[row // 3 : row // 3 + 1], input_ids=full).logits[0]  # (n + 4, V)
             ours = torch.cat([logits[0][row, :n]] + [lg[row] for lg in logits[1:]])
             assert (ours - ref).abs().max() / ref.abs().max() < LOGIT_REL
 
 
 def test_reorder_moves_text_rows_between_two_fixed_buffers_and_never_the_image():
-    cache = KVCache.empty(TextConfig(n_layers=2, n_heads=2, dim=8), 1, 3, 5, 6, torch.float32, "cpu")
+    cache = KVCache.empty(TextConfig(n_layers=2, n_heads=2, dim=8), 1, 3, git_mask(5, 6), 5, torch.float32, "cpu")
     cache.txt.normal_()
     cache.img.normal_()
     txt, img, img_ptr = cache.txt.clone(), cache.img.clone(), cache.img.data_ptr()
@@ -117,7 +117,7 @@ def test_generate_equals_a_no_cache_greedy_loop(ckpt):
     seq = ids
     with torch.no_grad():
         for _ in range(12):
-            seq = torch.cat([seq, r.ours(H.reference_pixels(px), seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            seq = torch.cat([seq, r.ours(H.reference_pixels(px), seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert_same(out, seq)  # the tiny model never emits [SEP] here, so there is no padding to mimic
 
 

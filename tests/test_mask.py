@@ -39,7 +39,7 @@ def test_a_changed_future_token_does_not_change_past_logits(reference):
     changed = ids.clone()
     changed[0, 4] = (ids[0, 4] + 1) % r.ours.config.text.vocab_size
     with torch.no_grad():
-        a, b = r.ours(px, ids), r.ours(px, changed)
+        a, b = r.ours(px, ids).logits, r.ours(px, changed).logits
     assert torch.equal(a[:, :4], b[:, :4])  # positions before the change: bit-identical
     assert not torch.allclose(a[:, 4:], b[:, 4:])
 
@@ -48,5 +48,5 @@ def test_the_image_changes_every_text_logit(reference):
     r = reference("tiny")
     px, ids = r.pixels(1), r.ids(1, 6)
     with torch.no_grad():
-        a, b = r.ours(px, ids), r.ours(px + 0.5, ids)  # an offset: the pre-LayerNorm removes pure scaling
+        a, b = r.ours(px, ids).logits, r.ours(px + 0.5, ids).logits  # an offset: the pre-LayerNorm removes pure scaling
     assert not torch.isclose(a, b, atol=1e-4).all(dim=-1).any()

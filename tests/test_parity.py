@@ -60,7 +60,7 @@ def test_text_logits_match_transformers(reference, name):
     px, ids = r.pixels(2, seed=2), r.ids(2, 9, seed=2)
     with torch.no_grad():
         ref = r.hf(pixel_values=px, input_ids=ids).logits
-        ours = r.ours(px, ids)
+        ours = r.ours(px, ids).logits
     N = ref.shape[1] - ids.shape[1]
     assert N == r.ours.config.n_img_tokens
     assert ours.shape == (2, 9, r.ours.config.text.vocab_size)
@@ -80,8 +80,8 @@ def test_padded_logits_match_transformers(reference, name, side):
         ids[row, cols] = pad
     with torch.no_grad():
         ref = r.hf(pixel_values=px, input_ids=ids, attention_mask=mask).logits
-        ours = r.ours(px, ids, attention_mask=mask)
-        unpadded = r.ours(px, ids)
+        ours = r.ours(px, ids, attention_mask=mask).logits
+        unpadded = r.ours(px, ids).logits
     N = ref.shape[1] - 8
     assert rel_err(ours, ref[:, N:]) < REL
     # the mask really removed the padded keys: real tokens after left padding see different context
@@ -133,7 +133,7 @@ def test_other_image_sizes_interpolate_positions_like_transformers(reference):
     px, ids = torch.randn(2, 3, 48, 64, generator=g), r.ids(2, 5)
     with torch.no_grad():
         ref = r.hf(pixel_values=px, input_ids=ids, interpolate_pos_encoding=True).logits
-        ours = r.ours(px, ids)
+        ours = r.ours(px, ids).logits
     assert ref.shape[1] - 5 == 1 + 6 * 8
     assert rel_err(ours, ref[:, -5:]) < REL
 
