@@ -231,6 +231,10 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
             cfg = GitConfig.from_dict(hf_cfg)
         except (ValueError, TypeError) as e:
             raise ConversionError(f"{src / 'config.json'}: not a git_scratch checkpoint config ({e})") from None
+        try:
+            config_out = config_to_hf(cfg)  # refuses what transformers has no form for (text.norm "pre")
+        except ValueError as e:
+            raise ConversionError(f"{src}: {e}") from None
         if not (src / "model.safetensors").is_file():
             raise ConversionError(f"{src}: no model.safetensors")
         source = _read_one(src / "model.safetensors")
@@ -238,7 +242,6 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
         state = ours_to_hf(_cast(source, torch_dtype))
         if cfg.text.tie_embeddings:
             state.pop("output.weight")  # transformers re-ties it on load
-        config_out = config_to_hf(cfg)
         config_out["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
 
     copied: list[str] = []

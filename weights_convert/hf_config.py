@@ -58,6 +58,9 @@ def config_from_hf(hf: dict) -> GitConfig:
 def config_to_hf(cfg: GitConfig) -> dict:
     """A Hugging Face `config.json` dict that `transformers.GitConfig` reads back to this config."""
     v, t = cfg.vision, cfg.text
+    if t.norm != "post":
+        raise ValueError(f"text.norm is {t.norm!r}: transformers' GIT has only post-LayerNorm decoder blocks, so "
+                         "this model has no Hugging Face form (keep it as a git_scratch checkpoint)")
     return {
         "architectures": ["GitForCausalLM"],
         "model_type": "git",
