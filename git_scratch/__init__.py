@@ -1,19 +1,26 @@
 """git_scratch: a from-scratch PyTorch GIT (Generative Image-to-text Transformer)."""
 
 from .config import GitConfig, TextConfig, VisionConfig
+from .generate import Generation, generate
 from .init import init_checkpoint, init_weights, save
 from .load import load
 from .mask import git_mask
 from .model import GIT, GitOutput
+from .inputs import GenerationOptions
 from .processor import Processor
+from .tokenizer import Tokenizer
 
 __all__ = [
     "GIT",
+    "Generation",
+    "GenerationOptions",
     "GitConfig",
     "GitOutput",
     "Processor",
     "TextConfig",
+    "Tokenizer",
     "VisionConfig",
+    "generate",
     "git_mask",
     "init_checkpoint",
     "init_weights",

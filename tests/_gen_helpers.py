@@ -1,4 +1,4 @@
-"""Checkpoints and the transformers side of the generation tests (test_generate.py).
+"""The transformers side of the generation tests (test_generate.py); checkpoints come from reference.build.
 
 Every expected output is computed from pixels that pass through `reference_pixels`. It is the
 identity; it exists so the tests can be checked for blindness to the image: patch it to add an offset
@@ -7,36 +7,13 @@ identity; it exists so the tests can be checked for blindness to the image: patc
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-import git_scratch
-from reference import SHAPES, Reference
-from weights_convert import convert
+from reference import Reference
 
 
 def reference_pixels(px: torch.Tensor) -> torch.Tensor:
     return px
-
-
-def build(name: str, root: Path, seed: int = 0, eos_bias: float = 0.0, **overrides) -> Reference:
-    """A random-init transformers checkpoint, saved, converted and loaded, like tests/reference.build.
-
-    `eos_bias` is added to the LM head's bias at [SEP] before saving: a checkpoint that ends
-    sequences after a few tokens, so EOS handling and padding really happen.
-    """
-    from transformers import GitConfig, GitForCausalLM
-
-    kwargs = {**SHAPES[name], **overrides}
-    torch.manual_seed(seed)
-    hf = GitForCausalLM(GitConfig(**kwargs)).eval()
-    with torch.no_grad():
-        hf.output.bias[hf.config.eos_token_id] += eos_bias
-    hf_dir, our_dir = root / "hf", root / "ours"
-    hf.save_pretrained(hf_dir)
-    convert(hf_dir, our_dir)
-    return Reference(name, hf, git_scratch.load(our_dir), hf_dir, our_dir)
 
 
 def hf_generate(r: Reference, px: torch.Tensor, ids=None, mask=None, **kw):

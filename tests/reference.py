@@ -74,13 +74,25 @@ class Reference:
         return ids
 
 
-def build(name: str, root: Path, seed: int = 0, **overrides) -> Reference:
+def build(name: str, root: Path, seed: int = 0, eos_bias: float = 0.0, files: dict | None = None,
+          **overrides) -> Reference:
+    """The one reference builder: a random-init transformers GIT of shape `name` (+ HF config `overrides`),
+    saved, converted by our converter and loaded by ours.
+
+    `eos_bias` is added to the LM head's bias at [SEP] before saving: a checkpoint that ends sequences
+    after a few tokens, so EOS handling and padding really happen. `files`: {name: source path or text}
+    written beside the weights before conversion (tokenizer, preprocessor settings).
+    """
     from transformers import GitConfig, GitForCausalLM
 
     kwargs = {**SHAPES[name], **overrides}
     torch.manual_seed(seed)
     hf = GitForCausalLM(GitConfig(**kwargs)).eval()
+    with torch.no_grad():
+        hf.output.bias[hf.config.eos_token_id] += eos_bias
     hf_dir, our_dir = root / "hf", root / "ours"
     hf.save_pretrained(hf_dir)
+    for fname, src in (files or {}).items():
+        (hf_dir / fname).write_bytes(src.read_bytes() if isinstance(src, Path) else src.encode())
     convert(hf_dir, our_dir)
     return Reference(name, hf, git_scratch.load(our_dir), hf_dir, our_dir)

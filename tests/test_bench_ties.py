@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-import _gen_helpers as H
 from bench.ties import explain
+from reference import build
 
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
     """A tiny checkpoint in which word 7 is an exact twin of the first caption word: the same embedding and
     LM-head row, on both sides. Swapping the two changes the ids but not one bit of any score."""
-    r = H.build("tiny", tmp_path_factory.mktemp("twins"), seed=3)
+    r = build("tiny", tmp_path_factory.mktemp("twins"), seed=3)
     px = torch.randn(2, 3, r.ours.config.vision.image_size, r.ours.config.vision.image_size,
                      generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

