@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+import git_scratch.layers
+
 from .machine import OtherLoad, bandwidth_gbs, linear_seconds, machine_info, matmul_gflops, roofline
 from .ties import explain, vision_against_exact
 from .workloads import QUICK, WORKLOADS, checkpoint, load_ours, load_theirs
@@ -265,7 +267,8 @@ def markdown(report: dict) -> str:
         "",
         f"Times in seconds: median (min–max) of {report['args']['repeats']} alternating runs after "
         f"{report['args']['warmup']} warm-up; ratio = git_scratch median / transformers median; "
-        f"git_scratch in {report['args']['ours_dtype']}, transformers in float32. "
+        f"git_scratch in {report['args']['ours_dtype']} (CPU linear route: {report['args']['linear_route']}), "
+        "transformers in float32. "
         "'floor': the least time this machine's measured matmul rate and bandwidth allow for the work done "
         "our way (each image encoded once, one weight read per new token; run.floor_seconds), and that "
         "floor as a ratio to transformers: a target below it cannot be met in float32 here. "
@@ -334,6 +337,9 @@ def parse(argv=None):
     p.add_argument("--ours-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="git_scratch's dtype (transformers stays float32); anything but float32 is an experiment "
                    "whose ids usually differ, and then does not count")
+    p.add_argument("--linear", default="auto", choices=["auto", "onednn", "mkl"],
+                   help="git_scratch's CPU linear route for 4-512-row inference (layers.Linear): auto = oneDNN "
+                   "only on CPUs with AMX, where it was measured faster; onednn / mkl force one, to measure both")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached random-init checkpoints")
     p.add_argument("--out", type=Path, default=RESULTS, help="results and checkpoint cache (default bench/results)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
@@ -350,6 +356,9 @@ def main(argv=None) -> int:
             print(f"{name:16s} {w.title}" + (f"   (target ratio ≤ {w.target})" if w.target else ""))
         return 0
     torch.set_num_threads(args.threads)
+    if args.linear != "auto":
+        git_scratch.layers._ONEDNN = args.linear == "onednn"
+    args.linear_route = "onednn" if git_scratch.layers._ONEDNN else "mkl"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {

@@ -1,24 +1,18 @@
 """The decoding cache: image keys/values computed once per image and shared, text keys/values by slot.
 
-GIT decodes over one stream `[image ; text]`. The cache is exact because of the mask (checked by
-`why_inexact` before it is used): the image tokens never see the text, so their keys and values at every
-layer depend on the image alone, and are computed once per image and shared by every row decoded from
-it (several prompts, beams, returned sequences); text is causal, so a text token's keys and values never
-change once written. Only the text part grows, one token per step, and is different per row.
+It is exact because of the mask (`why_inexact` checks it first): image tokens never see the text, so
+their keys/values at every layer depend on the image alone, computed once and shared by every row decoded
+from it (prompts, beams, samples); text is causal, so a text token's keys/values never change once written.
 
-    img   (n_layers, 2, Bi, H, N, Dh)   k and v of the N image tokens, one entry per *image*
-    txt   (n_layers, 2, R,  H, S, Dh)   k and v of S preallocated text slots, one entry per *row*
-    mask  (N + S, N + S)                the model's mask; a token in text slot s reads row N + s
+    img   (n_layers, 2, Bi, H, N, Dh)   one entry per *image*; rows are image-major (repeat_interleave order)
+    txt   (n_layers, 2, R,  H, S, Dh)   S preallocated text slots, one entry per *row*
+    mask  (N + S, N + S)                the model's mask (GIT.mask); a token in text slot s reads row N + s
 
-Rows are image-major: rows `i*k .. i*k + k-1` (k = R / Bi) decode from image i, which is the order
-of `repeat_interleave` used for beams and returned sequences. The model's own blocks run over the
-cache: each block's attention is handed a cache layer as `kv` (layers.Attention), which stores the new
-keys/values and hands back what to attend over, the image's as `shared` (never copied per row).
-
-Positions, in one place (`positions`): text slot s is the token's text position (0 at [CLS]), so its
-mask row is N + s and its position embedding index is s. Prompts of different lengths are right-padded:
-row r's new token i goes to slot len_r + i, overwriting the padding. Under the causal mask a real token
-in slot s reads slots <= s only, all real by then, so no padding mask is needed.
+The model's own blocks run over it: each block's attention gets a cache layer as `kv` (layers.Attention),
+which stores the new keys/values and hands back what to attend over, the image's as `shared`, never copied.
+Prompts are right-padded: row r's new token i goes to slot len_r + i, over the padding; under the causal
+mask a real token in slot s reads slots <= s, all real by then, so no padding mask is needed.
+Shapes: the legend in model.py.
 """
 
 from __future__ import annotations
@@ -56,20 +50,16 @@ class KVCache:
     spare: torch.Tensor | None = None  # beams only: reorder's target, swapped with txt
 
     @classmethod
-    def empty(cls, cfg: TextConfig, n_images: int, n_rows: int, mask: torch.Tensor, n_img_tokens: int,
+    def empty(cls, config: TextConfig, n_images: int, n_rows: int, mask: torch.Tensor, n_img_tokens: int,
               dtype: torch.dtype, device) -> KVCache:
         """Zeroed buffers for `n_rows` rows decoding from `n_images` images, under `mask` (N + S, N + S)."""
         if n_rows % n_images:
             raise ValueError(f"{n_rows} rows cannot be split evenly over {n_images} images")
-        H, Dh, S = cfg.n_heads, cfg.dim // cfg.n_heads, mask.shape[0] - n_img_tokens
+        H, Dh, S = config.n_heads, config.dim // config.n_heads, mask.shape[0] - n_img_tokens
         # zeros, not empty: unwritten slots are masked out of the softmax, but 0 * NaN garbage would still be NaN
-        img = torch.zeros(cfg.n_layers, 2, n_images, H, n_img_tokens, Dh, dtype=dtype, device=device)
-        txt = torch.zeros(cfg.n_layers, 2, n_rows, H, S, Dh, dtype=dtype, device=device)
+        img = torch.zeros(config.n_layers, 2, n_images, H, n_img_tokens, Dh, dtype=dtype, device=device)
+        txt = torch.zeros(config.n_layers, 2, n_rows, H, S, Dh, dtype=dtype, device=device)
         return cls(img, txt, mask)
-
-    @property
-    def n_img_tokens(self) -> int:
-        return self.img.shape[-2]
 
     def positions(self, start: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n tokens per row from text slot `start` (R, 1) on -> (slots (R, n), mask rows (R, 1, n, N + S)).
@@ -78,7 +68,7 @@ class KVCache:
         (its position embedding index: pass `start` to `embed_text`) and cache/mask position N + t.
         """
         slots = start + torch.arange(n, device=start.device)  # (R, n)
-        return slots, self.mask[self.n_img_tokens + slots][:, None]
+        return slots, self.mask[self.img.shape[-2] + slots][:, None]
 
     def image_layers(self, allowed) -> list[_ImageLayer]:
         """One `kv` per block while the image tokens run through the decoder alone, under `allowed`."""

@@ -84,10 +84,8 @@ class GitConfig:
         for name, part in (("vision", self.vision), ("text", self.text)):
             if part.dim % part.n_heads:
                 raise ValueError(f"{name}: dim {part.dim} is not a multiple of n_heads {part.n_heads}")
-        if self.vision.image_size % self.vision.patch_size:
-            raise ValueError(
-                f"vision: image_size {self.vision.image_size} is not a multiple of patch_size {self.vision.patch_size}"
-            )
+        if (v := self.vision).image_size % v.patch_size:
+            raise ValueError(f"vision: image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
         if self.n_frames is not None and self.n_frames < 1:
             raise ValueError(f"n_frames must be None or >= 1, got {self.n_frames}")
 
@@ -102,12 +100,10 @@ class GitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GitConfig:
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k != "source"}  # presets note where their numbers come from
         if d.pop("model_type", "git_scratch") != "git_scratch":
             raise ValueError("not a git_scratch config (model_type is not 'git_scratch')")
-        d.pop("source", None)  # presets note where their numbers come from
-        known = {"vision", "text", "n_frames"}
-        if unknown := set(d) - known:
+        if unknown := set(d) - {"vision", "text", "n_frames"}:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         try:
             return cls(vision=VisionConfig(**d["vision"]), text=TextConfig(**d["text"]), n_frames=d.get("n_frames"))
@@ -116,8 +112,7 @@ class GitConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> GitConfig:
-        path = Path(path)
-        d = json.loads(path.read_text())
+        d = json.loads(Path(path).read_text())
         if d.get("model_type") == "git":
             raise ValueError(f"{path} is a Hugging Face config.json; convert the checkpoint first "
                              "(git-scratch convert HF_DIR OUT_DIR)")

@@ -1,6 +1,6 @@
 """GIT's text decoder side: the visual projection, the text embeddings and the post-LN BERT block.
 
-Shapes: the legend at the top of model.py.
+Shapes: the legend in model.py.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from .layers import MLP, Attention
 class ImageProjection(nn.Module):
     """Vision features -> decoder width: Linear + LayerNorm (+ one temporal embedding per video frame)."""
 
-    def __init__(self, cfg: GitConfig):
+    def __init__(self, config: GitConfig):
         super().__init__()
-        if cfg.n_frames:
+        if config.n_frames:
             # Added to each frame's features *before* projection, so frames stay distinguishable.
             self.temporal_embed = nn.ParameterList(
-                nn.Parameter(torch.zeros(1, 1, cfg.vision.dim)) for _ in range(cfg.n_frames)
+                nn.Parameter(torch.zeros(1, 1, config.vision.dim)) for _ in range(config.n_frames)
             )
-        self.fc = nn.Linear(cfg.vision.dim, cfg.text.dim)
+        self.fc = nn.Linear(config.vision.dim, config.text.dim)
         # NB: this LayerNorm uses the *vision* epsilon (1e-5), not the text one (1e-12).
-        self.ln = nn.LayerNorm(cfg.text.dim, eps=cfg.vision.ln_eps)
+        self.ln = nn.LayerNorm(config.text.dim, eps=config.vision.ln_eps)
 
     def add_time(self, frames: torch.Tensor) -> torch.Tensor:
         """Video: (B, F, N1, Dv) -> (B, F*N1, Dv), frame f's features shifted by temporal embedding f."""
@@ -43,11 +43,11 @@ class TextEmbedding(nn.Module):
     NB: text positions start at 0 at [CLS]; image tokens get no text position at all.
     """
 
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, config: TextConfig):
         super().__init__()
-        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos_embed = nn.Embedding(cfg.max_positions, cfg.dim)
-        self.ln = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.tok_embed = nn.Embedding(config.vocab_size, config.dim)
+        self.pos_embed = nn.Embedding(config.max_positions, config.dim)
+        self.ln = nn.LayerNorm(config.dim, eps=config.ln_eps)
 
     def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """(B, T) ids -> (B, T, D); `start` is the text position of ids[:, 0] (the step index when decoding)."""
@@ -64,13 +64,13 @@ class TextBlock(nn.Module):
     Tokens meet only inside `attn`, under `allowed`: that is what makes the KV cache exact (cache.py).
     """
 
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, config: TextConfig):
         super().__init__()
-        self.pre = cfg.norm == "pre"
-        self.attn = Attention(cfg.dim, cfg.n_heads)
-        self.ln_1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
-        self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.pre = config.norm == "pre"
+        self.attn = Attention(config.dim, config.n_heads)
+        self.ln_1 = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.mlp = MLP(config.dim, config.mlp_dim, config.act)
+        self.ln_2 = nn.LayerNorm(config.dim, eps=config.ln_eps)
 
     def forward(self, x, allowed, kv=None, maps=None) -> torch.Tensor:
         if self.pre:

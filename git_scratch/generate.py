@@ -5,14 +5,9 @@
     prompt ─▶ feed(prompt, slots 0..T-1) ─▶ logits ─▶ pick ─▶ feed(token, slot len + i) ─▶ ...
               (prefill)                                      (one step)
 
-Both run the model's own pieces (GIT.embed_text, .mask, .run, .head): an architecture change made there
-reaches generation by itself. `Uncached` runs the full forward each step instead: the reference that the
-tests hold the cache to, and the fallback when the model's mask breaks what the cache relies on.
-
-The result equals `transformers.GitForCausalLM.generate` token for token (tests/test_generate.py):
-the same stopping rules, the same logits processors in the same order, the same beam bookkeeping.
-Shapes: Bi images, P prompts, K beams (or returned samples) per prompt, R = P * K rows, T prompt
-slots, S text slots, M = max_new_tokens, V vocabulary, D width.
+`Cached` runs the model's own embed_text / mask / run / head, so a change made there reaches generation by
+itself; `Uncached` runs the full forward each step (the reference, and the fallback when the mask breaks the
+cache). Ids equal transformers' generate token for token (tests). Shapes: the legend in model.py.
 """
 
 from __future__ import annotations
@@ -34,7 +29,8 @@ class Generation:
     """What `generate(..., return_scores=True)` returns."""
 
     sequences: torch.Tensor  # (R, T + n): the prompt as given, then the new tokens; finished rows padded
-    scores: torch.Tensor  # (R,) what the search ranked by: beams, length-penalised (transformers' sequences_scores); else = logprob
+    scores: torch.Tensor  # (R,) what the search ranked by: for beams length-penalised (transformers'
+    #                       sequences_scores); for greedy and sampling equal to `logprob`
     logprob: torch.Tensor  # (R,) summed log-probability of the new tokens (EOS included), never length-penalised
     token_logprobs: torch.Tensor  # (R, n) log-probability of each new token under the processed logits; 0 after the end
     lengths: torch.Tensor  # (R,) new tokens per row, EOS included
@@ -249,14 +245,12 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
              on_token: Callable[[torch.Tensor], None] | None = None, **options):
     """Captions (no input_ids), answers or continuations (a prompt) as token ids, like transformers' generate.
 
-    pixel_values (Bi, 3, H, W) or video (Bi, F, 3, H, W), or `image` = model.encode_image(pixel_values)
-    to reuse one encoding for several calls. input_ids: None ([CLS] per image), a tensor (P, T) with an
-    optional attention_mask (any padding side), or a list of id lists of different lengths. One prompt
-    per image, one prompt for every image, or one image for every prompt. `options`: the fields of
-    `GenerationOptions` (max_new_tokens, num_beams, do_sample, use_cache, ...), checked before any compute.
-    Returns (P * num_return_sequences, T + n) ids: the prompt as given, then the new tokens, finished
-    rows padded. With `return_scores`, a `Generation`. `on_token(tokens (R,))` is called after each
-    greedy/sampled step (pad for finished rows), e.g. to stream words.
+    pixel_values (Bi, 3, H, W) or video (Bi, F, 3, H, W), or `image` = model.encode_image(pixel_values).
+    input_ids: None ([CLS] per image), a tensor (P, T) with an optional attention_mask (any padding side),
+    or a list of id lists; one prompt per image, one for every image, or one image for every prompt.
+    `options`: GenerationOptions' fields (max_new_tokens, num_beams, use_cache, ...), checked first.
+    Returns (P * num_return_sequences, T + n) ids, the prompt as given then the new tokens, finished rows
+    padded; with `return_scores` a `Generation`. `on_token(tokens (R,))` streams greedy/sampled steps.
 
         ids = model.generate(pixels, max_new_tokens=20, num_beams=3)
         img = model.encode_image(pixels); a = model.generate(image=img, input_ids=question_ids)
@@ -276,13 +270,10 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     # text slots: the prompt, then every new token but the last, which is never fed back
     N, S = image.shape[1], ids.shape[1] + o.max_new_tokens - 1
     mask = model.mask(N, S, device=device)
-    why = why_inexact(mask, N) if o.use_cache else None
-    if why:
+    if o.use_cache and (why := why_inexact(mask, N)):
         warnings.warn(f"the model's mask does not allow a KV cache ({why}); decoding without one, slower")
-    if o.use_cache and not why:
-        dec = Cached(model, image, len(ids), mask)
-    else:
-        dec = Uncached(model, image, len(ids), S)
+    cached = o.use_cache and not why
+    dec = Cached(model, image, len(ids), mask) if cached else Uncached(model, image, len(ids), S)
 
     if o.num_beams == 1:
         new, token_logprobs, n_new = search(dec, ids, lengths, o, generator, on_token)

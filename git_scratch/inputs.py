@@ -12,17 +12,17 @@ import torch
 import torch.nn.functional as F
 
 
-def check_pixels(cfg, pixels: torch.Tensor) -> None:
-    """Clear errors for pixels the model (config `cfg`) cannot take, before any compute."""
+def check_pixels(config, pixels: torch.Tensor) -> None:
+    """Clear errors for pixels a model of this `config` cannot take, before any compute."""
     if pixels.ndim not in (4, 5):
         raise ValueError(f"pixel_values must be (B, 3, H, W) or (B, frames, 3, H, W), got shape {tuple(pixels.shape)}")
-    if pixels.shape[-3] != cfg.vision.n_channels:
-        raise ValueError(f"pixel_values has {pixels.shape[-3]} channels, the model expects {cfg.vision.n_channels}")
+    if pixels.shape[-3] != config.vision.n_channels:
+        raise ValueError(f"pixel_values has {pixels.shape[-3]} channels, the model expects {config.vision.n_channels}")
     if pixels.ndim == 5:
-        if not cfg.n_frames:
+        if not config.n_frames:
             raise ValueError("got video pixel_values (5 dims) but this checkpoint has no temporal embeddings")
-        if pixels.shape[1] != cfg.n_frames:
-            raise ValueError(f"got {pixels.shape[1]} video frames, this checkpoint takes {cfg.n_frames}")
+        if pixels.shape[1] != config.n_frames:
+            raise ValueError(f"got {pixels.shape[1]} video frames, this checkpoint takes {config.n_frames}")
 
 
 def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: int, device):

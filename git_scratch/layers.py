@@ -2,7 +2,7 @@
 
 Both towers use the same names (`attn.q_proj/k_proj/v_proj/out_proj`, `mlp.fc1/fc2`), so a reader
 sees one attention and one MLP, and the weight table maps both towers onto them.
-Shapes: B batch, L query tokens, S key tokens, D width, H heads, Dh = D / H.
+Shapes: the legend in model.py (L query tokens, S key tokens).
 """
 
 from __future__ import annotations
@@ -37,22 +37,20 @@ ACTIVATIONS = {
 }
 
 
-# oneDNN's linear, as torch's CPU builds ship it (Linear's fast path below)
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def _has_amx() -> bool:
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
+
+
+# Linear's speed path, on only where measured faster (Intel Xeon with AMX; slower on AMD Zen 4): bench/RESULTS.md.
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") and _has_amx()
 
 
 class Linear(nn.Linear):
-    """nn.Linear, with one speed trick on CPU: inference on 4 to 512 rows goes to oneDNN instead of MKL.
+    """nn.Linear; on CPU (where _ONEDNN), inference on 4 to 512 rows goes to oneDNN instead of MKL.
 
-    Speed only: the same sums in another order, never under autograd; float32 error against a float64
-    result stays at MKL's (vision encoder, git-large shape: 1.2e-4 vs MKL's 1.0e-4 and transformers'
-    1.0e-4 relative). Measured on a 2-core Xeon (AMX):
-    - a decode step of a few rows (beams, a batch of captions) is bound by reading the weights, and MKL
-      reads them at about half its one-row speed there, oneDNN closer to it. One pass over git-base's
-      decoder and LM head weights (264 MB): 1 row 9.3 ms (MKL); 4 rows 19.2 ms MKL, 15.3 ms oneDNN;
-      8 rows 24.9 / 17.1; 32 rows 30.3 / 24.3. One and two rows stay on MKL (2 rows: 9.5 / 14.1 ms).
-    - one image through the vision encoder (197 or 257 rows): 10% faster (git-base 146 -> 131 ms,
-      git-large 600 -> 539 ms). Above 512 rows (8 images) MKL is as fast or faster, and stays.
+    Speed only: the same sums in another order, never under autograd, float32 error at MKL's level.
+    A few-row decode step is bound by reading the weights, which oneDNN does faster than MKL there.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

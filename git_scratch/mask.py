@@ -6,7 +6,7 @@ One sequence `[image tokens ; text tokens]` goes through one transformer. The ma
     queries img (N) [    1         0     ]   image tokens see each other, never the text
             txt (T) [    1       tril    ]   text sees every image token and the text up to itself
 
-True means *may attend* (the convention of torch's scaled_dot_product_attention).
+True means *may attend* (the convention of torch's scaled_dot_product_attention). Shapes: the legend in model.py.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
 Generation (generate.py) runs these same pieces, `embed_text`, `mask`, `run` and `head`, over a KV cache.
 
 Shape legend, used in every model file:
-    B batch, F video frames, N image tokens (all frames), T text tokens, L = N + T,
-    D text width, Dv vision width, H heads, Dh = D / H head width, V vocabulary size.
+    B batch, F video frames, N image tokens (all frames), N1 tokens of one frame, T text tokens, L = N + T,
+    S key tokens (in the cache: text slots), D text width, Dv vision width, H heads, Dh = D / H, V vocabulary;
+    generating: Bi images, P prompts, K beams (or samples) per prompt, R = P * K rows, M = max_new_tokens.
 """
 
 from __future__ import annotations

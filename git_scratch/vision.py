@@ -1,7 +1,7 @@
 """CLIP ViT image encoder (GIT's image encoder, taken from CLIP and kept pre-LayerNorm).
 
-Shapes: the legend at the top of model.py; here B counts images (video frames too), C channels,
-h x w the patch grid, N1 = 1 + h*w tokens.
+Shapes: the legend in model.py; here B counts images (video frames too), C channels, h x w the patch
+grid, N1 = 1 + h*w tokens.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ class VisionBlock(nn.Module):
            └───────────────────┘└──────────────────┘
     """
 
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.attn = Attention(cfg.dim, cfg.n_heads)
-        self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
+        self.ln_1 = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.attn = Attention(config.dim, config.n_heads)
+        self.ln_2 = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.mlp = MLP(config.dim, config.mlp_dim, config.act)
 
     def forward(self, x, maps=None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), maps=maps)
@@ -35,20 +35,21 @@ class VisionBlock(nn.Module):
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        self.cfg = cfg
+        self.config = config
         # NB: no bias on the patch embedding (CLIP).
-        self.patch_embed = nn.Conv2d(cfg.n_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.cls_token = nn.Parameter(torch.zeros(cfg.dim))
-        self.pos_embed = nn.Parameter(torch.zeros(cfg.n_tokens, cfg.dim))  # (1 + grid*grid, Dv)
-        self.ln_pre = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.n_layers))
-        self.ln_post = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        p = config.patch_size
+        self.patch_embed = nn.Conv2d(config.n_channels, config.dim, p, stride=p, bias=False)
+        self.cls_token = nn.Parameter(torch.zeros(config.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(config.n_tokens, config.dim))  # (1 + grid*grid, Dv)
+        self.ln_pre = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.n_layers))
+        self.ln_post = nn.LayerNorm(config.dim, eps=config.ln_eps)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
         """Learned positions for an h x w grid; bicubic interpolation of the trained grid for other sizes."""
-        g = self.cfg.grid
+        g = self.config.grid
         if (h, w) == (g, g):
             return self.pos_embed
         cls_pos, grid_pos = self.pos_embed[:1], self.pos_embed[1:]
@@ -59,7 +60,7 @@ class VisionEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor, hidden: list | None = None, maps: list | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, N1, Dv). `hidden`, `maps`: lists that collect each block's input (and the last
         block's output) and attention probabilities, when given."""
-        p = self.cfg.patch_size
+        p = self.config.patch_size
         if pixels.shape[-1] % p or pixels.shape[-2] % p:
             raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
         x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, Dv, h, w)
