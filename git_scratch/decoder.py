@@ -1,4 +1,4 @@
-"""GIT's text decoder side: the visual projection, the text embeddings and the post-LN BERT block.
+"""GIT's text decoder side: the visual projection, the text embeddings and the decoder block (BERT's post-LN).
 
 Shapes: the legend in model.py.
 """
