@@ -404,11 +404,16 @@ def test_an_incomplete_last_line_is_dropped_and_redone(ckpt, tmp_path, capsys):
     assert [r["input"] for r in recs] == [str(p) for p in imgs]
 
 
-def test_nothing_left_to_do_exits_0_without_loading(ckpt, tmp_path, capsys):
+def test_nothing_left_to_do_exits_0_without_loading(ckpt, tmp_path, capsys, monkeypatch):
     out = tmp_path / "results.jsonl"
     img = photo("astronaut.png")
     assert main(capsys, "caption", img, "-c", ckpt[1], "-o", out, *FAST)[0] == 0
-    rc, stdout, err = main(capsys, "caption", img, "-c", tmp_path / "gone", "-o", out, *FAST)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded with nothing left to do")
+
+    monkeypatch.setattr(batch, "load_checkpoint", no_loading)
+    rc, stdout, err = main(capsys, "caption", img, "-c", ckpt[1], "-o", out, *FAST)
     assert rc == 0 and stdout == "" and "resuming: 1 result(s)" in err
 
 
