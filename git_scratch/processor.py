@@ -216,15 +216,17 @@ def check_resize(im: Image.Image, cfg: "ImageConfig", max_pixels: int | None, na
 
     The file's own size is checked when it is opened; this catches the other bomb: a tiny image of an
     extreme aspect ratio (a 261-byte 60000x1 PNG) whose short side is scaled up to 224, the long side
-    with it (13,440,000 x 224 pixels, 9 GB as RGB) only to be cropped away again.
+    with it (13,440,000 x 224 pixels, 9 GB as RGB) only to be cropped away again. The budget here is
+    max_pixels or Pillow's limit (about 89 million), whichever is larger: a small max_pixels is meant
+    to refuse big files, not every small image that is scaled up to the model's size.
     """
-    budget = Image.MAX_IMAGE_PIXELS if max_pixels == PILLOW_LIMIT else max_pixels
-    if not cfg.do_resize or budget is None:
+    budgets = [b for b in (Image.MAX_IMAGE_PIXELS, None if max_pixels == PILLOW_LIMIT else max_pixels) if b]
+    if not cfg.do_resize or not budgets:
         return
     h, w = resize_shape(im.height, im.width, cfg.size)
-    if h * w > budget:
+    if h * w > max(budgets):
         reason = (f"{im.width}x{im.height} would be resized to {w}x{h} = {w * h} pixels, over the budget of "
-                  f"{budget} (an extreme aspect ratio)")
+                  f"{max(budgets)} (an extreme aspect ratio)")
         raise ImageLoadError(name, reason) if isinstance(name, (str, Path)) else ValueError(reason)
 
 

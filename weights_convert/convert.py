@@ -134,7 +134,8 @@ def _read_one(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         # NB: torch's own message advises weights_only=False, which runs whatever the file holds.
-        what = " ".join(str(e).split("WeightsUnpickler error: ")[-1].split()).split(". ")[0]
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it names the Python object {named.group(1)}" if named else "pickled Python objects"
         raise ConversionError(
             f"{path}: holds more than tensors ({what}), and unpickling it could run any code it carries; "
             "convert a safetensors copy of the checkpoint instead (model.safetensors), or, only for a file "
