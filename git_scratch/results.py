@@ -69,8 +69,12 @@ def differences(old: dict, new: dict) -> str:
     def show(v):
         return "off" if v is None else json.dumps(v)
 
-    return "; ".join(f"{k} {show(old.get(k))} there, {show(new.get(k))} now"
-                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    if not old:
+        return "no settings were recorded with them (an older git-scratch wrote them)"
+    said = [f"{k} {show(old.get(k))} there, {show(new.get(k))} now"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(s.replace("checkpoint ", "checkpoint fingerprint ", 1) + " (other weights, config or tokenizer)"
+                     if s.startswith("checkpoint ") else s for s in said)
 
 
 def _is_record(rec) -> bool:
