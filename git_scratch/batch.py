@@ -246,8 +246,12 @@ class Runner:
                     try:
                         for i, rec in zip(rows, self.generate(image[rows], q, stream)):
                             done[i, q] = rec
+                    except BrokenPipeError:  # --stream into a closed stdout: the run ends (cli.main)
+                        raise
                     except Exception as e:  # noqa: BLE001 -- this question only; the others go on
                         failed[q] = e
+        except BrokenPipeError:
+            raise
         except Exception as e:  # noqa: BLE001 -- the encoding itself: every question of the batch
             failed = {q: e for _, _, qs in batch for q in qs if q not in failed} | failed
         for i, (item, _, qs) in enumerate(batch):  # image-major order, whatever finished

@@ -25,22 +25,24 @@ exit codes:
   2    usage error, or nothing could run: the checkpoint cannot be loaded (missing, truncated, another
        model's, not converted), --device is not available, --output cannot be used (not a git-scratch
        results file, in use by another run, or holding results made with other settings)
-  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): finished results are already in --output
+  130  interrupted (Ctrl-C); finished results are already in --output
   141  stdout was closed early (e.g. piped into head); finished results are already in --output
+  143  terminated (SIGTERM), handled as Ctrl-C
 """
 OUTPUT_FORMAT = """\
 output:
   text (default): one line per result, "INPUT<TAB>TEXT" (vqa and video with questions: "INPUT<TAB>QUESTION<TAB>TEXT").
-  --json: one JSON object per line: {"input": path as given, "question": str or null, "text": generated
-  text without the prompt, "ids": token ids with the prompt and without padding, "score": see below};
-  a failed input is {"input": ..., "error": "..."} (with "question" when only that question failed).
+  --json: one JSON object per line: {"input": path as given, "file": its resolved path, "question": str or
+  null, "text": generated text without the prompt, "ids": token ids with the prompt and without padding,
+  "score": see below, "settings": what changes the result (checkpoint fingerprint, dtype, decoding)};
+  a failed input is {"input": ..., "file": ..., "error": "...", "settings": ...} (with "question" when only
+  that question failed).
   score: the mean log-probability per generated token ([SEP] included) under the decoding
   distribution; for beam search this equals transformers' sequences_scores.
-  --output FILE.jsonl gets the same JSON records (errors too), one flushed line each, with two more
-  keys: "file" (the input's resolved path) and "settings" (what changes the result: checkpoint, dtype,
-  decoding options). A rerun with the same FILE skips every (file, question) that has a result there
-  made with the same settings and retries the failed ones; a result made with other settings stops the
-  run with a message saying what differs (--recompute computes it again). Only a file of git-scratch
+  --output FILE.jsonl gets the same JSON records (errors too), one flushed line each. A rerun with the
+  same FILE skips every (file, question) that has a result there made with the same settings and retries
+  the failed ones; a result made with other settings stops the run with a message saying what differs
+  (--recompute computes it again). Only a file of git-scratch
   records is appended to (anything else is refused, untouched), one run at a time (it is locked); a
   record cut short by a crash is dropped first.
 """
