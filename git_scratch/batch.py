@@ -2,8 +2,9 @@
 load, encode each image once, generate every prompt from it, and write one flushed record per result.
 
 Each batch is loaded (a bad file becomes an error record, never an exception), encoded ONCE, and every
-prompt (the caption prompt, or each question) is generated from those image tokens. Records are appended
-and flushed one line at a time, so `--output` is also the resume log.
+prompt (the caption prompt, or each question) is generated from those image tokens; a question the model
+cannot take fails alone. Records are appended and flushed one line at a time, so `--output` is also the
+resume log (results.py: which file it may be, what a result is keyed by, the lock).
 """
 
 from __future__ import annotations
