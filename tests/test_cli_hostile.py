@@ -171,6 +171,31 @@ def test_a_second_run_on_a_locked_output_refuses(ckpt, tmp_path, capsys):
     assert main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "-o", out, *FAST)[0] == 0  # released: runs
 
 
+def _many_inputs(root: Path, n: int) -> Path:
+    folder = root / "many"
+    folder.mkdir()
+    for i in range(n):  # copies, not links: each is its own file
+        shutil.copy(photo(("astronaut.png", "chelsea.png", "coffee.png")[i % 3]), folder / f"img{i:02d}.png")
+    return folder
+
+
+def test_two_runs_on_one_output_never_do_the_work_twice(ckpt, tmp_path, capsys):
+    folder, out = _many_inputs(tmp_path, 12), tmp_path / "out.jsonl"
+    args = ["caption", folder, "-c", ckpt, "-o", out, "-b", "1", "--max-new-tokens", "20", "--no-progress"]
+    first = subprocess.Popen([*cli_command(), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=cli_env())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 1):
+        time.sleep(0.005)
+    rc, stdout, err = main(capsys, *args)  # in this process, at once: while the first is still writing
+    assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+    assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    assert (rc, stdout) == (2, "")
+    assert err == (f"error: --output {out} is being written by another git-scratch run; wait for it to finish "
+                   "(a rerun then resumes), or choose another file\n")
+    assert sorted(r["input"] for r in records(out.read_text())) == sorted(str(p) for p in folder.iterdir())
+
+
 def test_a_setup_error_leaves_no_output_file_behind(tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     rc, _, err = main(capsys, "caption", photo("coffee.png"), "-c", tmp_path / "nope", "-o", out, *FAST)
@@ -187,14 +212,6 @@ def test_a_corrupt_tokenizer_json_is_a_checkpoint_error(ckpt, tmp_path, capsys):
     (line,) = err.splitlines()
     assert line.startswith(f"error: cannot load checkpoint: {bad / 'tokenizer.json'}: not a tokenizer file the "
                            "tokenizers library can read (")
-
-
-def _many_inputs(root: Path, n: int) -> Path:
-    folder = root / "many"
-    folder.mkdir()
-    for i in range(n):  # copies, not links: each is its own file
-        shutil.copy(photo(("astronaut.png", "chelsea.png", "coffee.png")[i % 3]), folder / f"img{i:02d}.png")
-    return folder
 
 
 def test_a_closed_stdout_stops_quietly_with_141(ckpt, tmp_path):
