@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.commands = sub.choices  # name -> its parser, so that checks after parsing speak as the subcommand
     fmt = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
 
     c = sub.add_parser("caption", help="one caption per image", epilog=EXAMPLES["caption"] + "\n" + OUTPUT_FORMAT
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "init":
         return run_init(args)
-    check_args(parser, args)
+    check_args(parser.commands[args.command], args)
     from .batch import run_inputs
 
     previous = signal.signal(signal.SIGTERM, _terminate)
