@@ -66,15 +66,17 @@ def run_settings(args) -> dict:
 
 def differences(old: dict, new: dict) -> str:
     """'num_beams 1 there, 4 now; ...' for the settings that differ."""
-    def show(v):
-        return "off" if v is None else json.dumps(v)
-
     if not old:
         return "no settings were recorded with them (an older git-scratch wrote them)"
-    said = [f"{k} {show(old.get(k))} there, {show(new.get(k))} now"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return "; ".join(s.replace("checkpoint ", "checkpoint fingerprint ", 1) + " (other weights, config or tokenizer)"
-                     if s.startswith("checkpoint ") else s for s in said)
+    said = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            there, now = ("off" if v is None else json.dumps(v) for v in (old.get(k), new.get(k)))
+            if k == "checkpoint":
+                said.append(f"checkpoint fingerprint {there} there, {now} now (other weights, config or tokenizer)")
+            else:
+                said.append(f"{k} {there} there, {now} now")
+    return "; ".join(said)
 
 
 def _is_record(rec) -> bool:

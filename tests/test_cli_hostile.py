@@ -148,6 +148,17 @@ def test_changed_settings_are_refused_saying_what_differs_or_recomputed(ckpt, tm
     assert (rc, stdout, err) == (0, "", f"resuming: 1 result(s) already in {out}\n")
 
 
+def test_results_of_an_older_git_scratch_are_not_taken_for_this_runs(ckpt, tmp_path, capsys):
+    img, out = shutil.copy(photo("coffee.png"), tmp_path / "a.png"), tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"input": str(img), "question": None, "text": "a cat", "ids": [101, 1037]}) + "\n")
+    before = out.read_bytes()
+    rc, stdout, err = main(capsys, "caption", img, "-c", ckpt, "-o", out, *FAST)
+    assert (rc, stdout) == (2, "") and out.read_bytes() == before
+    assert err == (f"error: --output {out} holds 1 result(s) of these inputs made with other settings (no settings "
+                   "were recorded with them (an older git-scratch wrote them)); rerun with those settings, choose "
+                   "another file, or pass --recompute to compute them again\n")
+
+
 def test_other_weights_are_other_settings_and_a_moved_checkpoint_is_the_same(ckpt, tmp_path, capsys):
     img, out = photo("coffee.png"), tmp_path / "out.jsonl"
     moved = shutil.copytree(ckpt, tmp_path / "moved")
