@@ -2,8 +2,9 @@
 load, encode each image once, generate every prompt from it, and write one flushed record per result.
 
 Each batch is loaded (a bad file becomes an error record, never an exception), encoded ONCE, and every
-prompt (the caption prompt, or each question) is generated from those image tokens. Records are appended
-and flushed one line at a time, so `--output` is also the resume log.
+prompt (the caption prompt, or each question) is generated from those image tokens; a question the model
+cannot take fails alone. Records are appended and flushed one line at a time, so `--output` is also the
+resume log (results.py: which file it may be, what a result is keyed by, the lock).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import glob
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IMAGE_EXTS
+from .constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IMAGE_EXTS
+from .results import OutputError, ResultsFile, differences, resume_key, run_settings
 
 
 # ---------------------------------------------------------------- inputs
@@ -25,12 +28,18 @@ class Item:
     path: Path | None = None
     error: str | None = None  # set when the argument names nothing usable
 
+    @property
+    def key(self) -> str:
+        """What results are kept by: the resolved file (the argument itself when it names nothing)."""
+        return resume_key(self.path) if self.path is not None else self.input
+
 
 def expand(args: list[str], folders_are_inputs: bool = False) -> list[Item]:
     """Command-line arguments -> inputs: files as given, folders -> their images, glob patterns -> matches.
 
     For video, a folder is one input (its files are the frames). Arguments that name nothing become
-    error items, so they are reported with the rest instead of stopping the run.
+    error items, so they are reported with the rest instead of stopping the run. Each real file is
+    one input, however many paths lead to it (`./a.jpg` and `a.jpg`, symlinks, a symlink loop under `**`).
     """
     out: list[Item] = []
     for arg in args:
@@ -51,71 +60,54 @@ def expand(args: list[str], folders_are_inputs: bool = False) -> list[Item]:
         else:
             out.append(Item(arg, error="no such file or directory"))
     seen: set[str] = set()
-    return [i for i in out if not (i.input in seen or seen.add(i.input))]
+    return [i for i in out if not (i.key in seen or seen.add(i.key))]
 
 
-# ---------------------------------------------------------------- results
-def read_done(path: Path) -> set[tuple[str, str | None]]:
-    """(input, question) pairs with a result in a previous run's output; failed ones are tried again.
-
-    A crash mid-write can leave an incomplete last line: it is cut off, so the rerun's first record
-    starts on a line of its own and every line of the file stays valid JSON.
-    """
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        with path.open("r+b") as f:
-            f.truncate(len(data))
-    done = set()
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "error" not in rec and "input" in rec:
-            done.add((rec["input"], rec.get("question")))
-    return done
+def shorten(question: str, words: int = 8) -> str:
+    """A question as an error line shows it: whole if short, else its first words and its length."""
+    parts = question.split()
+    if len(parts) <= words and len(question) <= 80:
+        return repr(question)
+    return f"{' '.join(parts[:words])[:80]!r}... ({len(parts)} words)"
 
 
 class Sink:
-    """Records go to stdout (text or JSON), errors also to stderr, everything to --output (one flushed line each)."""
+    """Records go to stdout (text or JSON), errors also to stderr, everything to --output (one flushed line each).
 
-    def __init__(self, args, bar):
-        self.json, self.bar, self.n_failed = args.json, bar, 0
-        self.file = open(args.output, "a", encoding="utf-8") if args.output else None
+    Every record names its input as given ("input"), the resolved file ("file", the resume key) and the
+    settings that made it, so --output can tell this run's results from another's.
+    """
+
+    def __init__(self, args, bar, log: ResultsFile | None, settings: dict):
+        self.json, self.bar, self.log, self.settings, self.n_failed = args.json, bar, log, settings, 0
 
     def _save(self, rec: dict) -> None:
-        line = json.dumps(rec, ensure_ascii=False)
+        line = json.dumps({**rec, "settings": self.settings}, ensure_ascii=False)
+        if self.log:
+            self.log.write(line)  # first: a reader that stops reading stdout loses nothing saved
         if self.json:
             self.bar.write(line, file=sys.stdout)
             sys.stdout.flush()
-        if self.file:
-            self.file.write(line + "\n")
-            self.file.flush()
-            os.fsync(self.file.fileno())  # a finished record survives even a machine crash
 
-    def ok(self, rec: dict, streamed: bool = False) -> None:
-        self._save(rec)
+    def ok(self, item: Item, result: dict, streamed: bool = False) -> None:
+        self._save({"input": item.input, "file": item.key, **result})
         if not self.json and not streamed:
-            fields = [rec["input"]] + ([rec["question"]] if rec["question"] is not None else []) + [rec["text"]]
-            self.bar.write("\t".join(fields), file=sys.stdout)
+            q = result["question"]
+            self.bar.write("\t".join([item.input] + ([q] if q is not None else []) + [result["text"]]), file=sys.stdout)
             sys.stdout.flush()
         self.bar.update(1)
 
-    def error(self, item: str, reason: str, questions=(None,), question: str | None = None) -> None:
+    def error(self, item: Item, reason: str, questions=(None,), question: str | None = None) -> None:
         """An input that failed: as a whole (unreadable), or for one `question` (e.g. too long a prompt)."""
         self.n_failed += 1
-        about = f" (question {question!r})" if question is not None else ""
-        self.bar.write(f"error: {item}{about}: {reason}", file=sys.stderr)
-        self._save({"input": item, **({"question": question} if question is not None else {}), "error": reason})
+        about = f" (question {shorten(question)})" if question is not None else ""
+        self.bar.write(f"error: {item.input}{about}: {reason}", file=sys.stderr)
+        self._save({"input": item.input, "file": item.key, **({"question": question} if question is not None else {}),
+                    "error": reason})
         self.bar.update(len(questions))
 
     def close(self) -> None:
         self.bar.close()
-        if self.file:
-            self.file.close()
 
 
 # ---------------------------------------------------------------- running
@@ -205,26 +197,46 @@ class Runner:
             printer.end(recs[0]["text"])
         return recs
 
+    def question_error(self, question: str | None) -> str | None:
+        """Why a question cannot be asked of this model (too long a prompt), or None; before any compute."""
+        if question is None:
+            return None
+        n, m, limit = len(self.prompt(question)[0]), self.args.max_new_tokens, self.model.config.text.max_positions
+        if n + m - 1 <= limit:
+            return None
+        return (f"the question is {n} tokens long (with [CLS]); with --max-new-tokens {m} it needs {n + m - 1} text "
+                f"positions, the model has {limit} (max_position_embeddings)")
+
     def run(self, work: list[tuple[Item, list]]) -> None:
-        """Fill batches with inputs that load; report the others as they come, in input order."""
+        """Fill batches with inputs that load; report the others as they come, in input order.
+        A question the model cannot take fails alone, with its own reason; the others still run."""
         size = 1 if self.args.stream else self.args.batch_size
+        bad = {q: why for q in dict.fromkeys(q for _, qs in work for q in qs) if (why := self.question_error(q))}
         batch = []
         for n, (item, questions) in enumerate(work):
             if item.error:  # the argument named nothing usable
-                self.sink.error(item.input, item.error, questions)
+                self.sink.error(item, item.error, questions)
             else:
                 try:
-                    batch.append((item, self.load(item), questions))
+                    pixels = self.load(item)
                 except Exception as e:  # noqa: BLE001 -- any unreadable input is reported, never fatal
-                    self.sink.error(item.input, _reason(e, item), questions)
+                    self.sink.error(item, _reason(e, item), questions)
+                else:
+                    for q in questions:
+                        if q in bad:
+                            self.sink.error(item, bad[q], [q], question=q)
+                    if [q for q in questions if q not in bad]:
+                        batch.append((item, pixels, [q for q in questions if q not in bad]))
             if batch and (len(batch) == size or n == len(work) - 1):
                 self.run_batch(batch)
                 batch = []
 
     def run_batch(self, batch) -> None:
+        """Encode the batch's images once, then generate each question for the rows that ask it. A failure
+        (out of memory, say) retries each input alone; alone, each question fails with its own reason."""
         import torch
 
-        done, failure = {}, None
+        done, failed = {}, {}  # (row, question) -> record; question -> the exception it raised
         try:
             with torch.inference_mode():
                 pixels = torch.stack([px for _, px, _ in batch]).to(self.model.device, self.model.dtype)
@@ -232,16 +244,21 @@ class Runner:
                 for q in dict.fromkeys(q for _, _, qs in batch for q in qs):
                     rows = [i for i, (_, _, qs) in enumerate(batch) if q in qs]
                     stream = batch[rows[0]][0] if self.args.stream else None
-                    for i, rec in zip(rows, self.generate(image[rows], q, stream)):
-                        done[i, q] = rec
-        except Exception as e:  # noqa: BLE001 -- e.g. out of memory: retry alone, then report
-            failure = e
+                    try:
+                        for i, rec in zip(rows, self.generate(image[rows], q, stream)):
+                            done[i, q] = rec
+                    except BrokenPipeError:  # --stream into a closed stdout: the run ends (cli.main)
+                        raise
+                    except Exception as e:  # noqa: BLE001 -- this question only; the others go on
+                        failed[q] = e
+        except BrokenPipeError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- the encoding itself: every question of the batch
+            failed = {q: e for _, _, qs in batch for q in qs if q not in failed} | failed
         for i, (item, _, qs) in enumerate(batch):  # image-major order, whatever finished
             for q in qs:
                 if (i, q) in done:
-                    self.sink.ok({"input": item.input, **done[i, q]}, streamed=self.args.stream)
-        if failure is None:
-            return
+                    self.sink.ok(item, done[i, q], streamed=self.args.stream)
         left = [(item, px, [q for q in qs if (i, q) not in done]) for i, (item, px, qs) in enumerate(batch)]
         left = [x for x in left if x[2]]
         if len(left) > 1:
@@ -250,7 +267,7 @@ class Runner:
         else:
             for item, _, qs in left:
                 for q in qs:
-                    self.sink.error(item.input, _reason(failure, item), [q], question=q)
+                    self.sink.error(item, _reason(failed[q], item), [q], question=q)
 
 
 def _reason(e: Exception, item: Item) -> str:
@@ -286,7 +303,11 @@ def load_checkpoint(args, video: bool):
         raise SetupError(f"{bad} no such checkpoint directory")
     try:
         model = load(ckpt, device=args.device, dtype=args.dtype)
-        processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if args.max_pixels is None else args.max_pixels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if args.max_pixels is None else args.max_pixels)
+        for w in caught:  # e.g. no preprocessing settings: which defaults are used
+            print(f"warning: {w.message}", file=sys.stderr)
     except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault
         raise SetupError(f"cannot load checkpoint: {' '.join(str(e).split()) or type(e).__name__}") from None
     tok, cfg = processor.tokenizer, model.config
@@ -302,43 +323,48 @@ def load_checkpoint(args, video: bool):
 
 
 def run_inputs(args, video: bool) -> int:
+    """Run every input not already in --output; the exit code."""
     from tqdm import tqdm
 
     questions = args.question or [None]
     items = expand(args.inputs, folders_are_inputs=video)
-    done = set()
-    if args.output:
-        out = Path(args.output)
-        try:
-            done = read_done(out)
-        except OSError as e:
-            print(f"error: cannot read --output {out}: {e.strerror or e}", file=sys.stderr)
-            return EXIT_USAGE
-    work = [(i, [q for q in questions if (i.input, q) not in done]) for i in items]
-    work = [(i, qs) for i, qs in work if qs]
-    skipped = len(items) * len(questions) - sum(len(qs) for _, qs in work)
-    if skipped:
-        print(f"resuming: {skipped} result(s) already in {args.output}", file=sys.stderr)
-    if not work:
-        return EXIT_OK
+    settings = run_settings(args)
     try:
-        model, processor = load_checkpoint(args, video)
-    except SetupError as e:
+        log = ResultsFile(args.output) if args.output else None  # locked until the run ends
+    except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    total = sum(len(qs) for _, qs in work)
-    bar = tqdm(total=total, file=sys.stderr, unit="input", dynamic_ncols=True,
-               disable=args.no_progress or args.stream or total <= 1)
     try:
-        sink = Sink(args, bar)
-    except OSError as e:
-        bar.close()
-        print(f"error: cannot write --output {args.output}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        Runner(args, model, processor, sink, video).run(work)
+        done, other = log.finished(settings) if log else (set(), {})
+        stale = [(i, q) for i in items for q in questions if (i.key, q) in other]
+        if stale and not args.recompute:
+            item, q = stale[0]
+            print(f"error: --output {args.output} holds {len(stale)} result(s) of these inputs made with other "
+                  f"settings ({differences(other[item.key, q], settings)}); rerun with those settings, choose "
+                  "another file, or pass --recompute to compute them again", file=sys.stderr)
+            return EXIT_USAGE
+        work = [(i, [q for q in questions if (i.key, q) not in done]) for i in items]
+        work = [(i, qs) for i, qs in work if qs]
+        skipped = len(items) * len(questions) - sum(len(qs) for _, qs in work)
+        if skipped:
+            print(f"resuming: {skipped} result(s) already in {args.output}", file=sys.stderr)
+        if not work:
+            return EXIT_OK
+        try:
+            model, processor = load_checkpoint(args, video)
+        except SetupError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        total = sum(len(qs) for _, qs in work)
+        sink = Sink(args, tqdm(total=total, file=sys.stderr, unit="input", dynamic_ncols=True,
+                               disable=args.no_progress or args.stream or total <= 1), log, settings)
+        try:
+            Runner(args, model, processor, sink, video).run(work)
+        finally:
+            sink.close()
     finally:
-        sink.close()
+        if log:
+            log.close(drop_if_unused=True)
     if sink.n_failed:
         print(f"{sink.n_failed} failure(s), each on an error line above", file=sys.stderr)
     return EXIT_FAILED if sink.n_failed else EXIT_OK

@@ -11,10 +11,11 @@ This file is the parser and its help; batch.py runs the inputs (batches, one enc
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+from .constants import (DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
 
 EXIT_CODES = """\
 exit codes:
@@ -22,20 +23,28 @@ exit codes:
   1    some inputs failed: each has an "error: INPUT: REASON" line on stderr (and an error record with
        --json / --output); every other input still ran
   2    usage error, or nothing could run: the checkpoint cannot be loaded (missing, truncated, another
-       model's, not converted), --device is not available, --output cannot be written
+       model's, not converted), --device is not available, --output cannot be used (not a git-scratch
+       results file, in use by another run, or holding results made with other settings)
   130  interrupted (Ctrl-C); finished results are already in --output
+  141  stdout was closed early (e.g. piped into head); finished results are already in --output
+  143  terminated (SIGTERM), handled as Ctrl-C
 """
 OUTPUT_FORMAT = """\
 output:
   text (default): one line per result, "INPUT<TAB>TEXT" (vqa and video with questions: "INPUT<TAB>QUESTION<TAB>TEXT").
-  --json: one JSON object per line: {"input": path as given, "question": str or null, "text": generated
-  text without the prompt, "ids": token ids with the prompt and without padding, "score": see below};
-  a failed input is {"input": ..., "error": "..."} (with "question" when only that question failed).
+  --json: one JSON object per line: {"input": path as given, "file": its resolved path, "question": str or
+  null, "text": generated text without the prompt, "ids": token ids with the prompt and without padding,
+  "score": see below, "settings": what changes the result (checkpoint fingerprint, dtype, decoding)};
+  a failed input is {"input": ..., "file": ..., "error": "...", "settings": ...} (with "question" when only
+  that question failed).
   score: the mean log-probability per generated token ([SEP] included) under the decoding
   distribution; for beam search this equals transformers' sequences_scores.
   --output FILE.jsonl gets the same JSON records (errors too), one flushed line each. A rerun with the
-  same FILE skips every (input, question) that has a result there and retries the failed ones; a line
-  cut short by a crash is dropped first.
+  same FILE skips every (file, question) that has a result there made with the same settings and retries
+  the failed ones; a result made with other settings stops the run with a message saying what differs
+  (--recompute computes it again). Only a file of git-scratch
+  records is appended to (anything else is refused, untouched), one run at a time (it is locked); a
+  record cut short by a crash is dropped first.
 """
 EXAMPLES = {
     "caption": """\
@@ -88,18 +97,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed for --sample, for reproducible output")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
-    r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+    r.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
                    help="default: float32; auto: bfloat16 where the hardware is fast at it")
     r.add_argument("--max-pixels", type=_positive(int), metavar="N",
                    help="skip images with more than N pixels (decompression bombs); default: Pillow's limit, "
-                        "about 89 million")
+                        "about 89 million; also the most an image may have once resized, so that a tiny image of "
+                        "an extreme aspect ratio cannot grow to billions of pixels")
     r.add_argument("--batch-size", "-b", type=_positive(int), default=8, metavar="B",
                    help="inputs per batch (default: 8)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="one JSON object per line on stdout (see output below)")
     o.add_argument("--output", "-o", metavar="FILE.jsonl",
                    help="append one JSON line per finished input, flushed at once; a rerun with the same FILE "
-                        "skips inputs already done there, so an interrupted run resumes where it stopped")
+                        "skips inputs already done there with the same settings, so an interrupted run resumes "
+                        "where it stopped")
+    o.add_argument("--recompute", action="store_true",
+                   help="with --output: compute again the results it holds that were made with other settings "
+                        "(their old records stay; the new ones follow)")
     o.add_argument("--stream", action="store_true",
                    help="print words as they are generated (one input at a time; not with --json or beams)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -116,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.commands = sub.choices  # name -> its parser, so that checks after parsing speak as the subcommand
     fmt = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
 
     c = sub.add_parser("caption", help="one caption per image", epilog=EXAMPLES["caption"] + "\n" + OUTPUT_FORMAT
@@ -140,15 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--question", "-q", action="append", help="a question; repeat for several (default: a caption)")
     _add_common(d)
 
-    from weights_convert.__main__ import EXAMPLES as CONVERT_EXAMPLES
-    from weights_convert.__main__ import add_arguments as add_convert_arguments
-
-    k = sub.add_parser("convert", help="convert a Hugging Face GIT checkpoint (or back with --to-hf)", **fmt,
-                       description="Convert a Hugging Face GIT checkpoint directory into a git_scratch one.",
-                       epilog=CONVERT_EXAMPLES.replace("python -m weights_convert", "git-scratch convert")
-                       + "\nexit codes:\n  0  converted\n  2  usage error, or the source cannot be converted (the "
-                       "error line says why)\n")
-    add_convert_arguments(k)
+    # Listed for the help only: main() hands `convert ...` to the converter's own parser before parsing.
+    sub.add_parser("convert", help="convert a Hugging Face GIT checkpoint (or back with --to-hf)", add_help=False)
 
     i = sub.add_parser("init", help="write a randomly initialised checkpoint of a published shape", **fmt,
                        description="Write a randomly initialised git_scratch checkpoint (weights, config, "
@@ -196,27 +204,55 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--top-k must be >= 0, got {args.top_k}")
     if args.sample and args.num_beams > 1:
         p.error("--sample and --num-beams > 1 cannot be combined")
+    if args.recompute and not args.output:
+        p.error("--recompute needs --output: it recomputes results that file holds")
     if any(not q.strip() for q in args.question or []):
         p.error("--question must not be empty")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: stop, keep what is saved, say so."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def run_convert(argv: list[str]) -> int:
+    # weights_convert imports git_scratch (the model, to check shapes), so git_scratch imports it only
+    # here, when the command runs: the dependency goes one way, from the converter to the package.
+    from weights_convert.__main__ import main as convert_main
+
+    return convert_main(argv, prog="git-scratch convert", failed=EXIT_USAGE)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["convert"]:
+        return run_convert(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "convert":
-        from weights_convert.__main__ import run as run_convert
-
-        return EXIT_USAGE if run_convert(args) else EXIT_OK
     if args.command == "init":
         return run_init(args)
-    check_args(parser, args)
+    check_args(parser.commands[args.command], args)
     from .batch import run_inputs
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run_inputs(args, video=args.command == "video")
+    except Terminated:
+        print("terminated (SIGTERM); finished results are saved", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted; finished results are saved", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head -1`): stop quietly, as command-line tools do. Point
+        # stdout at /dev/null so that the interpreter's last flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

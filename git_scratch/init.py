@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import GitConfig
+from .constants import TOKENIZER_FILES
 from .model import GIT
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+from .processor import CLIP_MEAN, CLIP_STD
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def init_checkpoint(path, preset: str, seed: int = 0, std: float = 0.1, tokenize
         "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
         "do_center_crop": True, "crop_size": {"height": size, "width": size},
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
         "do_convert_rgb": True,
     }, indent=2) + "\n")
     src = Path(tokenizer_from) if tokenizer_from else None

@@ -10,9 +10,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .config import GitConfig
+from .constants import DTYPE_NAMES
 from .model import GIT
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # "float32" -> torch.float32, ...
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -46,9 +47,9 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if fast_bf16(device) else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or 'auto', got {dtype!r}")
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or 'auto', got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def load(path, device=None, dtype=None) -> GIT:

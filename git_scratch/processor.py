@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .constants import PREPROCESSOR_FILES
 from .tokenizer import Tokenizer
 
 # GIT's published preprocessing: OpenAI CLIP statistics, 224 px, bicubic (Pillow code 3).
@@ -92,10 +93,32 @@ class ImageConfig:
 
     @classmethod
     def from_json(cls, path) -> "ImageConfig":
+        """preprocessor_config.json, or transformers 5's processor_config.json (the same keys under "image_processor")."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (ValueError, TypeError) as e:
+            d = json.loads(Path(path).read_text())
+            if Path(path).name == "processor_config.json":
+                if not isinstance(d.get("image_processor"), dict):
+                    raise ValueError('no "image_processor" settings in it')
+                d = d["image_processor"]
+            return cls.from_dict(d)
+        except (ValueError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: {e}") from e
+
+    @classmethod
+    def from_pretrained(cls, path) -> "ImageConfig | None":
+        """The settings of a checkpoint directory (PREPROCESSOR_FILES, the first found), or None when it has none."""
+        for name in PREPROCESSOR_FILES:
+            if (Path(path) / name).is_file():
+                return cls.from_json(Path(path) / name)
+        return None
+
+
+def no_preprocessing_settings(path) -> str:
+    """The warning for a checkpoint without preprocessing settings: which defaults are used instead."""
+    d = ImageConfig()
+    return (f"{path} has no preprocessing settings ({' or '.join(PREPROCESSOR_FILES)}); using GIT's published "
+            f"defaults: shortest edge resized to {d.size['shortest_edge']} (bicubic), centre crop "
+            f"{d.crop_size['height']}x{d.crop_size['width']}, CLIP mean and std")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -188,6 +211,25 @@ def resize_shape(h: int, w: int, size: dict) -> tuple[int, int]:
     return n, int(n * w / h)
 
 
+def check_resize(im: Image.Image, cfg: "ImageConfig", max_pixels: int | None, name=None) -> None:
+    """Refuse, before resizing, an image whose resized size is over the pixel budget.
+
+    The file's own size is checked when it is opened; this catches the other bomb: a tiny image of an
+    extreme aspect ratio (a 261-byte 60000x1 PNG) whose short side is scaled up to 224, the long side
+    with it (13,440,000 x 224 pixels, 9 GB as RGB) only to be cropped away again. The budget here is
+    max_pixels or Pillow's limit (about 89 million), whichever is larger: a small max_pixels is meant
+    to refuse big files, not every small image that is scaled up to the model's size.
+    """
+    budgets = [b for b in (Image.MAX_IMAGE_PIXELS, None if max_pixels == PILLOW_LIMIT else max_pixels) if b]
+    if not cfg.do_resize or not budgets:
+        return
+    h, w = resize_shape(im.height, im.width, cfg.size)
+    if h * w > max(budgets):
+        reason = (f"{im.width}x{im.height} would be resized to {w}x{h} = {w * h} pixels, over the budget of "
+                  f"{max(budgets)} (an extreme aspect ratio)")
+        raise ImageLoadError(name, reason) if isinstance(name, (str, Path)) else ValueError(reason)
+
+
 def center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
     """(H, W, C) -> (ch, cw, C). Offsets floor((H - ch) / 2); a side shorter than the crop is
     zero-padded, the image placed at ceil((ch - H) / 2), as transformers' center_crop does."""
@@ -261,13 +303,15 @@ class Processor:
 
     @classmethod
     def from_pretrained(cls, path, max_pixels: int | None = PILLOW_LIMIT) -> "Processor":
-        """Read `preprocessor_config.json` (GIT's defaults when absent) and the tokenizer
+        """Read `preprocessor_config.json` or `processor_config.json` (GIT's defaults, with a warning, when
+        neither is there) and the tokenizer
         (`tokenizer.json` or `vocab.txt`; without either, images still work and text raises)."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a checkpoint directory")
-        cfg_file = path / "preprocessor_config.json"
-        cfg = ImageConfig.from_json(cfg_file) if cfg_file.exists() else ImageConfig()
+        cfg = ImageConfig.from_pretrained(path)
+        if cfg is None:
+            warnings.warn(no_preprocessing_settings(path), stacklevel=2)
         has_tok = (path / "tokenizer.json").exists() or (path / "vocab.txt").exists()
         return cls(cfg, Tokenizer.from_pretrained(path) if has_tok else None, max_pixels, str(path))
 
@@ -276,7 +320,11 @@ class Processor:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("images is an empty list")
-        arrays = [preprocess(as_pil(im, self.max_pixels), self.image_config) for im in images]
+        arrays = []
+        for im in images:
+            rgb = as_pil(im, self.max_pixels)
+            check_resize(rgb, self.image_config, self.max_pixels, im)
+            arrays.append(preprocess(rgb, self.image_config))
         if len({a.shape for a in arrays}) > 1:
             raise ValueError("images came out in different sizes (no center crop configured); pass them one at a time")
         return np.stack(arrays)

@@ -24,7 +24,13 @@ SPECIAL_DEFAULTS = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[P
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return d
 
 
 def _token_str(t) -> str:
@@ -92,7 +98,11 @@ class Tokenizer:
         for source in (_read_json(path / "special_tokens_map.json"), config):
             specials.update({k: _token_str(v) for k, v in source.items() if k in SPECIAL_DEFAULTS and v})
         if (path / "tokenizer.json").exists():
-            backend = _Backend.from_file(str(path / "tokenizer.json"))
+            try:
+                backend = _Backend.from_file(str(path / "tokenizer.json"))
+            except Exception as e:  # noqa: BLE001 -- the tokenizers library raises a bare Exception
+                raise ValueError(f"{path / 'tokenizer.json'}: not a tokenizer file the tokenizers library can "
+                                 f"read ({' '.join(str(e).split())})") from None
         elif (path / "vocab.txt").exists():
             backend = build_wordpiece(path / "vocab.txt", config, specials)
         else:

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from .constants import IMAGE_EXTS
 from .processor import PILLOW_LIMIT, ImageLoadError, as_pil, open_image, to_rgb
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def sample_indices(n_total: int, n: int) -> list[int]:

@@ -18,9 +18,8 @@ import torch
 
 from reference import TINY_TEXT, TINY_VISION
 
-VOCAB_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+from git_scratch.constants import TOKENIZER_FILES as VOCAB_FILES
+from git_scratch.processor import CLIP_MEAN, CLIP_STD
 
 # the tiny test shape with the real vocabulary and GIT's real special ids ([CLS] bos, [SEP] eos, [PAD] 0)
 WORDS = dict(vision_config=TINY_VISION, **{**TINY_TEXT, "vocab_size": 30522, "bos_token_id": 101, "eos_token_id": 102})
@@ -53,8 +52,8 @@ def preprocessor_config(size: int) -> dict:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
         "do_convert_rgb": True,
     }
 
@@ -127,10 +126,16 @@ def cli_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "git_scratch.cli"]
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def cli_env() -> dict:
     # One thread: the tiny test model gains nothing from more, and two spinning OpenMP threads on a
     # machine shared with other test processes make each step ~30x slower.
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: the subprocess runs this checkout's code, as the in-process tests do, even where the
+    # console script belongs to an install of another checkout (a git worktree sharing one venv).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def run_cli(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -75,6 +76,38 @@ def test_tokenizer_files_are_copied(tiny, tmp_path):
     summary = convert(src, tmp_path / "out")
     assert summary["copied"] == ["vocab.txt", "preprocessor_config.json"]
     assert (tmp_path / "out" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
+    assert summary["warnings"] == []
+
+
+def test_transformers_5_processor_config_is_copied_and_read(tiny, tmp_path):
+    """transformers 5's GitProcessor.save_pretrained writes the image settings to processor_config.json only."""
+    from transformers import BertTokenizerFast, CLIPImageProcessorPil, GitProcessor
+
+    src = copy_hf(tiny, tmp_path)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    images = CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 24})
+    GitProcessor(images, BertTokenizerFast(vocab_file=str(vocab))).save_pretrained(src)
+    assert (src / "processor_config.json").is_file() and not (src / "preprocessor_config.json").exists()
+    summary = convert(src, tmp_path / "out")
+    assert "processor_config.json" in summary["copied"] and summary["warnings"] == []
+    processor = git_scratch.Processor.from_pretrained(tmp_path / "out")
+    assert processor.image_config.crop_size == {"height": 40, "width": 24}
+    px = processor(images=np.zeros((50, 60, 3), np.uint8))["pixel_values"]
+    assert tuple(px.shape) == (1, 3, 40, 24)
+
+
+def test_a_checkpoint_without_preprocessing_settings_is_converted_with_a_warning(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path)
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        (src / name).unlink(missing_ok=True)
+    summary = convert(src, tmp_path / "out")
+    assert summary["warnings"] == [
+        f"{src} has no preprocessing settings (preprocessor_config.json or processor_config.json); using GIT's "
+        "published defaults: shortest edge resized to 224 (bicubic), centre crop 224x224, CLIP mean and std"]
+    with pytest.warns(UserWarning) as caught:
+        git_scratch.Processor.from_pretrained(tmp_path / "out")
+    assert [str(w.message) for w in caught] == [summary["warnings"][0].replace(str(src), str(tmp_path / "out"))]
 
 
 def test_pytorch_bin_with_stale_position_ids_converts(tiny, tmp_path):
@@ -219,7 +252,41 @@ def test_command_line_reports_failure_with_exit_code(tiny, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "weights_convert", str(tmp_path / "empty"), str(tmp_path / "b")],
                          capture_output=True, text=True)
     assert bad.returncode == 1
-    assert "error:" in bad.stderr and "no config.json" in bad.stderr
+    assert bad.stderr == f"error: {tmp_path / 'empty'}: no config.json (is this a checkpoint directory?)\n"
+
+
+class PickledState(dict):
+    """A state dict in a class of its own: a pickle that holds more than tensors and plain containers."""
+
+
+def pickled_checkpoint(tiny, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(tiny.hf_dir / "config.json", src)
+    torch.save(PickledState(tiny.hf.state_dict()), src / "pytorch_model.bin")
+    return src
+
+
+def test_a_pickle_with_more_than_tensors_is_refused_with_the_safe_ways_on(tiny, tmp_path, capsys):
+    from git_scratch import cli
+
+    src = pickled_checkpoint(tiny, tmp_path)
+    rc = cli.main(["convert", src, tmp_path / "out"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and not (tmp_path / "out").exists()
+    assert err == (f"error: {src / 'pytorch_model.bin'}: holds more than tensors (it names the Python object "
+                   f"{__name__}.PickledState), and unpickling it could run any code it carries; convert a "
+                   "safetensors copy of the checkpoint instead (model.safetensors), or, only for a file from a "
+                   "source you trust, pass --trust-pickle\n")
+    assert "likely succeed" not in err
+
+
+def test_trust_pickle_reads_a_trusted_pickle(tiny, tmp_path, capsys):
+    from git_scratch import cli
+
+    src = pickled_checkpoint(tiny, tmp_path)
+    assert cli.main(["convert", src, tmp_path / "out", "--trust-pickle"]) == 0
+    assert torch.equal(logits(git_scratch.load(tmp_path / "out"), tiny), logits(tiny.ours, tiny))
 
 
 def test_load_refuses_an_unconverted_checkpoint(tiny):

@@ -1,9 +1,11 @@
-"""python -m weights_convert SRC DST  (also: git-scratch convert SRC DST)."""
+"""python -m weights_convert SRC DST  (also: git-scratch convert SRC DST, which runs this file's main)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from git_scratch.constants import DTYPE_NAMES
 
 EXAMPLES = """\
 examples:
@@ -14,21 +16,31 @@ examples:
   # back to Hugging Face, loadable with transformers.GitForCausalLM.from_pretrained
   python -m weights_convert ckpt/git-base-coco hf/git-base-coco --to-hf
 """
+EXIT_CODES = {  # by the code a failed conversion exits with: 1 here, 2 (with usage errors) in git-scratch
+    1: "\nexit codes:\n  0  converted\n  1  the source cannot be converted (the error line says why)\n"
+       "  2  usage error\n",
+    2: "\nexit codes:\n  0  converted\n  2  usage error, or the source cannot be converted (the error line says why)\n",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="source checkpoint directory (Hugging Face GIT, or git_scratch with --to-hf)")
     p.add_argument("dst", help="destination directory; written atomically, created if missing")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast floating-point weights")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, help="cast floating-point weights")
     p.add_argument("--to-hf", action="store_true", help="convert a git_scratch checkpoint back to Hugging Face")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read a pytorch_model.bin that holds more than tensors (pickled Python objects, which can "
+                        "run any code while loading); only for a file from a source you trust")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Convert; 0 when done, 1 with one `error: ...` line when the source cannot be converted."""
     from .convert import ConversionError, convert
 
     try:
-        summary = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, overwrite=args.overwrite)
+        summary = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, overwrite=args.overwrite,
+                          trust_pickle=args.trust_pickle)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -38,20 +50,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"  dropped non-persistent buffers: {', '.join(summary['dropped'])}", file=sys.stderr)
     copied = ", ".join(summary["copied"]) or "none found (captioning needs tokenizer.json or vocab.txt)"
     print(f"  tokenizer/processor files copied: {copied}", file=sys.stderr)
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="python -m weights_convert")
-    p.description = "Convert a Hugging Face GIT checkpoint into a git_scratch checkpoint directory (or back)."
-    p.epilog = EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+def build_parser(prog: str = "python -m weights_convert", failed: int = 1) -> argparse.ArgumentParser:
+    """The converter's parser; `git-scratch convert` builds it with its own name and exit code for failures."""
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert a Hugging Face GIT checkpoint into a git_scratch checkpoint directory (or back).",
+        epilog=EXAMPLES.replace("python -m weights_convert", prog) + EXIT_CODES[failed])
     add_arguments(p)
     return p
 
 
-def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
+def main(argv=None, prog: str = "python -m weights_convert", failed: int = 1) -> int:
+    args = build_parser(prog, failed).parse_args(argv)
+    return failed if run(args) else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The source directory is only ever read.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 import tempfile
@@ -17,19 +18,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from git_scratch.config import GitConfig
+from git_scratch.constants import PREPROCESSOR_FILES, TOKENIZER_FILES
+from git_scratch.load import DTYPES
 from git_scratch.model import GIT
+from git_scratch.processor import no_preprocessing_settings
 
 from .hf_config import config_from_hf, config_to_hf
 from .mapping import DROPPED, NAME_MAP
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ConversionError(ValueError):
@@ -130,23 +126,34 @@ def read_config(src: Path) -> dict:
         raise ConversionError(f"{path}: not valid JSON ({e})") from None
 
 
-def _read_one(path: Path) -> dict[str, torch.Tensor]:
+def _read_one(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only=True unpickles tensors and plain containers only; anything else could run code.
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        # NB: torch's own message advises weights_only=False, which runs whatever the file holds.
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it names the Python object {named.group(1)}" if named else "pickled Python objects"
+        raise ConversionError(
+            f"{path}: holds more than tensors ({what}), and unpickling it could run any code it carries; "
+            "convert a safetensors copy of the checkpoint instead (model.safetensors), or, only for a file "
+            "from a source you trust, pass --trust-pickle") from None
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise ConversionError(f"{path}: cannot read weights ({type(e).__name__}: {e}); truncated or corrupt?") from None
+    except Exception as e:  # noqa: BLE001 -- a file trusted with --trust-pickle may raise anything
+        raise ConversionError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
 
 
-def read_weights(src: Path) -> dict[str, torch.Tensor]:
+def read_weights(src: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """model.safetensors, sharded safetensors with an index, or pytorch_model.bin (also sharded)."""
     for single, index in (
         ("model.safetensors", "model.safetensors.index.json"),
         ("pytorch_model.bin", "pytorch_model.bin.index.json"),
     ):
         if (src / single).is_file():
-            return _read_one(src / single)
+            return _read_one(src / single, trust_pickle)
         if (src / index).is_file():
             try:
                 shards = sorted(set(json.loads((src / index).read_text())["weight_map"].values()))
@@ -156,7 +163,7 @@ def read_weights(src: Path) -> dict[str, torch.Tensor]:
             for shard in shards:
                 if not (src / shard).is_file():
                     raise ConversionError(f"{src / index} names shard {shard}, which is missing")
-                state.update(_read_one(src / shard))
+                state.update(_read_one(src / shard, trust_pickle))
             return state
     raise ConversionError(
         f"{src}: no weights found (looked for model.safetensors, model.safetensors.index.json, "
@@ -197,15 +204,20 @@ def _write_atomically(dst: Path, fill, overwrite: bool) -> None:
 
 def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     copied = []
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FILES + PREPROCESSOR_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
             copied.append(name)
     return copied
 
 
-def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: bool = False) -> dict:
-    """Convert one checkpoint directory. Returns a summary (counts, files copied)."""
+def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: bool = False,
+            trust_pickle: bool = False) -> dict:
+    """Convert one checkpoint directory. Returns a summary (counts, files copied, warnings).
+
+    trust_pickle: read a pytorch_model.bin that holds pickled Python objects besides tensors
+    (unpickling can run any code: only for files from a trusted source).
+    """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConversionError(f"{src}: not a directory")
@@ -223,7 +235,7 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
             cfg = config_from_hf(hf_cfg)
         except (ValueError, TypeError) as e:
             raise ConversionError(f"{src / 'config.json'}: {e}") from None
-        source = read_weights(src)
+        source = read_weights(src, trust_pickle)
         state = _cast(hf_to_ours(source, cfg), torch_dtype)
         config_out = cfg.to_dict()
     else:
@@ -252,4 +264,8 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
         copied.extend(_copy_tokenizer_files(src, tmp))
 
     _write_atomically(dst, fill, overwrite)
-    return {"tensors": len(state), "dropped": sorted(set(source) & set(DROPPED)), "copied": copied}
+    warnings = []
+    if not any(name in copied for name in PREPROCESSOR_FILES):
+        warnings.append(no_preprocessing_settings(src))
+    return {"tensors": len(state), "dropped": sorted(set(source) & set(DROPPED)), "copied": copied,
+            "warnings": warnings}

