@@ -2,8 +2,8 @@
 
 from .config import GitConfig, TextConfig, VisionConfig
 from .generate import Generation, generate
-from .init import init_checkpoint, init_weights, save
-from .load import load
+from .init import init_checkpoint, init_weights
+from .load import load, save
 from .mask import git_mask
 from .model import GIT, GitOutput
 from .inputs import GenerationOptions

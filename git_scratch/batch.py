@@ -187,12 +187,12 @@ class Runner:
                        top_p=a.top_p, generator=self.generator, return_scores=True,
                        on_token=printer.add if printer else None)
         T, recs = prompt.shape[1], []
-        for seq, n, score in zip(out.sequences.tolist(), out.lengths.tolist(), out.scores.tolist()):
+        for seq, n, logprob in zip(out.sequences.tolist(), out.lengths.tolist(), out.logprob.tolist()):
             new = seq[T : T + n]  # finished rows are padded after their EOS: cut there
-            # score: mean log-probability per new token; for beams this is transformers' sequences_scores
-            # (length_penalty 1), for greedy/sampling generate returns the sum
+            # score: mean log-probability per new token, whatever the search (for beams at the CLI's
+            # length_penalty 1 this is also transformers' sequences_scores)
             recs.append({"question": question, "text": tok.decode(new), "ids": seq[: T + n],
-                         "score": score if a.num_beams > 1 else score / max(n, 1)})
+                         "score": logprob / max(n, 1)})
         if printer:
             printer.end(recs[0]["text"])
         return recs

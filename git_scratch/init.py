@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import GitConfig
 from .constants import TOKENIZER_FILES
+from .load import save
 from .model import GIT
 from .processor import CLIP_MEAN, CLIP_STD
 
@@ -37,17 +37,6 @@ def init_weights(model: GIT, std: float = 0.02, generator: torch.Generator | Non
     for t in getattr(model.img_proj, "temporal_embed", []):
         t.zero_()
     return model
-
-
-def save(model: GIT, path: str | Path) -> None:
-    """Write `config.json` + `model.safetensors`, the format `git_scratch.load` reads."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.text.tie_embeddings:
-        state["lm_head.weight"] = state["lm_head.weight"].clone()  # safetensors refuses shared storage
-    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
-    model.config.save(path / "config.json")
 
 
 def default_tokenizer_dir() -> Path | None:

@@ -1,4 +1,4 @@
-"""Load a converted git_scratch checkpoint directory: config.json + model.safetensors."""
+"""A git_scratch checkpoint directory, config.json + model.safetensors: `load` it, `save` one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .config import GitConfig
 from .constants import DTYPE_NAMES
@@ -90,3 +90,14 @@ def load(path, device=None, dtype=None) -> GIT:
     if cfg.text.tie_embeddings:
         model.lm_head.weight = model.embed.tok_embed.weight
     return model.to(device=dev, dtype=dt).eval()
+
+
+def save(model: GIT, path: str | Path) -> None:
+    """Write `config.json` + `model.safetensors`, the format `git_scratch.load` reads."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.text.tie_embeddings:
+        state["lm_head.weight"] = state["lm_head.weight"].clone()  # safetensors refuses shared storage
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    model.config.save(path / "config.json")
