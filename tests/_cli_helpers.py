@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from reference import TINY_TEXT, TINY_VISION
+from reference import SHAPES, build
 
 from git_scratch.constants import TOKENIZER_FILES as VOCAB_FILES
 from git_scratch.processor import CLIP_MEAN, CLIP_STD
 
-# the tiny test shape with the real vocabulary and GIT's real special ids ([CLS] bos, [SEP] eos, [PAD] 0)
-WORDS = dict(vision_config=TINY_VISION, **{**TINY_TEXT, "vocab_size": 30522, "bos_token_id": 101, "eos_token_id": 102})
-WORDS_VIDEO = dict(WORDS, num_image_with_embedding=3)
 
 
 def vocab_dir() -> Path:
@@ -59,21 +55,13 @@ def preprocessor_config(size: int) -> dict:
 
 
 def build_checkpoint(root: Path, video: bool = False, seed: int = 0) -> tuple[Path, Path]:
-    """(hf_dir, our_dir): a saved transformers checkpoint with tokenizer + preprocessor files, and its conversion."""
-    from transformers import GitConfig, GitForCausalLM
-
-    from weights_convert import convert
-
-    torch.manual_seed(seed)
-    hf = GitForCausalLM(GitConfig(**(WORDS_VIDEO if video else WORDS)))
-    hf_dir, our_dir = root / "hf", root / "ours"
-    hf.save_pretrained(hf_dir)
-    for name in VOCAB_FILES:
-        shutil.copy(vocab_dir() / name, hf_dir / name)
-    size = WORDS["vision_config"]["image_size"]
-    (hf_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(size), indent=2))
-    convert(hf_dir, our_dir)
-    return hf_dir, our_dir
+    """(hf_dir, our_dir): reference.build of the "words" shape, with the real tokenizer files and a CLIP
+    preprocessor_config.json beside the transformers weights, converted."""
+    files = {name: vocab_dir() / name for name in VOCAB_FILES if (vocab_dir() / name).is_file()}
+    size = SHAPES["words"]["vision_config"]["image_size"]
+    files["preprocessor_config.json"] = json.dumps(preprocessor_config(size), indent=2)
+    r = build("words-video" if video else "words", root, seed, files=files)
+    return r.hf_dir, r.our_dir
 
 
 class HFPipeline:

@@ -42,12 +42,16 @@ SHAPES = {
         tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     ),
+    # the tiny shape with the real 30,522-word BERT vocabulary and GIT's real ids ([CLS] bos, [SEP] eos, [PAD] 0)
+    "words": dict(vision_config=TINY_VISION, **{**TINY_TEXT, "vocab_size": 30522, "bos_token_id": 101,
+                                                 "eos_token_id": 102}),
     # published shapes (transformers' defaults are git-base); 0.02 init as published models' scale
     "git-base": dict(),
     "git-large": dict(vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                          num_attention_heads=16, patch_size=14)),
     "git-base-vatex": dict(num_image_with_embedding=6),
 }
+SHAPES["words-video"] = dict(SHAPES["words"], num_image_with_embedding=3)
 
 
 @dataclass
