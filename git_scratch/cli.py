@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "error line says why)\n")
     add_convert_arguments(k)
 
+    from .train import add_parser as add_train_parser
+
+    add_train_parser(sub)
+
     i = sub.add_parser("init", help="write a randomly initialised checkpoint of a published shape", **fmt,
                        description="Write a randomly initialised git_scratch checkpoint (weights, config, "
                                    "preprocessor and tokenizer files) of a preset shape: a start for training "
@@ -209,6 +213,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE if run_convert(args) else EXIT_OK
     if args.command == "init":
         return run_init(args)
+    if args.command == "train":
+        return args.run(args)
     check_args(parser, args)
     from .batch import run_inputs
 

@@ -1,0 +1,440 @@
+"""Training: teacher-forced next-token loss over image-text pairs, resumable exactly.
+
+    examples (image, prompt, target) ─▶ random resized crop ─▶ Processor ─▶ (pixels, ids, need_predict)
+        ─▶ GIT ─▶ hf_loss or original_loss (loss.py) ─▶ AdamW (decay 0.01, none on norms and biases)
+        ─▶ clip ─▶ warm-up + cosine ─▶ every `save_every` steps an atomic checkpoint
+
+A run directory holds:
+
+    step-000200/     config.json + model.safetensors (git_scratch.load reads it), tokenizer and
+                     preprocessor files, state.pt (optimizer, scheduler, step, RNG states, data position)
+    latest           the name of the last complete checkpoint, replaced atomically
+    metrics.jsonl    one line per logged step: step, loss, lr, grad_norm, examples_per_s
+
+A checkpoint is written to a hidden temporary folder, fsynced, renamed into place, and only then named in
+`latest`; a run killed mid-save leaves `latest` on the previous good checkpoint. `resume` restores every
+piece of state, so N + M steps in two runs give bit-identical parameters to N + M in one.
+
+The data order is a fresh permutation per epoch, drawn from `seed` and the epoch number, and the position
+in it is saved; augmentation draws from one torch.Generator whose state is saved too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+from .config import GitConfig
+from .init import init_weights, save
+from .load import fast_bf16, load, resolve_device
+from .loss import example_ids, hf_loss, original_loss
+from .model import GIT
+from .processor import Processor, preprocess
+
+LOSSES = ("hf", "original")
+CROP_SCALE = (0.8, 1.0)  # the original's random resized crop: 80-100% of the area, square, bicubic
+LATEST = "latest"
+STATE = "state.pt"
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # examples per micro-batch
+    accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: int = 100  # steps of linear warm-up from 0, then cosine decay to min_lr
+    min_lr: float = 0.0
+    clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    loss: str = "hf"  # "hf" or "original" (loss.py)
+    seed: int = 0
+    bf16: str = "auto"  # "auto": bfloat16 autocast where the device is fast at it; "on"; "off"
+    grad_checkpointing: bool = False
+    freeze_vision: bool = False
+    augment: bool = True
+    save_every: int = 500
+    keep: int = 2  # checkpoints kept
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise ValueError(f"bf16 must be auto, on or off, got {self.bf16!r}")
+        for name in ("steps", "batch_size", "accum", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# ----------------------------------------------------------------------------- the model's training setup
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weights and embeddings, none on LayerNorms and biases; frozen
+    parameters are left out."""
+    no_decay = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+    no_decay |= {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at `step` (0-based): linear warm-up to 1, then cosine down to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def checkpoint_blocks(model: GIT) -> None:
+    """Recompute each transformer block's activations in the backward pass instead of storing them.
+    The blocks' own forward is wrapped on the instance, so parameter names and checkpoints are unchanged."""
+    for block in [*model.vision.blocks, *model.blocks]:
+        block.forward = _checkpointed(block.forward)
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+def freeze_vision(model: GIT) -> None:
+    """Train the projection and the decoder only; the vision tower keeps its weights."""
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def random_resized_crop(im: Image.Image, size: int, g: torch.Generator) -> Image.Image:
+    """A random square covering CROP_SCALE of the image's area (as much as fits), resized to size x size
+    with bicubic: the original's training augmentation (torchvision RandomResizedCrop, ratio 1)."""
+    W, H = im.size
+    scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand((), generator=g).item()
+    side = min(W, H, round(math.sqrt(scale * W * H)))
+    x = torch.randint(0, W - side + 1, (), generator=g).item()
+    y = torch.randint(0, H - side + 1, (), generator=g).item()
+    return im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def collate(examples, processor: Processor, cfg: GitConfig, g: torch.Generator | None) -> dict:
+    """(image, prompt, target) triples -> pixel_values (B, 3, H, W), input_ids, attention_mask and
+    need_predict (B, T), right-padded. `g`: augment with random_resized_crop, else the processor's
+    resize and centre crop."""
+    tok = processor.tokenizer
+    pixels, rows = [], []
+    for image, prompt, target in examples:
+        image = image.convert("RGB")
+        if g is not None:
+            image = random_resized_crop(image, cfg.vision.image_size, g)
+        pixels.append(preprocess(image, processor.image_config))
+        prompt_ids = tok.encode(prompt)[1:] if prompt else []  # encode() puts [CLS] first
+        rows.append(example_ids(prompt_ids, tok.encode(target)[1:], tok.cls_id, tok.sep_id))
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    need, mask = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (row, predict) in enumerate(rows):
+        ids[i, : len(row)], need[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(predict), 1
+    return {"pixel_values": torch.from_numpy(np.stack(pixels)), "input_ids": ids, "attention_mask": mask,
+            "need_predict": need}
+
+
+def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:
+    """The training loss of one batch. Both modes count the same tokens (need_predict: the target and
+    [SEP]); "hf" is plain cross-entropy over them, "original" the label-smoothed KL."""
+    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]).logits  # (B, T, V)
+    if loss == "hf":
+        labels = batch["input_ids"].masked_fill(batch["need_predict"] == 0, -100)
+        return hf_loss(logits, labels)
+    return original_loss(logits, batch["input_ids"], batch["need_predict"])
+
+
+class Sampler:
+    """Indices of a dataset, a fresh permutation each epoch (from seed and epoch), and a position that
+    saves and restores."""
+
+    def __init__(self, n: int, seed: int, position: int = 0):
+        if n < 1:
+            raise ValueError("the dataset is empty")
+        self.n, self.seed, self.position = n, seed, position
+        self._epoch, self._order = -1, None
+
+    def next(self) -> int:
+        epoch, i = divmod(self.position, self.n)
+        if self._epoch != epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+        self.position += 1
+        return self._order[i].item()
+
+
+def next_examples(data, sampler: Sampler, k: int) -> list:
+    """k readable examples; unreadable ones (dataset[i] is None, reported by the dataset) are passed over."""
+    out, misses = [], 0
+    while len(out) < k:
+        item = data[sampler.next()]
+        if item is None:
+            misses += 1
+            if misses > len(data):
+                raise ValueError("no readable example in a whole pass over the data")
+            continue
+        out.append(item)
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def rng_states(g: torch.Generator) -> dict:
+    return {"augment": g.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict, g: torch.Generator) -> None:
+    g.set_state(states["augment"])
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(out: Path, model: GIT, processor: Processor, state: dict, keep: int) -> Path:
+    """Write checkpoint `step-NNNNNN` atomically (module docstring) and keep the newest `keep`."""
+    name = f"step-{state['step']:06d}"
+    tmp = out / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)  # a previous save of this step that was killed
+    save(model, tmp)
+    save_processor(processor, tmp)
+    torch.save(state, tmp / STATE)
+    _fsync_tree(tmp)
+    final = out / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(out)
+    pointer = out / f".{LATEST}.tmp"
+    pointer.write_text(name + "\n")
+    with open(pointer, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(pointer, out / LATEST)
+    _fsync_dir(out)
+    for old in sorted(out.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The last complete checkpoint of a run directory, or None."""
+    pointer = out / LATEST
+    if not pointer.is_file():
+        return None
+    path = out / pointer.read_text().strip()
+    return path if (path / STATE).is_file() else None
+
+
+def save_processor(processor: Processor, path: Path) -> None:
+    """Tokenizer and preprocessor files, so a checkpoint captions on its own."""
+    processor.tokenizer.backend.save(str(path / "tokenizer.json"))
+    specials = processor.tokenizer.specials
+    (path / "special_tokens_map.json").write_text(json.dumps(
+        {k: v for k, v in specials.items() if processor.tokenizer.backend.token_to_id(v) is not None}, indent=2))
+    (path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}, indent=2) + "\n")
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {k: v if not isinstance(v, tuple) else list(v) for k, v in asdict(processor.image_config).items()},
+        indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resume: bool = False,
+          stop_at: int | None = None) -> dict:
+    """Train `model` in place on `data` (dataset[i] -> (image, prompt, target) or None) for opts.steps
+    optimizer steps, checkpointing into `out`. resume: continue from out's latest checkpoint, weights
+    included. stop_at: stop (with a checkpoint) after this step, as if the run were cut there; the
+    schedule still spans opts.steps. Returns {"step", "loss" (the last step's), "skipped", "checkpoint"}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = model.device
+    g = torch.Generator().manual_seed(opts.seed)
+    step, position = 0, 0
+    start = latest_checkpoint(out) if resume else None
+    if resume and start is None:
+        print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
+    if start is not None:
+        state = torch.load(start / STATE, weights_only=False)  # our own file: optimizer state, RNG tuples
+        model.load_state_dict(load(start, device=device).state_dict())
+        step, position = state["step"], state["position"]
+    if opts.freeze_vision:
+        freeze_vision(model)
+    if opts.grad_checkpointing:
+        checkpoint_blocks(model)
+    optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, opts.warmup, opts.steps, opts.min_lr / opts.lr))
+    if start is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"], g)
+    sampler = Sampler(len(data), opts.seed, position)
+    bf16 = opts.bf16 == "on" or (opts.bf16 == "auto" and fast_bf16(device))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    model.train()
+
+    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    bar = tqdm(total=opts.steps, initial=step, disable=not opts.progress, desc="train", dynamic_ncols=True)
+    loss_value, saved, t0, seen = float("nan"), start, time.perf_counter(), 0
+    end = opts.steps if stop_at is None else min(stop_at, opts.steps)
+    try:
+        while step < end:
+            total = 0.0
+            for _ in range(opts.accum):
+                examples = next_examples(data, sampler, opts.batch_size)
+                batch = collate(examples, processor, model.config, g if opts.augment else None)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast:
+                    loss = batch_loss(model, batch, opts.loss) / opts.accum
+                loss.backward()
+                total += loss.item()
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            norm = nn.utils.clip_grad_norm_(params, opts.clip if opts.clip > 0 else float("inf"))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += opts.batch_size * opts.accum
+            loss_value = total
+            rate = seen / (time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
+            if step % opts.log_every == 0 or step == end:
+                metrics.write(json.dumps({"step": step, "loss": total, "lr": lr, "grad_norm": norm.item(),
+                                          "examples_per_s": rate}) + "\n")
+                metrics.flush()
+            if step % opts.save_every == 0 or step == end:
+                state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts)}
+                saved = save_checkpoint(out, model, processor, state, opts.keep)
+    finally:
+        bar.close()
+        metrics.close()
+    skipped = len(getattr(data, "skipped", []))
+    print(f"trained to step {step}; loss {loss_value:.4f}; {skipped} examples skipped; "
+          f"checkpoint {saved}", file=sys.stderr)
+    return {"step": step, "loss": loss_value, "skipped": skipped, "checkpoint": saved}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register `git-scratch train` on the CLI's subparsers."""
+    p = sub.add_parser("train", help="train or fine-tune on image-text pairs (or the built-in shapes task)",
+                       description="Train GIT with teacher-forced next-token loss. DATA is 'shapes' (the "
+                                   "built-in task, no download), or a .jsonl, .csv or COCO captions .json file.",
+                       epilog="examples:\n  git-scratch train shapes --preset shapes-tiny --out runs/shapes "
+                              "--steps 2000\n  git-scratch train data/train.jsonl --init ckpt/git-base "
+                              "--out runs/ft --lr 5e-5 --loss original\n  git-scratch train shapes --out "
+                              "runs/shapes --resume\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="'shapes', or an annotation file (.jsonl, .csv, COCO .json)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl")
+    p.add_argument("--images", help="image folder (default: the annotation file's folder)")
+    p.add_argument("--init", metavar="CKPT", help="start from this git_scratch checkpoint (fine-tuning)")
+    p.add_argument("--preset", default="shapes-tiny", help="shape to initialise randomly when no --init")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer files, for a random init on your own data")
+    p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to learn")
+    p.add_argument("--shapes-samples", type=int, default=100_000, help="shapes: dataset size")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--device", default="auto")
+    for f in fields(TrainOptions):
+        if f.name in ("progress",):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool" or isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=f"(default: {f.default})")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_train)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .data import shapes
+    from .data.datasets import ShapesDataset, load_dataset
+    from .tokenizer import Tokenizer
+
+    opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"},
+                        progress=not args.no_progress)
+    device = resolve_device(args.device)
+    if args.init:
+        model = load(args.init, device=device)
+        processor = Processor.from_pretrained(args.init)
+    else:
+        cfg = GitConfig.preset(args.preset)
+        model = init_weights(GIT(cfg), generator=torch.Generator().manual_seed(opts.seed)).to(device)
+        if args.data == "shapes":
+            processor = shapes.processor()
+        else:
+            from .init import default_tokenizer_dir
+            from .processor import ImageConfig
+
+            tok_dir = args.tokenizer or default_tokenizer_dir()
+            if tok_dir is None:
+                print("error: pass --tokenizer DIR (no default vocabulary installed)", file=sys.stderr)
+                return 2
+            n = cfg.vision.image_size
+            processor = Processor(ImageConfig(size={"shortest_edge": n}, crop_size={"height": n, "width": n}),
+                                  Tokenizer.from_pretrained(tok_dir))
+    if processor.tokenizer is None or processor.tokenizer.vocab_size > model.config.text.vocab_size:
+        print("error: the tokenizer is missing or larger than the model's vocabulary", file=sys.stderr)
+        return 2
+    if args.data == "shapes":
+        data = ShapesDataset(args.shapes_samples, args.task)
+    else:
+        data = load_dataset(args.data, args.images)
+        print(data.summary(), file=sys.stderr)
+    train(model, data, processor, opts, args.out, resume=args.resume)
+    return 0
