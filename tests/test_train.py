@@ -49,11 +49,12 @@ def test_a_few_steps_on_shapes_tiny_lower_the_loss(tmp_path, loss):
     model = new_model(GitConfig.preset("shapes-tiny"))
     batch = fixed_batch()
     before = eval_loss(model, batch, loss)
-    opts = replace(OPTS, steps=8, batch_size=8, accum=1, warmup=2, save_every=8, loss=loss)
+    opts = replace(OPTS, steps=16, batch_size=8, accum=1, warmup=2, save_every=16, loss=loss)
     train(model, ShapesDataset(1000, "both"), shapes.processor(), opts, tmp_path)
     after = eval_loss(model, batch, loss)
-    # From random init (loss ~ ln 94 = 4.5) eight steps at lr 1e-3 learn the frequent words: measured
-    # 4.6 -> 2.7 (hf); asking for a 25% drop on held-out samples fails if nothing is learned.
+    # From random init (hf loss ~ ln 94 = 4.5) 16 steps at lr 1e-3 learn the grammar's frequent words:
+    # measured 4.59 -> 2.63 (hf), 3.81 -> 2.07 (original), on samples never trained on. A 25% drop leaves
+    # room for other CPUs' rounding and fails if nothing is learned.
     assert after < 0.75 * before
 
 
