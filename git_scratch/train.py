@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
@@ -48,6 +49,7 @@ from .model import GIT
 from .processor import Processor, preprocess
 
 LOSSES = ("hf", "original")
+BF16 = ("auto", "on", "off")
 CROP_SCALE = (0.8, 1.0)  # the original's random resized crop: 80-100% of the area, square, bicubic
 LATEST = "latest"
 STATE = "state.pt"
@@ -57,7 +59,7 @@ STATE = "state.pt"
 class TrainOptions:
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # examples per micro-batch
-    accum: int = 1  # micro-batches per optimizer step
+    accum: int = 1  # micro-batches per optimizer step (each micro-batch's mean loss weighs 1 / accum)
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup: int = 100  # steps of linear warm-up from 0, then cosine decay to min_lr
@@ -77,7 +79,7 @@ class TrainOptions:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.bf16 not in ("auto", "on", "off"):
+        if self.bf16 not in BF16:
             raise ValueError(f"bf16 must be auto, on or off, got {self.bf16!r}")
         for name in ("steps", "batch_size", "accum", "save_every", "log_every"):
             if getattr(self, name) < 1:
@@ -303,7 +305,7 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
         print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
     if start is not None:
         state = torch.load(start / STATE, weights_only=False)  # our own file: optimizer state, RNG tuples
-        model.load_state_dict(load(start, device=device).state_dict())
+        model.load_state_dict(load_file(start / "model.safetensors", device=str(device)))
         step, position = state["step"], state["position"]
     if opts.freeze_vision:
         freeze_vision(model)
@@ -395,7 +397,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         if f.type == "bool" or isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=f"(default: {f.default})")
+            choices = {"loss": LOSSES, "bf16": BF16}.get(f.name)
+            p.add_argument(flag, type=type(f.default), default=f.default, choices=choices,
+                           help=f"(default: {f.default})")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_train)
     return p

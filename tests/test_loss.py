@@ -117,3 +117,13 @@ def test_long_caption_keeps_its_first_tokens():
     ids, need = example_ids([], caption, CLS, SEP)
     assert ids == [CLS] + caption[:40] + [SEP]
     assert all(need[1:])
+
+
+def test_original_loss_without_smoothing_is_hf_loss_over_the_same_tokens():
+    # KL to a one-hot target is the cross-entropy: the two modes differ only by the smoothing.
+    g = torch.Generator().manual_seed(3)
+    ids, need = (torch.tensor([x]) for x in example_ids([5, 6], [7, 8, 9], CLS, SEP))
+    logits = torch.randn(1, ids.shape[1], 12, generator=g)
+    labels = ids.masked_fill(need == 0, -100)
+    # same float32 log-softmax, summed differently: equal to a few ulps
+    assert original_loss(logits, ids, need, eps=0.0).item() == pytest.approx(hf_loss(logits, labels).item(), rel=1e-6)

@@ -15,8 +15,18 @@ from git_scratch import GIT, GitConfig, init_weights
 from git_scratch.cli import main
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
-from git_scratch.train import (TrainOptions, batch_loss, collate, latest_checkpoint, lr_factor, param_groups,
+from git_scratch.train import (CROP_SCALE, TrainOptions, batch_loss, collate, latest_checkpoint, lr_factor, param_groups,
                                random_resized_crop, save_checkpoint, train)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are too small to gain from threads, and on a shared CPU the extra threads spin-wait:
+    shapes-tiny's 16 steps took 1.8 s on one thread and 27 s on two while other jobs ran."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def mini_config() -> GitConfig:
@@ -175,6 +185,13 @@ def test_random_resized_crop_is_square_and_seeded():
     a = random_resized_crop(im, 96, torch.Generator().manual_seed(1))
     b = random_resized_crop(im, 96, torch.Generator().manual_seed(1))
     assert a.size == (96, 96) and a.tobytes() == b.tobytes()
+    assert a.tobytes() != random_resized_crop(im, 96, torch.Generator().manual_seed(2)).tobytes()
+
+
+def test_random_resized_crop_never_cuts_into_the_shapes_margin():
+    # the smallest crop keeps 80% of the area: a side of ceil(sqrt(0.8) * 96) = 86 px, 10 px = MARGIN cut
+    side = round((CROP_SCALE[0] * shapes.SIZE**2) ** 0.5)
+    assert shapes.SIZE - side <= shapes.MARGIN
 
 
 def test_unreadable_examples_are_skipped_and_counted(tmp_path, capsys):

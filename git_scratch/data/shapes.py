@@ -43,6 +43,9 @@ KINDS = ("circle", "square", "triangle", "cross")
 NUMBERS = ("zero", "one", "two", "three")
 MAX_SHAPES = 3
 MIN_GAP = 8  # px between shape centres along x: "left of" is always clear
+# px of background around the shapes: the training crop (train.py, at least 80% of the area, so a side of
+# at least 86 of 96 px) cuts at most 10 px off each axis, so every shape stays whole in every crop.
+MARGIN = 10
 NOISE_STD = 6.0  # grey levels of the lightly noisy backgrounds (only the background is noisy)
 VOCAB_DIR = Path(__file__).resolve().parent / "shapes_vocab"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] = 0, as the text config's pad_id
@@ -78,7 +81,8 @@ def scene(seed: int) -> list[Shape]:
         for _ in range(n):
             size, color, kind = rng.choice(list(SIZES)), rng.choice(list(COLORS)), rng.choice(KINDS)
             s = SIZES[size]
-            shapes.append(Shape(size, color, kind, rng.randint(1, SIZE - s - 1), rng.randint(1, SIZE - s - 1)))
+            lo, hi = MARGIN, SIZE - MARGIN - s
+            shapes.append(Shape(size, color, kind, rng.randint(lo, hi), rng.randint(lo, hi)))
         if _placed_well(shapes):
             return sorted(shapes, key=lambda sh: sh.centre[0])
 
