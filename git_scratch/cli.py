@@ -150,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "error line says why)\n")
     add_convert_arguments(k)
 
+    from .evaluate import add_parser as add_eval_parser
     from .train import add_parser as add_train_parser
 
     add_train_parser(sub)
+    add_eval_parser(sub)
 
     i = sub.add_parser("init", help="write a randomly initialised checkpoint of a published shape", **fmt,
                        description="Write a randomly initialised git_scratch checkpoint (weights, config, "
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE if run_convert(args) else EXIT_OK
     if args.command == "init":
         return run_init(args)
-    if args.command == "train":
+    if args.command in ("train", "eval"):
         return args.run(args)
     check_args(parser, args)
     from .batch import run_inputs

@@ -212,10 +212,14 @@ def vqa_normalize(answer: str) -> str:
 
 def vqa_accuracy(pred: str, answers: list[str]) -> float:
     """VQAv2's soft accuracy of one prediction against the human answers (10 in VQAv2): for each answer
-    left out in turn, min(1, matches among the others / 3); the mean over the turns."""
+    left out in turn, min(1, matches among the others / 3); the mean over the turns. With a single answer
+    (the shapes task, most VQA-style data sets of one's own) the leave-one-out would always give 0, so
+    it is the exact match of the normalised answers instead."""
     if not answers:
         raise ValueError("no reference answers")
     res = vqa_normalize(pred)
+    if len(answers) == 1:
+        return float(res == vqa_normalize(answers[0]))
     gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
     if len(set(gts)) > 1:  # NB: as vqaEval.py, the humans' answers get only the punctuation step, and only
         gts = [vqa_punctuation(a) for a in gts]  # when they disagree (VQAv2's answers come pre-normalised)

@@ -77,6 +77,8 @@ def test_mismatched_ids_are_an_error():
     ("1", ["2"] * 10, 0.0),
     ("The dog.", ["dog"] * 4 + ["cat"] * 6, 1.0),  # article and final period dropped
     ("yes", ["Yes"] * 10, 0.0),  # NB: unanimous human answers are compared as they are (vqaEval.py)
+    ("Red.", ["red"], 1.0),  # one answer: normalised exact match
+    ("blue", ["red"], 0.0),
 ])
 def test_vqa_soft_accuracy(pred, answers, expected):
     assert M.vqa_accuracy(pred, answers) == pytest.approx(expected)

@@ -1,6 +1,6 @@
 """Training (git_scratch/train.py): it learns, resumes exactly, and survives a killed save.
 
-Most tests use MINI, shapes-tiny cut down to one narrow layer per tower (a few ms a step on a CPU);
+Most tests use _train_helpers.mini_config, shapes-tiny cut down to one narrow layer per tower (a few ms a step on a CPU);
 one test trains shapes-tiny itself for a few steps. float32 throughout (bf16="off"), so runs compare bit
 for bit."""
 
@@ -11,33 +11,13 @@ import pytest
 import torch
 
 import git_scratch
-from git_scratch import GIT, GitConfig, init_weights
+from _train_helpers import new_model, one_thread  # noqa: F401 (an autouse fixture)
+from git_scratch import GitConfig
 from git_scratch.cli import main
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
-from git_scratch.train import (CROP_SCALE, TrainOptions, batch_loss, collate, latest_checkpoint, lr_factor, param_groups,
-                               random_resized_crop, save_checkpoint, train)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are too small to gain from threads, and on a shared CPU the extra threads spin-wait:
-    shapes-tiny's 16 steps took 1.8 s on one thread and 27 s on two while other jobs ran."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def mini_config() -> GitConfig:
-    cfg = GitConfig.preset("shapes-tiny")
-    return replace(cfg, vision=replace(cfg.vision, dim=32, n_layers=1, mlp_dim=64, patch_size=24),
-                   text=replace(cfg.text, dim=32, n_layers=1, mlp_dim=64))
-
-
-def new_model(cfg=None, seed=0) -> GIT:
-    return init_weights(GIT(cfg or mini_config()), generator=torch.Generator().manual_seed(seed))
-
+from git_scratch.train import (CROP_SCALE, TrainOptions, batch_loss, collate, latest_checkpoint, lr_factor,
+                               param_groups, random_resized_crop, train)
 
 OPTS = TrainOptions(steps=4, batch_size=4, accum=2, lr=1e-3, warmup=1, save_every=2, log_every=1,
                     bf16="off", progress=False)

@@ -32,6 +32,7 @@ class Record:
     target: str  # the caption, or the answer
     prompt: str = ""  # the question for VQA; "" for captions
     where: str = ""  # "FILE:LINE" of the row, for messages
+    image_id: object = None  # COCO's image id; None: the image path names it
 
 
 @dataclass
@@ -60,6 +61,11 @@ class Dataset:
             if r.where not in {s.where for s in self.skipped}:  # once per row, however many epochs
                 skip(self.skipped, r.where, f"unreadable image: {e}")
             return None
+
+    def describe(self, i: int) -> tuple[object, str, str]:
+        """(image id, prompt, target) of row i, without reading the image."""
+        r = self.records[i]
+        return (str(r.image) if r.image_id is None else r.image_id), r.prompt, r.target
 
     def summary(self) -> str:
         return f"{self.source}: {len(self.records)} rows, {len(self.skipped)} skipped"
@@ -140,6 +146,7 @@ def read_coco(path: Path, root: Path, skipped: list[Skipped]) -> list[Record]:
             skip(skipped, where, "image_id not among the file's images")
             continue
         if (r := _record({"image": files[a["image_id"]], "caption": a.get("caption")}, root, where, skipped)):
+            r.image_id = a["image_id"]
             records.append(r)
     return records
 
@@ -177,12 +184,19 @@ class ShapesDataset:
         return self.n
 
     def __getitem__(self, i: int) -> tuple[Image.Image, str, str]:
+        image, caption, qa = shapes.sample(self.offset + i)
+        return (image, *self._text(i, caption, qa))
+
+    def describe(self, i: int) -> tuple[object, str, str]:
+        """(seed, prompt, target) of item i."""
         seed = self.offset + i
-        image, caption, qa = shapes.sample(seed)
+        shown = shapes.scene(seed)
+        return (seed, *self._text(i, shapes.caption(shown), shapes.questions(shown, seed)))
+
+    def _text(self, i: int, caption: str, qa: list) -> tuple[str, str]:
         if self.task == "caption" or (self.task == "both" and i % 2 == 0):
-            return image, "", caption
-        question, answer = qa[seed % len(qa)]
-        return image, question, answer
+            return "", caption
+        return qa[(self.offset + i) % len(qa)]
 
     def summary(self) -> str:
         return f"shapes ({self.task}): {self.n} samples from seed {self.offset}"
