@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .train import batch_loss, collate
+from .train import VAL_OFFSET, mean_losses
 
 
 @dataclass
@@ -39,21 +39,6 @@ def groups(data) -> list[Group]:
         g = by_key.setdefault((image_id, prompt), Group(image_id, i, prompt))
         g.targets.append(target)
     return list(by_key.values())
-
-
-@torch.no_grad()
-def mean_losses(model, data, processor, batch_size: int) -> dict:
-    """Both training losses under teacher forcing, averaged over batches; unreadable rows left out."""
-    totals, n = {"loss_hf": 0.0, "loss_original": 0.0}, 0
-    for start in range(0, len(data), batch_size):
-        items = [x for x in (data[i] for i in range(start, min(start + batch_size, len(data)))) if x is not None]
-        if not items:
-            continue
-        batch = {k: v.to(model.device) for k, v in collate(items, processor, model.config, None).items()}
-        totals["loss_hf"] += batch_loss(model, batch, "hf").item()
-        totals["loss_original"] += batch_loss(model, batch, "original").item()
-        n += 1
-    return {k: v / max(n, 1) for k, v in totals.items()}
 
 
 @torch.no_grad()
@@ -120,7 +105,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to score")
     p.add_argument("--shapes-samples", type=int, default=500)
-    p.add_argument("--shapes-offset", type=int, default=10**9, help="shapes: first seed (default: unseen in training)")
+    p.add_argument("--shapes-offset", type=int, default=VAL_OFFSET, help="shapes: first seed (default: unseen in training)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_eval)

@@ -2,21 +2,13 @@
 
     examples (image, prompt, target) ─▶ random resized crop ─▶ Processor ─▶ (pixels, ids, need_predict)
         ─▶ GIT ─▶ hf_loss or original_loss (loss.py) ─▶ AdamW (decay 0.01, none on norms and biases)
-        ─▶ clip ─▶ warm-up + cosine ─▶ every `save_every` steps an atomic checkpoint
+        ─▶ clip ─▶ warm-up + cosine ─▶ every `save_every` steps an atomic checkpoint (checkpoints.py)
 
-A run directory holds:
-
-    step-000200/     config.json + model.safetensors (git_scratch.load reads it), tokenizer and
-                     preprocessor files, state.pt (optimizer, scheduler, step, RNG states, data position)
-    latest           the name of the last complete checkpoint, replaced atomically
-    metrics.jsonl    one line per logged step: step, loss, lr, grad_norm, examples_per_s
-
-A checkpoint is written to a hidden temporary folder, fsynced, renamed into place, and only then named in
-`latest`; a run killed mid-save leaves `latest` on the previous good checkpoint. `resume` restores every
-piece of state, so N + M steps in two runs give bit-identical parameters to N + M in one.
-
-The data order is a fresh permutation per epoch, drawn from `seed` and the epoch number, and the position
-in it is saved; augmentation draws from one torch.Generator whose state is saved too.
+`resume` restores every piece of state (weights, optimizer, scheduler, step, RNG states, data position),
+so N + M steps in two runs give bit-identical parameters to N + M in one. The data order is a fresh
+permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
+torch.Generator whose state is saved too. Progress goes to a tqdm bar (loss, lr, examples/s) and to
+metrics.jsonl; curves.png plots the losses at the end.
 """
 
 from __future__ import annotations
@@ -24,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -41,8 +30,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from .checkpoints import STATE, latest_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import GitConfig
-from .init import init_weights, save
+from .curves import plot_curves
+from .init import init_weights
 from .load import fast_bf16, load, resolve_device
 from .loss import example_ids, hf_loss, original_loss
 from .model import GIT
@@ -50,9 +41,8 @@ from .processor import Processor, preprocess
 
 LOSSES = ("hf", "original")
 BF16 = ("auto", "on", "off")
+VAL_OFFSET = 10**9  # first seed of held-out shapes samples: far past any training set's seeds
 CROP_SCALE = (0.8, 1.0)  # the original's random resized crop: 80-100% of the area, square, bicubic
-LATEST = "latest"
-STATE = "state.pt"
 
 
 @dataclass
@@ -74,6 +64,7 @@ class TrainOptions:
     save_every: int = 500
     keep: int = 2  # checkpoints kept
     log_every: int = 10
+    eval_every: int = 0  # steps between held-out losses (with `val`); 0 = only at the end
     progress: bool = True
 
     def __post_init__(self):
@@ -81,7 +72,7 @@ class TrainOptions:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.bf16 not in BF16:
             raise ValueError(f"bf16 must be auto, on or off, got {self.bf16!r}")
-        for name in ("steps", "batch_size", "accum", "save_every", "log_every"):
+        for name in ("steps", "batch_size", "accum", "save_every", "log_every", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -175,6 +166,23 @@ def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:
     return original_loss(logits, batch["input_ids"], batch["need_predict"])
 
 
+@torch.no_grad()
+def mean_losses(model: GIT, data, processor: Processor, batch_size: int) -> dict:
+    """Both training losses under teacher forcing, no augmentation, averaged over batches; unreadable rows
+    are left out. Leaves the model in eval mode."""
+    model.eval()
+    totals, n = {"loss_hf": 0.0, "loss_original": 0.0}, 0
+    for start in range(0, len(data), batch_size):
+        items = [x for x in (data[i] for i in range(start, min(start + batch_size, len(data)))) if x is not None]
+        if not items:
+            continue
+        batch = {k: v.to(model.device) for k, v in collate(items, processor, model.config, None).items()}
+        for name in ("hf", "original"):
+            totals[f"loss_{name}"] += batch_loss(model, batch, name).item()
+        n += 1
+    return {k: v / max(n, 1) for k, v in totals.items()}
+
+
 class Sampler:
     """Indices of a dataset, a fresh permutation each epoch (from seed and epoch), and a position that
     saves and restores."""
@@ -208,93 +216,17 @@ def next_examples(data, sampler: Sampler, k: int) -> list:
     return out
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(path)
-
-
-def rng_states(g: torch.Generator) -> dict:
-    return {"augment": g.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(states: dict, g: torch.Generator) -> None:
-    g.set_state(states["augment"])
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_checkpoint(out: Path, model: GIT, processor: Processor, state: dict, keep: int) -> Path:
-    """Write checkpoint `step-NNNNNN` atomically (module docstring) and keep the newest `keep`."""
-    name = f"step-{state['step']:06d}"
-    tmp = out / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)  # a previous save of this step that was killed
-    save(model, tmp)
-    save_processor(processor, tmp)
-    torch.save(state, tmp / STATE)
-    _fsync_tree(tmp)
-    final = out / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync_dir(out)
-    pointer = out / f".{LATEST}.tmp"
-    pointer.write_text(name + "\n")
-    with open(pointer, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(pointer, out / LATEST)
-    _fsync_dir(out)
-    for old in sorted(out.glob("step-*"))[:-keep]:
-        shutil.rmtree(old)
-    return final
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The last complete checkpoint of a run directory, or None."""
-    pointer = out / LATEST
-    if not pointer.is_file():
-        return None
-    path = out / pointer.read_text().strip()
-    return path if (path / STATE).is_file() else None
-
-
-def save_processor(processor: Processor, path: Path) -> None:
-    """Tokenizer and preprocessor files, so a checkpoint captions on its own."""
-    processor.tokenizer.backend.save(str(path / "tokenizer.json"))
-    specials = processor.tokenizer.specials
-    (path / "special_tokens_map.json").write_text(json.dumps(
-        {k: v for k, v in specials.items() if processor.tokenizer.backend.token_to_id(v) is not None}, indent=2))
-    (path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}, indent=2) + "\n")
-    (path / "preprocessor_config.json").write_text(json.dumps(
-        {k: v if not isinstance(v, tuple) else list(v) for k, v in asdict(processor.image_config).items()},
-        indent=2) + "\n")
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
 def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resume: bool = False,
-          stop_at: int | None = None) -> dict:
+          stop_at: int | None = None, val=None) -> dict:
     """Train `model` in place on `data` (dataset[i] -> (image, prompt, target) or None) for opts.steps
     optimizer steps, checkpointing into `out`. resume: continue from out's latest checkpoint, weights
     included. stop_at: stop (with a checkpoint) after this step, as if the run were cut there; the
-    schedule still spans opts.steps. Returns {"step", "loss" (the last step's), "skipped", "checkpoint"}."""
+    schedule still spans opts.steps. val: a held-out dataset whose losses are logged every
+    opts.eval_every steps and at the end. Returns {"step", "loss" (the last step's), "skipped",
+    "checkpoint", "val" (the last held-out losses, or None)}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = model.device
@@ -325,7 +257,7 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
 
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
     bar = tqdm(total=opts.steps, initial=step, disable=not opts.progress, desc="train", dynamic_ncols=True)
-    loss_value, saved, t0, seen = float("nan"), start, time.perf_counter(), 0
+    loss_value, saved, t0, seen, held_out = float("nan"), start, time.perf_counter(), 0, None
     end = opts.steps if stop_at is None else min(stop_at, opts.steps)
     try:
         while step < end:
@@ -354,6 +286,11 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
                 metrics.write(json.dumps({"step": step, "loss": total, "lr": lr, "grad_norm": norm.item(),
                                           "examples_per_s": rate}) + "\n")
                 metrics.flush()
+            if val is not None and ((opts.eval_every and step % opts.eval_every == 0) or step == end):
+                held_out = mean_losses(model, val, processor, opts.batch_size)  # no RNG drawn: resume stays exact
+                model.train()
+                metrics.write(json.dumps({"step": step, **{f"val_{k}": v for k, v in held_out.items()}}) + "\n")
+                metrics.flush()
             if step % opts.save_every == 0 or step == end:
                 state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts)}
@@ -361,10 +298,11 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     finally:
         bar.close()
         metrics.close()
+    plot_curves(out / "metrics.jsonl", out / "curves.png")
     skipped = len(getattr(data, "skipped", []))
     print(f"trained to step {step}; loss {loss_value:.4f}; {skipped} examples skipped; "
           f"checkpoint {saved}", file=sys.stderr)
-    return {"step": step, "loss": loss_value, "skipped": skipped, "checkpoint": saved}
+    return {"step": step, "loss": loss_value, "skipped": skipped, "checkpoint": saved, "val": held_out}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -388,6 +326,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer files, for a random init on your own data")
     p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to learn")
     p.add_argument("--shapes-samples", type=int, default=100_000, help="shapes: dataset size")
+    p.add_argument("--val", metavar="DATA", help="held-out data for --eval-every: 'shapes' (unseen seeds) or a file")
+    p.add_argument("--val-samples", type=int, default=256, help="shapes: held-out samples")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     p.add_argument("--device", default="auto")
     for f in fields(TrainOptions):
@@ -440,5 +380,10 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         data = load_dataset(args.data, args.images)
         print(data.summary(), file=sys.stderr)
-    train(model, data, processor, opts, args.out, resume=args.resume)
+    val = None
+    if args.val == "shapes":
+        val = ShapesDataset(args.val_samples, args.task, offset=VAL_OFFSET)
+    elif args.val:
+        val = load_dataset(args.val, args.images)
+    train(model, data, processor, opts, args.out, resume=args.resume, val=val)
     return 0

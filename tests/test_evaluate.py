@@ -9,7 +9,8 @@ from git_scratch.cli import main
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset, load_dataset
 from git_scratch.evaluate import evaluate, groups
-from git_scratch.train import TrainOptions, latest_checkpoint, train
+from git_scratch.checkpoints import latest_checkpoint
+from git_scratch.train import TrainOptions, train
 
 from _train_helpers import new_model, one_thread  # noqa: F401 (an autouse fixture)
 

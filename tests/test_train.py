@@ -16,8 +16,9 @@ from git_scratch import GitConfig
 from git_scratch.cli import main
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
-from git_scratch.train import (CROP_SCALE, TrainOptions, batch_loss, collate, latest_checkpoint, lr_factor,
-                               param_groups, random_resized_crop, train)
+from git_scratch.checkpoints import latest_checkpoint
+from git_scratch.train import (CROP_SCALE, TrainOptions, batch_loss, collate, lr_factor, param_groups,
+                               random_resized_crop, train)
 
 OPTS = TrainOptions(steps=4, batch_size=4, accum=2, lr=1e-3, warmup=1, save_every=2, log_every=1,
                     bf16="off", progress=False)
@@ -197,3 +198,33 @@ def test_cli_trains_shapes_and_resumes(tmp_path, capsys):
     assert main(args) == 0
     assert main(args[:5] + ["3"] + args[6:] + ["--resume"]) == 0
     assert latest_checkpoint(tmp_path).name == "step-000003"
+
+
+def test_held_out_losses_are_logged_and_plotted(tmp_path):
+    from PIL import Image
+
+    val = ShapesDataset(8, "both", offset=10**6)
+    out = train(new_model(), ShapesDataset(50, "both"), shapes.processor(), replace(OPTS, eval_every=2), tmp_path,
+                val=val)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in rows if "val_loss_hf" in r]
+    assert [r["step"] for r in held] == [2, 4]
+    assert held[-1]["val_loss_hf"] == out["val"]["loss_hf"] > 0 and out["val"]["loss_original"] > 0
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.size == (720, 420)
+        # all three curves are drawn: each series colour is on the image
+        from git_scratch.curves import SERIES
+
+        colours = {c for _, c in im.convert("RGB").getcolors(720 * 420)}
+        assert all(colour in colours for _, colour in SERIES.values())
+
+
+def test_held_out_evaluation_keeps_resume_exact(tmp_path):
+    data, val, proc = ShapesDataset(50, "both"), ShapesDataset(4, offset=10**6), shapes.processor()
+    opts = replace(OPTS, eval_every=1)
+    one, two = new_model(), new_model()
+    train(one, data, proc, opts, tmp_path / "one", val=val)
+    train(two, data, proc, opts, tmp_path / "two", stop_at=2, val=val)
+    train(two, data, proc, opts, tmp_path / "two", resume=True, val=val)
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        assert torch.equal(a, b), name
