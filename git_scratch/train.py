@@ -124,13 +124,20 @@ def freeze_vision(model: GIT) -> None:
 
 
 def random_resized_crop(im: Image.Image, size: int, g: torch.Generator) -> Image.Image:
-    """A random square covering CROP_SCALE of the image's area (as much as fits), resized to size x size
-    with bicubic: the original's training augmentation (torchvision RandomResizedCrop, ratio 1)."""
+    """The original's training augmentation, torchvision's RandomResizedCrop with aspect ratio 1: a square
+    of a random CROP_SCALE fraction of the area at a random place (up to 10 tries for one that fits, then
+    the centred square of the short side), resized to size x size with bicubic."""
     W, H = im.size
-    scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand((), generator=g).item()
-    side = min(W, H, round(math.sqrt(scale * W * H)))
-    x = torch.randint(0, W - side + 1, (), generator=g).item()
-    y = torch.randint(0, H - side + 1, (), generator=g).item()
+    for _ in range(10):
+        scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand((), generator=g).item()
+        side = round(math.sqrt(scale * W * H))
+        if 0 < side <= min(W, H):
+            y = torch.randint(0, H - side + 1, (), generator=g).item()
+            x = torch.randint(0, W - side + 1, (), generator=g).item()
+            break
+    else:  # an image too far from square for the area asked
+        side = min(W, H)
+        x, y = (W - side) // 2, (H - side) // 2
     return im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BICUBIC)
 
 

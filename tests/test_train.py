@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from PIL import Image
 
 import git_scratch
 from _train_helpers import new_model, one_thread  # noqa: F401 (an autouse fixture)
@@ -162,11 +163,19 @@ def test_bf16_autocast_trains(tmp_path):
 
 
 def test_random_resized_crop_is_square_and_seeded():
-    im = shapes.sample(3)[0].resize((120, 80))
+    im = shapes.sample(3)[0].resize((110, 100))  # near square: most tries fit
     a = random_resized_crop(im, 96, torch.Generator().manual_seed(1))
     b = random_resized_crop(im, 96, torch.Generator().manual_seed(1))
     assert a.size == (96, 96) and a.tobytes() == b.tobytes()
     assert a.tobytes() != random_resized_crop(im, 96, torch.Generator().manual_seed(2)).tobytes()
+
+
+def test_random_resized_crop_of_a_wide_image_falls_back_to_the_centre_square():
+    # 3:1: even 80% of the area is a square wider than the image is tall, so every try fails, as in torchvision
+    im = Image.new("RGB", (300, 100), "red")
+    im.paste((0, 0, 255), (100, 0, 200, 100))  # a blue centre square
+    out = random_resized_crop(im, 50, torch.Generator().manual_seed(0))
+    assert out.getcolors() == [(2500, (0, 0, 255))]
 
 
 def test_random_resized_crop_never_cuts_into_the_shapes_margin():
@@ -176,8 +185,6 @@ def test_random_resized_crop_never_cuts_into_the_shapes_margin():
 
 
 def test_unreadable_examples_are_skipped_and_counted(tmp_path, capsys):
-    from PIL import Image
-
     Image.new("RGB", (96, 96), "red").save(tmp_path / "a.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     rows = [{"image": "a.png", "caption": "a red square"}, {"image": "bad.png", "caption": "a blue circle"}]
@@ -201,8 +208,6 @@ def test_cli_trains_shapes_and_resumes(tmp_path, capsys):
 
 
 def test_held_out_losses_are_logged_and_plotted(tmp_path):
-    from PIL import Image
-
     val = ShapesDataset(8, "both", offset=10**6)
     out = train(new_model(), ShapesDataset(50, "both"), shapes.processor(), replace(OPTS, eval_every=2), tmp_path,
                 val=val)
