@@ -353,35 +353,47 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .data import shapes
-    from .data.datasets import ShapesDataset, load_dataset
-    from .tokenizer import Tokenizer
-
+    try:
+        model, processor, data, val = _setup(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"},
                         progress=not args.no_progress)
+    try:
+        train(model, data, processor, opts, args.out, resume=args.resume, val=val)
+    except KeyboardInterrupt:
+        print(f"interrupted; resume with --resume from {latest_checkpoint(Path(args.out))}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _setup(args: argparse.Namespace):
+    """The command line's model, processor, training data and held-out data."""
+    from .data import shapes
+    from .data.datasets import ShapesDataset, load_dataset
+    from .init import default_tokenizer_dir
+    from .processor import ImageConfig
+    from .tokenizer import Tokenizer
+
     device = resolve_device(args.device)
     if args.init:
         model = load(args.init, device=device)
         processor = Processor.from_pretrained(args.init)
     else:
         cfg = GitConfig.preset(args.preset)
-        model = init_weights(GIT(cfg), generator=torch.Generator().manual_seed(opts.seed)).to(device)
-        if args.data == "shapes":
+        model = init_weights(GIT(cfg), generator=torch.Generator().manual_seed(args.seed)).to(device)
+        if args.data == "shapes" and not args.tokenizer:
             processor = shapes.processor()
         else:
-            from .init import default_tokenizer_dir
-            from .processor import ImageConfig
-
             tok_dir = args.tokenizer or default_tokenizer_dir()
             if tok_dir is None:
-                print("error: pass --tokenizer DIR (no default vocabulary installed)", file=sys.stderr)
-                return 2
+                raise ValueError("pass --tokenizer DIR (no default vocabulary is installed)")
             n = cfg.vision.image_size
             processor = Processor(ImageConfig(size={"shortest_edge": n}, crop_size={"height": n, "width": n}),
                                   Tokenizer.from_pretrained(tok_dir))
     if processor.tokenizer is None or processor.tokenizer.vocab_size > model.config.text.vocab_size:
-        print("error: the tokenizer is missing or larger than the model's vocabulary", file=sys.stderr)
-        return 2
+        raise ValueError("the tokenizer is missing or has more tokens than the model's vocabulary")
     if args.data == "shapes":
         data = ShapesDataset(args.shapes_samples, args.task)
     else:
@@ -392,5 +404,4 @@ def run_train(args: argparse.Namespace) -> int:
         val = ShapesDataset(args.val_samples, args.task, offset=VAL_OFFSET)
     elif args.val:
         val = load_dataset(args.val, args.images)
-    train(model, data, processor, opts, args.out, resume=args.resume, val=val)
-    return 0
+    return model, processor, data, val

@@ -233,3 +233,11 @@ def test_held_out_evaluation_keeps_resume_exact(tmp_path):
     train(two, data, proc, opts, tmp_path / "two", resume=True, val=val)
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_cli_reports_bad_data_files_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("file,caption\na.png,x\n")
+    assert main(["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--tokenizer", str(shapes.VOCAB_DIR)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'image' column" in err and "Traceback" not in err
