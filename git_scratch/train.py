@@ -239,7 +239,9 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     device = model.device
     g = torch.Generator().manual_seed(opts.seed)
     step, position = 0, 0
-    start = latest_checkpoint(out) if resume else None
+    start = latest_checkpoint(out)
+    if start is not None and not resume:
+        raise FileExistsError(f"{out} already holds a run (at {start.name}); resume it or choose another directory")
     if resume and start is None:
         print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
     if start is not None:
@@ -362,6 +364,9 @@ def run_train(args: argparse.Namespace) -> int:
                         progress=not args.no_progress)
     try:
         train(model, data, processor, opts, args.out, resume=args.resume, val=val)
+    except FileExistsError as e:
+        print(f"error: {e} (--resume)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"interrupted; resume with --resume from {latest_checkpoint(Path(args.out))}", file=sys.stderr)
         return 130

@@ -241,3 +241,9 @@ def test_cli_reports_bad_data_files_without_a_traceback(tmp_path, capsys):
                  "--tokenizer", str(shapes.VOCAB_DIR)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'image' column" in err and "Traceback" not in err
+
+
+def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
+    train(new_model(), ShapesDataset(20), shapes.processor(), replace(OPTS, steps=1), tmp_path)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(new_model(), ShapesDataset(20), shapes.processor(), replace(OPTS, steps=1), tmp_path)
