@@ -67,7 +67,8 @@ def save_checkpoint(out: Path, model: GIT, processor: Processor, state: dict, ke
     says, and keep the newest `keep`."""
     name = f"step-{state['step']:06d}"
     tmp = out / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)  # a previous save of this step that was killed
+    for leftover in out.glob(".tmp-step-*"):  # saves that were killed
+        shutil.rmtree(leftover, ignore_errors=True)
     save(model, tmp)
     save_processor(processor, tmp)
     torch.save(state, tmp / STATE)

@@ -104,6 +104,7 @@ def test_killed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     # and the run resumes from it, past the leftover temporary folder
     assert train(model, data, proc, OPTS, tmp_path, resume=True)["step"] == 4
     assert latest_checkpoint(tmp_path).name == "step-000004"
+    assert not list(tmp_path.glob(".tmp-*"))  # the killed save's folder is gone
 
 
 def test_checkpoint_loads_as_a_model_and_keeps_the_newest(tmp_path):
