@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -25,6 +24,7 @@ from .config import GitConfig
 from .decoder import ImageProjection, TextBlock, TextEmbedding
 from .inputs import check_pixels
 from .layers import Linear
+from .loss import hf_loss as lm_loss  # next-token cross-entropy, -100 ignored (loss.py)
 from .mask import git_mask, with_padding
 from .vision import VisionEncoder
 
@@ -40,13 +40,6 @@ class GitOutput:
     vision_hidden_states: list[torch.Tensor] | None = None  # each vision block's input + the last output (B, N1, Dv)
     vision_attentions: list[torch.Tensor] | None = None
     image: torch.Tensor | None = None  # projected image tokens (B, N, D), reusable via `image=`
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy over the text: position t predicts labels[t + 1]; -100 is ignored."""
-    return F.cross_entropy(
-        rearrange(logits[:, :-1].float(), "b t v -> (b t) v"), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
 
 
 class GIT(nn.Module):

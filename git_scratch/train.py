@@ -1,0 +1,412 @@
+"""Training: teacher-forced next-token loss over image-text pairs, resumable exactly.
+
+    examples (image, prompt, target) ─▶ random resized crop ─▶ Processor ─▶ (pixels, ids, need_predict)
+        ─▶ GIT ─▶ hf_loss or original_loss (loss.py) ─▶ AdamW (decay 0.01, none on norms and biases)
+        ─▶ clip ─▶ warm-up + cosine ─▶ every `save_every` steps an atomic checkpoint (checkpoints.py)
+
+`resume` restores every piece of state (weights, optimizer, scheduler, step, RNG states, data position),
+so N + M steps in two runs give bit-identical parameters to N + M in one. The data order is a fresh
+permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
+torch.Generator whose state is saved too. Progress goes to a tqdm bar (loss, lr, examples/s) and to
+metrics.jsonl; curves.png plots the losses at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+from .checkpoints import STATE, latest_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .config import GitConfig
+from .curves import plot_curves
+from .init import init_weights
+from .load import fast_bf16, load, resolve_device
+from .loss import example_ids, hf_loss, original_loss
+from .model import GIT
+from .processor import Processor, preprocess
+
+LOSSES = ("hf", "original")
+BF16 = ("auto", "on", "off")
+VAL_OFFSET = 10**9  # first seed of held-out shapes samples: far past any training set's seeds
+CROP_SCALE = (0.8, 1.0)  # the original's random resized crop: 80-100% of the area, square, bicubic
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # examples per micro-batch
+    accum: int = 1  # micro-batches per optimizer step (each micro-batch's mean loss weighs 1 / accum)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: int = 100  # steps of linear warm-up from 0, then cosine decay to min_lr
+    min_lr: float = 0.0
+    clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    loss: str = "hf"  # "hf" or "original" (loss.py)
+    seed: int = 0
+    bf16: str = "auto"  # "auto": bfloat16 autocast where the device is fast at it; "on"; "off"
+    grad_checkpointing: bool = False
+    freeze_vision: bool = False
+    augment: bool = True
+    save_every: int = 500
+    keep: int = 2  # checkpoints kept
+    log_every: int = 10
+    eval_every: int = 0  # steps between held-out losses (with `val`); 0 = only at the end
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.bf16 not in BF16:
+            raise ValueError(f"bf16 must be auto, on or off, got {self.bf16!r}")
+        for name in ("steps", "batch_size", "accum", "save_every", "log_every", "keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# ----------------------------------------------------------------------------- the model's training setup
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weights and embeddings, none on LayerNorms and biases; frozen
+    parameters are left out."""
+    no_decay = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+    no_decay |= {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at `step` (0-based): linear warm-up to 1, then cosine down to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def checkpoint_blocks(model: GIT) -> None:
+    """Recompute each transformer block's activations in the backward pass instead of storing them.
+    The blocks' own forward is wrapped on the instance, so parameter names and checkpoints are unchanged."""
+    for block in [*model.vision.blocks, *model.blocks]:
+        block.forward = _checkpointed(block.forward)
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+def freeze_vision(model: GIT) -> None:
+    """Train the projection and the decoder only; the vision tower keeps its weights."""
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def random_resized_crop(im: Image.Image, size: int, g: torch.Generator) -> Image.Image:
+    """The original's training augmentation, torchvision's RandomResizedCrop with aspect ratio 1: a square
+    of a random CROP_SCALE fraction of the area at a random place (up to 10 tries for one that fits, then
+    the centred square of the short side), resized to size x size with bicubic."""
+    W, H = im.size
+    for _ in range(10):
+        scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand((), generator=g).item()
+        side = round(math.sqrt(scale * W * H))
+        if 0 < side <= min(W, H):
+            y = torch.randint(0, H - side + 1, (), generator=g).item()
+            x = torch.randint(0, W - side + 1, (), generator=g).item()
+            break
+    else:  # an image too far from square for the area asked
+        side = min(W, H)
+        x, y = (W - side) // 2, (H - side) // 2
+    return im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def collate(examples, processor: Processor, cfg: GitConfig, g: torch.Generator | None) -> dict:
+    """(image, prompt, target) triples -> pixel_values (B, 3, H, W), input_ids, attention_mask and
+    need_predict (B, T), right-padded. `g`: augment with random_resized_crop, else the processor's
+    resize and centre crop."""
+    tok = processor.tokenizer
+    pixels, rows = [], []
+    for image, prompt, target in examples:
+        image = image.convert("RGB")
+        if g is not None:
+            image = random_resized_crop(image, cfg.vision.image_size, g)
+        pixels.append(preprocess(image, processor.image_config))
+        prompt_ids = tok.encode(prompt)[1:] if prompt else []  # encode() puts [CLS] first
+        rows.append(example_ids(prompt_ids, tok.encode(target)[1:], tok.cls_id, tok.sep_id))
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    need, mask = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (row, predict) in enumerate(rows):
+        ids[i, : len(row)], need[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(predict), 1
+    return {"pixel_values": torch.from_numpy(np.stack(pixels)), "input_ids": ids, "attention_mask": mask,
+            "need_predict": need}
+
+
+def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:
+    """The training loss of one batch. Both modes count the same tokens (need_predict: the target and
+    [SEP]); "hf" is plain cross-entropy over them, "original" the label-smoothed KL."""
+    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]).logits  # (B, T, V)
+    if loss == "hf":
+        labels = batch["input_ids"].masked_fill(batch["need_predict"] == 0, -100)
+        return hf_loss(logits, labels)
+    return original_loss(logits, batch["input_ids"], batch["need_predict"])
+
+
+@torch.no_grad()
+def mean_losses(model: GIT, data, processor: Processor, batch_size: int) -> dict:
+    """Both training losses under teacher forcing, no augmentation, averaged over batches; unreadable rows
+    are left out. Leaves the model in eval mode."""
+    model.eval()
+    totals, n = {"loss_hf": 0.0, "loss_original": 0.0}, 0
+    for start in range(0, len(data), batch_size):
+        items = [x for x in (data[i] for i in range(start, min(start + batch_size, len(data)))) if x is not None]
+        if not items:
+            continue
+        batch = {k: v.to(model.device) for k, v in collate(items, processor, model.config, None).items()}
+        for name in ("hf", "original"):
+            totals[f"loss_{name}"] += batch_loss(model, batch, name).item()
+        n += 1
+    return {k: v / max(n, 1) for k, v in totals.items()}
+
+
+class Sampler:
+    """Indices of a dataset, a fresh permutation each epoch (from seed and epoch), and a position that
+    saves and restores."""
+
+    def __init__(self, n: int, seed: int, position: int = 0):
+        if n < 1:
+            raise ValueError("the dataset is empty")
+        self.n, self.seed, self.position = n, seed, position
+        self._epoch, self._order = -1, None
+
+    def next(self) -> int:
+        epoch, i = divmod(self.position, self.n)
+        if self._epoch != epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+        self.position += 1
+        return self._order[i].item()
+
+
+def next_examples(data, sampler: Sampler, k: int) -> list:
+    """k readable examples; unreadable ones (dataset[i] is None, reported by the dataset) are passed over."""
+    out, misses = [], 0
+    while len(out) < k:
+        item = data[sampler.next()]
+        if item is None:
+            misses += 1
+            if misses > len(data):
+                raise ValueError("no readable example in a whole pass over the data")
+            continue
+        out.append(item)
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resume: bool = False,
+          stop_at: int | None = None, val=None) -> dict:
+    """Train `model` in place on `data` (dataset[i] -> (image, prompt, target) or None) for opts.steps
+    optimizer steps, checkpointing into `out`. resume: continue from out's latest checkpoint, weights
+    included. stop_at: stop (with a checkpoint) after this step, as if the run were cut there; the
+    schedule still spans opts.steps. val: a held-out dataset whose losses are logged every
+    opts.eval_every steps and at the end. Returns {"step", "loss" (the last step's), "skipped",
+    "checkpoint", "val" (the last held-out losses, or None)}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = model.device
+    g = torch.Generator().manual_seed(opts.seed)
+    step, position = 0, 0
+    start = latest_checkpoint(out)
+    if start is not None and not resume:
+        raise FileExistsError(f"{out} already holds a run (at {start.name}); resume it or choose another directory")
+    if resume and start is None:
+        print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
+    if start is not None:
+        state = torch.load(start / STATE, weights_only=False)  # our own file: optimizer state, RNG tuples
+        model.load_state_dict(load_file(start / "model.safetensors", device=str(device)))
+        step, position = state["step"], state["position"]
+    if opts.freeze_vision:
+        freeze_vision(model)
+    if opts.grad_checkpointing:
+        checkpoint_blocks(model)
+    optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, opts.warmup, opts.steps, opts.min_lr / opts.lr))
+    if start is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"], g)
+    sampler = Sampler(len(data), opts.seed, position)
+    bf16 = opts.bf16 == "on" or (opts.bf16 == "auto" and fast_bf16(device))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    model.train()
+
+    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    bar = tqdm(total=opts.steps, initial=step, disable=not opts.progress, desc="train", dynamic_ncols=True)
+    loss_value, saved, t0, seen, held_out = float("nan"), start, time.perf_counter(), 0, None
+    end = opts.steps if stop_at is None else min(stop_at, opts.steps)
+    try:
+        while step < end:
+            total = 0.0
+            for _ in range(opts.accum):
+                examples = next_examples(data, sampler, opts.batch_size)
+                batch = collate(examples, processor, model.config, g if opts.augment else None)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast:
+                    loss = batch_loss(model, batch, opts.loss) / opts.accum
+                loss.backward()
+                total += loss.item()
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            norm = nn.utils.clip_grad_norm_(params, opts.clip if opts.clip > 0 else float("inf"))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += opts.batch_size * opts.accum
+            loss_value = total
+            rate = seen / (time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
+            if step % opts.log_every == 0 or step == end:
+                metrics.write(json.dumps({"step": step, "loss": total, "lr": lr, "grad_norm": norm.item(),
+                                          "examples_per_s": rate}) + "\n")
+                metrics.flush()
+            if val is not None and ((opts.eval_every and step % opts.eval_every == 0) or step == end):
+                held_out = mean_losses(model, val, processor, opts.batch_size)  # no RNG drawn: resume stays exact
+                model.train()
+                metrics.write(json.dumps({"step": step, **{f"val_{k}": v for k, v in held_out.items()}}) + "\n")
+                metrics.flush()
+            if step % opts.save_every == 0 or step == end:
+                state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts)}
+                saved = save_checkpoint(out, model, processor, state, opts.keep)
+    finally:
+        bar.close()
+        metrics.close()
+    plot_curves(out / "metrics.jsonl", out / "curves.png")
+    skipped = len(getattr(data, "skipped", []))
+    print(f"trained to step {step}; loss {loss_value:.4f}; {skipped} examples skipped; "
+          f"checkpoint {saved}", file=sys.stderr)
+    return {"step": step, "loss": loss_value, "skipped": skipped, "checkpoint": saved, "val": held_out}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register `git-scratch train` on the CLI's subparsers."""
+    p = sub.add_parser("train", help="train or fine-tune on image-text pairs (or the built-in shapes task)",
+                       description="Train GIT with teacher-forced next-token loss. DATA is 'shapes' (the "
+                                   "built-in task, no download), or a .jsonl, .csv or COCO captions .json file.",
+                       epilog="examples:\n  git-scratch train shapes --preset shapes-tiny --out runs/shapes "
+                              "--steps 2000\n  git-scratch train data/train.jsonl --init ckpt/git-base "
+                              "--out runs/ft --lr 5e-5 --loss original\n  git-scratch train shapes --out "
+                              "runs/shapes --resume\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="'shapes', or an annotation file (.jsonl, .csv, COCO .json)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl")
+    p.add_argument("--images", help="image folder (default: the annotation file's folder)")
+    p.add_argument("--init", metavar="CKPT", help="start from this git_scratch checkpoint (fine-tuning)")
+    p.add_argument("--preset", default="shapes-tiny", help="shape to initialise randomly when no --init")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer files, for a random init on your own data")
+    p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to learn")
+    p.add_argument("--shapes-samples", type=int, default=100_000, help="shapes: dataset size")
+    p.add_argument("--val", metavar="DATA", help="held-out data for --eval-every: 'shapes' (unseen seeds) or a file")
+    p.add_argument("--val-samples", type=int, default=256, help="shapes: held-out samples")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--device", default="auto")
+    for f in fields(TrainOptions):
+        if f.name in ("progress",):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool" or isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            choices = {"loss": LOSSES, "bf16": BF16}.get(f.name)
+            p.add_argument(flag, type=type(f.default), default=f.default, choices=choices,
+                           help=f"(default: {f.default})")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_train)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        model, processor, data, val = _setup(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"},
+                        progress=not args.no_progress)
+    try:
+        train(model, data, processor, opts, args.out, resume=args.resume, val=val)
+    except FileExistsError as e:
+        print(f"error: {e} (--resume)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; resume with --resume from {latest_checkpoint(Path(args.out))}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _setup(args: argparse.Namespace):
+    """The command line's model, processor, training data and held-out data."""
+    from .data import shapes
+    from .data.datasets import ShapesDataset, load_dataset
+    from .init import default_tokenizer_dir
+    from .processor import ImageConfig
+    from .tokenizer import Tokenizer
+
+    device = resolve_device(args.device)
+    if args.init:
+        model = load(args.init, device=device)
+        processor = Processor.from_pretrained(args.init)
+    else:
+        cfg = GitConfig.preset(args.preset)
+        model = init_weights(GIT(cfg), generator=torch.Generator().manual_seed(args.seed)).to(device)
+        if args.data == "shapes" and not args.tokenizer:
+            processor = shapes.processor()
+        else:
+            tok_dir = args.tokenizer or default_tokenizer_dir()
+            if tok_dir is None:
+                raise ValueError("pass --tokenizer DIR (no default vocabulary is installed)")
+            n = cfg.vision.image_size
+            processor = Processor(ImageConfig(size={"shortest_edge": n}, crop_size={"height": n, "width": n}),
+                                  Tokenizer.from_pretrained(tok_dir))
+    if processor.tokenizer is None or processor.tokenizer.vocab_size > model.config.text.vocab_size:
+        raise ValueError("the tokenizer is missing or has more tokens than the model's vocabulary")
+    if args.data == "shapes":
+        data = ShapesDataset(args.shapes_samples, args.task)
+    else:
+        data = load_dataset(args.data, args.images)
+        print(data.summary(), file=sys.stderr)
+    val = None
+    if args.val == "shapes":
+        val = ShapesDataset(args.val_samples, args.task, offset=VAL_OFFSET)
+    elif args.val:
+        val = load_dataset(args.val, args.images)
+    return model, processor, data, val
