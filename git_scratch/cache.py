@@ -63,17 +63,14 @@ class KVCache:
 
     def positions(self, start: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n tokens per row from text slot `start` (R, 1) on -> (slots (R, n), mask rows (R, 1, n, N + S)).
-
-        NB: the one place where positions are decided: the token in text slot t has text position t
-        (its position embedding index: pass `start` to `embed_text`) and cache/mask position N + t.
-        """
+        NB: the one place positions are decided: text slot t = text position t (pass `start` to `embed_text`)
+        = cache/mask position N + t."""
         slots = start + torch.arange(n, device=start.device)  # (R, n)
         return slots, self.mask[self.img.shape[-2] + slots][:, None]
 
     def image_layers(self, allowed) -> list[_ImageLayer]:
         """One `kv` per block while the image tokens run through the decoder alone, under `allowed`."""
-        n = len(self.img)
-        return [_ImageLayer(self.img[i], allowed, last=i == n - 1) for i in range(n)]
+        return [_ImageLayer(self.img[i], allowed, last=i == len(self.img) - 1) for i in range(len(self.img))]
 
     def text_layers(self, slots: torch.Tensor, allowed: torch.Tensor) -> list[_TextLayer]:
         """One `kv` per block for text tokens in `slots` (R, n) under mask rows `allowed` (from `positions`)."""
@@ -81,9 +78,7 @@ class KVCache:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Beam re-ranking: row r takes the text keys/values of row rows[r]; the image part is untouched.
-
-        Gathered into a second buffer that then swaps with the first: one copy and no allocation per step.
-        """
+        Gathered into a second buffer that then swaps with the first: one copy and no allocation per step."""
         if self.spare is None:
             self.spare = torch.empty_like(self.txt)
         torch.index_select(self.txt, 2, rows, out=self.spare)

@@ -1,9 +1,7 @@
 """Generation: prefill, step, greedy, sampling and beam search as plain functions over an explicit cache.
 
-    image ─▶ encode_image (once per image) ─▶ the decoder over the image tokens alone, keeping every
-             layer's image keys/values (cache.py)
+    image ─▶ encode_image (once) ─▶ the decoder over the image tokens alone: their keys/values (cache.py)
     prompt ─▶ feed(prompt, slots 0..T-1) ─▶ logits ─▶ pick ─▶ feed(token, slot len + i) ─▶ ...
-              (prefill)                                      (one step)
 
 `Cached` runs the model's own embed_text / mask / run / head, so a change made there reaches generation by
 itself; `Uncached` runs the full forward each step (the reference, and the fallback when the mask breaks the
@@ -29,8 +27,7 @@ class Generation:
     """What `generate(..., return_scores=True)` returns."""
 
     sequences: torch.Tensor  # (R, T + n): the prompt as given, then the new tokens; finished rows padded
-    scores: torch.Tensor  # (R,) what the search ranked by: for beams length-penalised (transformers'
-    #                       sequences_scores); for greedy and sampling equal to `logprob`
+    scores: torch.Tensor  # (R,) what the search ranked: beams' length-penalised score (sequences_scores), else logprob
     logprob: torch.Tensor  # (R,) summed log-probability of the new tokens (EOS included), never length-penalised
     token_logprobs: torch.Tensor  # (R, n) log-probability of each new token under the processed logits; 0 after the end
     lengths: torch.Tensor  # (R,) new tokens per row, EOS included
@@ -204,12 +201,13 @@ def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty
     new_done = ends & (torch.arange(2 * K, device=ends.device) < K)
     fin += (~new_done) * NEG
     best = torch.topk(torch.cat([b.done_score, fin], dim=1), K).indices
-    length = torch.full_like(tok, t + 1)
-    b.done_tokens = _take(torch.cat([b.done_tokens, tokens], dim=1), best)
-    b.done_logprobs = _take(torch.cat([b.done_logprobs, lps], dim=1), best)
-    b.done_score = _take(torch.cat([b.done_score, fin], dim=1), best)
-    b.done_len = _take(torch.cat([b.done_len, length], dim=1), best)
-    b.done = _take(torch.cat([b.done, new_done], dim=1), best)
+
+    def merge(old, new):  # the K best of the finished hypotheses and the new ones
+        return _take(torch.cat([old, new], dim=1), best)
+
+    b.done_tokens, b.done_logprobs = merge(b.done_tokens, tokens), merge(b.done_logprobs, lps)
+    b.done_score = merge(b.done_score, fin)
+    b.done_len, b.done = merge(b.done_len, torch.full_like(tok, t + 1)), merge(b.done, new_done)
 
     # 4. can the best running beam still beat the worst finished hypothesis?
     best_len = M if (early_stopping == "never" and length_penalty > 0.0) else t + 1

@@ -37,13 +37,9 @@ ACTIVATIONS = {
 }
 
 
-def _has_amx() -> bool:
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check and check())
-
-
 # Linear's speed path, on only where measured faster (Intel Xeon with AMX; slower on AMD Zen 4): bench/RESULTS.md.
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") and _has_amx()
+_ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+           and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 class Linear(nn.Linear):

@@ -90,17 +90,10 @@ class GIT(nn.Module):
         """Decoder output (B, T, D) -> next-token logits (B, T, V)."""
         return self.lm_head(x if self.ln_f is None else self.ln_f(x))
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        *,
-        image: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> GitOutput:
+    def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
+                image: torch.Tensor | None = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> GitOutput:
         """`.logits` (B, T, V) of the text positions, `.loss` with `labels`, intermediates when asked.
 
         `attention_mask` (B, T): 1 for real text tokens, 0 for padding. `image`: the output of

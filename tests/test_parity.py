@@ -33,7 +33,7 @@ def hf_image_tokens(hf, pixels):
     return frames, git.visual_projection(torch.cat(frames, dim=1))
 
 
-FAST = ["tiny", "tiny-video", "odd", "odd-silu"]
+FAST = ["tiny", "tiny-video", "odd", "odd-silu", "words", "words-video"]
 FULL = [pytest.param(n, marks=pytest.mark.slow) for n in ("git-base", "git-large", "git-base-vatex")]
 
 
