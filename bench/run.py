@@ -339,7 +339,7 @@ def parse(argv=None):
                    "whose ids usually differ, and then does not count")
     p.add_argument("--linear", default="auto", choices=["auto", "onednn", "mkl"],
                    help="git_scratch's CPU linear route for 4-512-row inference (layers.Linear): auto = oneDNN "
-                   "only on CPUs with AMX, where it was measured faster; onednn / mkl force one, to measure both")
+                   "on CPUs with AMX or AVX-512, where it was measured faster; onednn / mkl force one, to measure both")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached random-init checkpoints")
     p.add_argument("--out", type=Path, default=RESULTS, help="results and checkpoint cache (default bench/results)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")

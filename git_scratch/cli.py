@@ -158,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for the help only: main() hands `convert ...` to the converter's own parser before parsing.
     sub.add_parser("convert", help="convert a Hugging Face GIT checkpoint (or back with --to-hf)", add_help=False)
 
+    from .demo import add_parser as add_demo_parser
     from .evaluate import add_parser as add_eval_parser
     from .train import add_parser as add_train_parser
 
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_demo_parser(sub)
 
     i = sub.add_parser("init", help="write a randomly initialised checkpoint of a published shape", **fmt,
                        description="Write a randomly initialised git_scratch checkpoint (weights, config, "
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "init":
         return run_init(args)
-    if args.command in ("train", "eval"):
+    if args.command in ("train", "eval", "demo"):
         return args.run(args)
     check_args(parser.commands[args.command], args)
     from .batch import run_inputs

@@ -48,6 +48,9 @@ MIN_GAP = 8  # px between shape centres along x: "left of" is always clear
 MARGIN = 10
 NOISE_STD = 6.0  # grey levels of the lightly noisy backgrounds (only the background is noisy)
 VOCAB_DIR = Path(__file__).resolve().parent / "shapes_vocab"
+# The shipped demo model (`git-scratch demo`): a git_scratch checkpoint of configs/shapes-tiny.json trained on
+# this task; how it was made and how well it does: README, "The demo model".
+CHECKPOINT = Path(__file__).resolve().parent / "shapes_demo"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] = 0, as the text config's pad_id
 
 
