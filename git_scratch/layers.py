@@ -37,11 +37,9 @@ ACTIVATIONS = {
 }
 
 
-# Linear's speed path, on where measured faster: Intel Xeon with AMX and AMD EPYC Zen 4 (AVX-512); CPUs with
-# AVX2 only are unmeasured and keep MKL. Tables: bench/RESULTS.md.
+# Linear's speed path, on where measured faster (Xeon with AMX, EPYC Zen 4 with AVX-512): bench/RESULTS.md.
 _ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-           and (getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-                or torch.backends.cpu.get_cpu_capability() == "AVX512"))
+           and torch.backends.cpu.get_cpu_capability() == "AVX512")  # AMX CPUs report AVX512 too
 
 
 class Linear(nn.Linear):
