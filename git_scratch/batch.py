@@ -75,11 +75,13 @@ class Sink:
     """Records go to stdout (text or JSON), errors also to stderr, everything to --output (one flushed line each).
 
     Every record names its input as given ("input"), the resolved file ("file", the resume key) and the
-    settings that made it, so --output can tell this run's results from another's.
+    settings that made it, so --output can tell this run's results from another's. `hold` (torchrun):
+    keep each record, with its line and progress count, for `take`; rank 0 `emit`s every rank's.
     """
 
-    def __init__(self, args, bar, log: ResultsFile | None, settings: dict):
+    def __init__(self, args, bar, log: ResultsFile | None, settings: dict, hold: bool = False):
         self.json, self.bar, self.log, self.settings, self.n_failed = args.json, bar, log, settings, 0
+        self.held = [] if hold else None  # (record, inputs it settles, line to show)
 
     def _save(self, rec: dict) -> None:
         line = json.dumps({**rec, "settings": self.settings}, ensure_ascii=False)
@@ -90,21 +92,38 @@ class Sink:
             sys.stdout.flush()
 
     def ok(self, item: Item, result: dict, streamed: bool = False) -> None:
-        self._save({"input": item.input, "file": item.key, **result})
-        if not self.json and not streamed:
-            q = result["question"]
-            self.bar.write("\t".join([item.input] + ([q] if q is not None else []) + [result["text"]]), file=sys.stdout)
-            sys.stdout.flush()
-        self.bar.update(1)
+        q = result["question"]
+        line = None if streamed else "\t".join([item.input] + ([q] if q is not None else []) + [result["text"]])
+        self._put({"input": item.input, "file": item.key, **result}, 1, line)
 
     def error(self, item: Item, reason: str, questions=(None,), question: str | None = None) -> None:
         """An input that failed: as a whole (unreadable), or for one `question` (e.g. too long a prompt)."""
-        self.n_failed += 1
         about = f" (question {shorten(question)})" if question is not None else ""
-        self.bar.write(f"error: {item.input}{about}: {reason}", file=sys.stderr)
-        self._save({"input": item.input, "file": item.key, **({"question": question} if question is not None else {}),
-                    "error": reason})
-        self.bar.update(len(questions))
+        self._put({"input": item.input, "file": item.key, **({"question": question} if question is not None else {}),
+                   "error": reason}, len(questions), f"error: {item.input}{about}: {reason}")
+
+    def _put(self, rec: dict, n: int, line: str | None) -> None:
+        if self.held is None:
+            self.emit(rec, n, line)
+        else:
+            self.held.append((rec, n, line))
+
+    def take(self) -> list:
+        """The records held since the last take."""
+        held, self.held = self.held, []
+        return held
+
+    def emit(self, rec: dict, n: int, line: str | None) -> None:
+        """Show and save one record: a failure's line goes to stderr before it is saved, a result's text
+        to stdout after (unless --json prints the record, or --stream printed the text)."""
+        if "error" in rec:
+            self.n_failed += 1
+            self.bar.write(line, file=sys.stderr)
+        self._save(rec)
+        if "error" not in rec and line is not None and not self.json:
+            self.bar.write(line, file=sys.stdout)
+            sys.stdout.flush()
+        self.bar.update(n)
 
     def close(self) -> None:
         self.bar.close()
@@ -150,11 +169,13 @@ class Runner:
     def __init__(self, args, model, processor, sink: Sink, video: bool):
         import torch
 
+        from . import distributed
+
         self.args, self.model, self.processor, self.sink, self.video = args, model, processor, sink, video
         self.max_pixels = processor.max_pixels  # the decompression-bomb budget, for video frames too
         self.generator = None
-        if args.seed is not None:
-            self.generator = torch.Generator(model.device).manual_seed(args.seed)
+        if args.seed is not None:  # under torchrun each rank samples its own draws: seed + rank
+            self.generator = torch.Generator(model.device).manual_seed(args.seed + distributed.rank())
 
     def load(self, item: Item):
         """(3, H, W) pixels of an image, (F, 3, H, W) of a video; raises with the reason on bad input."""
@@ -323,48 +344,105 @@ def load_checkpoint(args, video: bool):
 
 
 def run_inputs(args, video: bool) -> int:
-    """Run every input not already in --output; the exit code."""
+    """Run every input not already in --output; the exit code.
+
+    Under torchrun (distributed.py) every rank runs this. Rank 0 alone opens --output (its lock, what it
+    holds already), decides the work and hands it to the others; then, step after step, each rank runs
+    its own --batch-size inputs and rank 0 shows and saves every rank's records (run_steps). A killed
+    run has saved each finished record once, and the rerun computes only the others.
+    """
+    from . import distributed
+    from .load import resolve_device
+
+    distributed.init(resolve_device(args.device))  # joins torchrun's process group, if launched by it
+    try:
+        return _run_inputs(args, video)
+    finally:
+        distributed.teardown()
+
+
+def _run_inputs(args, video: bool) -> int:
     from tqdm import tqdm
 
-    questions = args.question or [None]
-    items = expand(args.inputs, folders_are_inputs=video)
+    from . import distributed
+
+    main, world = distributed.is_main(), distributed.world()
     settings = run_settings(args)
+    log, code, work = None, None, []
     try:
-        log = ResultsFile(args.output) if args.output else None  # locked until the run ends
-    except OutputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        done, other = log.finished(settings) if log else (set(), {})
-        stale = [(i, q) for i in items for q in questions if (i.key, q) in other]
-        if stale and not args.recompute:
-            item, q = stale[0]
-            print(f"error: --output {args.output} holds {len(stale)} result(s) of these inputs made with other "
-                  f"settings ({differences(other[item.key, q], settings)}); rerun with those settings, choose "
-                  "another file, or pass --recompute to compute them again", file=sys.stderr)
-            return EXIT_USAGE
-        work = [(i, [q for q in questions if (i.key, q) not in done]) for i in items]
-        work = [(i, qs) for i, qs in work if qs]
-        skipped = len(items) * len(questions) - sum(len(qs) for _, qs in work)
-        if skipped:
-            print(f"resuming: {skipped} result(s) already in {args.output}", file=sys.stderr)
-        if not work:
-            return EXIT_OK
+        if args.stream and world > 1:
+            code = EXIT_USAGE
+            if main:
+                print("error: --stream prints tokens as they come, from one process: run it without torchrun",
+                      file=sys.stderr)
+        elif main:
+            try:
+                log = ResultsFile(args.output) if args.output else None  # locked until the run ends
+            except OutputError as e:
+                print(f"error: {e}", file=sys.stderr)
+                code = EXIT_USAGE
+            else:
+                code, work = plan(args, video, log, settings)
+        code, work = distributed.broadcast((code, work))
+        if code is not None:
+            return code
         try:
             model, processor = load_checkpoint(args, video)
         except SetupError as e:
-            print(f"error: {e}", file=sys.stderr)
+            if main:
+                print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         total = sum(len(qs) for _, qs in work)
         sink = Sink(args, tqdm(total=total, file=sys.stderr, unit="input", dynamic_ncols=True,
-                               disable=args.no_progress or args.stream or total <= 1), log, settings)
+                               disable=args.no_progress or args.stream or total <= 1 or not main), log, settings,
+                    hold=world > 1)
         try:
-            Runner(args, model, processor, sink, video).run(work)
+            run_steps(Runner(args, model, processor, sink, video), work)
         finally:
             sink.close()
     finally:
         if log:
             log.close(drop_if_unused=True)
-    if sink.n_failed:
-        print(f"{sink.n_failed} failure(s), each on an error line above", file=sys.stderr)
-    return EXIT_FAILED if sink.n_failed else EXIT_OK
+    failed = distributed.broadcast(sink.n_failed)  # rank 0 saw every failure: all ranks exit alike
+    if failed and main:
+        print(f"{failed} failure(s), each on an error line above", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def plan(args, video: bool, log: ResultsFile | None, settings: dict) -> tuple[int | None, list]:
+    """(exit code now, or None to run; the work: [(input, its questions not yet in --output)])."""
+    questions = args.question or [None]
+    items = expand(args.inputs, folders_are_inputs=video)
+    done, other = log.finished(settings) if log else (set(), {})
+    stale = [(i, q) for i in items for q in questions if (i.key, q) in other]
+    if stale and not args.recompute:
+        item, q = stale[0]
+        print(f"error: --output {args.output} holds {len(stale)} result(s) of these inputs made with other "
+              f"settings ({differences(other[item.key, q], settings)}); rerun with those settings, choose "
+              "another file, or pass --recompute to compute them again", file=sys.stderr)
+        return EXIT_USAGE, []
+    work = [(i, [q for q in questions if (i.key, q) not in done]) for i in items]
+    work = [(i, qs) for i, qs in work if qs]
+    skipped = len(items) * len(questions) - sum(len(qs) for _, qs in work)
+    if skipped:
+        print(f"resuming: {skipped} result(s) already in {args.output}", file=sys.stderr)
+    return (None if work else EXIT_OK), work
+
+
+def run_steps(runner: Runner, work: list) -> None:
+    """All of `work` in a plain run. Under torchrun, in steps of world x --batch-size inputs: rank r runs
+    the r-th --batch-size of each step, then rank 0 emits every rank's records, rank by rank, so in
+    input order. Every rank takes the same number of steps (an empty share when the work runs out)."""
+    from . import distributed
+
+    rank, world, size = distributed.rank(), distributed.world(), runner.args.batch_size
+    if world == 1:
+        runner.run(work)
+        return
+    for start in range(0, len(work), world * size):
+        mine = start + rank * size
+        runner.run(work[mine : mine + size])
+        held = distributed.all_gather(runner.sink.take())
+        if distributed.is_main():
+            for rec in (rec for records in held for rec in records):
+                runner.sink.emit(*rec)

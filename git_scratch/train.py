@@ -9,6 +9,11 @@ so N + M steps in two runs give bit-identical parameters to N + M in one. The da
 permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
 torch.Generator whose state is saved too. Progress goes to a tqdm bar (loss, lr, examples/s) and to
 metrics.jsonl; curves.png plots the losses at the end.
+
+Under torchrun (distributed.py) the same loop runs on every rank inside DistributedDataParallel:
+`batch_size` is the global micro-batch, every rank draws the same indices and takes its own slice
+(next_share), each rank's loss is weighed so that the averaged gradient is the exact token mean of the
+whole micro-batch, and rank 0 alone writes checkpoints, metrics.jsonl, curves.png and the progress bar.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -27,9 +33,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoints import STATE, latest_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import GitConfig
 from .curves import plot_curves
@@ -48,7 +56,7 @@ CROP_SCALE = (0.8, 1.0)  # the original's random resized crop: 80-100% of the ar
 @dataclass
 class TrainOptions:
     steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # examples per micro-batch
+    batch_size: int = 32  # examples per micro-batch, all ranks together under torchrun
     accum: int = 1  # micro-batches per optimizer step (each micro-batch's mean loss weighs 1 / accum)
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -127,18 +135,21 @@ def random_resized_crop(im: Image.Image, size: int, g: torch.Generator) -> Image
     """The original's training augmentation, torchvision's RandomResizedCrop with aspect ratio 1: a square
     of a random CROP_SCALE fraction of the area at a random place (up to 10 tries for one that fits, then
     the centred square of the short side), resized to size x size with bicubic."""
-    W, H = im.size
+    x, y, side = crop_box(*im.size, g)
+    return im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def crop_box(W: int, H: int, g: torch.Generator) -> tuple[int, int, int]:
+    """(x, y, side) of random_resized_crop's square in a W x H image; needs the size only, not the pixels."""
     for _ in range(10):
         scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand((), generator=g).item()
         side = round(math.sqrt(scale * W * H))
         if 0 < side <= min(W, H):
             y = torch.randint(0, H - side + 1, (), generator=g).item()
             x = torch.randint(0, W - side + 1, (), generator=g).item()
-            break
-    else:  # an image too far from square for the area asked
-        side = min(W, H)
-        x, y = (W - side) // 2, (H - side) // 2
-    return im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BICUBIC)
+            return x, y, side
+    side = min(W, H)  # an image too far from square for the area asked
+    return (W - side) // 2, (H - side) // 2, side
 
 
 def collate(examples, processor: Processor, cfg: GitConfig, g: torch.Generator | None) -> dict:
@@ -209,17 +220,39 @@ class Sampler:
         return self._order[i].item()
 
 
-def next_examples(data, sampler: Sampler, k: int) -> list:
-    """k readable examples; unreadable ones (dataset[i] is None, reported by the dataset) are passed over."""
-    out, misses = [], 0
-    while len(out) < k:
-        item = data[sampler.next()]
-        if item is None:
-            misses += 1
-            if misses > len(data):
-                raise ValueError("no readable example in a whole pass over the data")
-            continue
-        out.append(item)
+def next_share(data, sampler: Sampler, k: int, g: torch.Generator | None, size: int) -> list:
+    """This rank's share of the next k readable examples (all k in a plain run), in sampler order:
+    (image, prompt, target), the image cropped by random_resized_crop when `g` is given. Unreadable
+    examples (dataset[i] is None, reported by the dataset) are passed over.
+
+    Every rank draws the same k indices, so the sampler position (saved in checkpoints) is the same on
+    every rank. Each rank reads only its slice, and the ranks swap the sizes of what they read (None:
+    unreadable), so all agree on which k examples are taken, the ones one process would take, and
+    rank r keeps the r-th slice of them. Every rank draws every example's crop from `g`, in order,
+    cropping only its own: g stays in step on all ranks, and crops as one process's would.
+    """
+    rank, world = distributed.rank(), distributed.world()
+    taken, read, misses = [], {}, 0  # taken: (index, (W, H)) of the readable examples, in sampler order
+    while len(taken) < k:
+        ids = [sampler.next() for _ in range(k - len(taken))]  # never more than still needed
+        mine = ids[rank * len(ids) // world : (rank + 1) * len(ids) // world]
+        read.update((i, data[i]) for i in mine)
+        found = [(i, None if read[i] is None else read[i][0].size) for i in mine]
+        found = [x for part in distributed.all_gather(found) for x in part]  # every rank's, in sampler order
+        taken += [(i, wh) for i, wh in found if wh is not None]
+        misses += sum(wh is None for _, wh in found)
+        if misses > len(data):
+            raise ValueError("no readable example in a whole pass over the data")
+    lo, hi = rank * k // world, (rank + 1) * k // world
+    out = []
+    for j, (i, wh) in enumerate(taken):
+        if lo <= j < hi:
+            image, prompt, target = read[i] if i in read else data[i]  # read elsewhere: a miss moved the slices
+            if g is not None:
+                image = random_resized_crop(image.convert("RGB"), size, g)
+            out.append((image, prompt, target))
+        elif g is not None:
+            crop_box(*wh, g)  # another rank's example: draw its crop all the same, to keep g in step
     return out
 
 
@@ -233,10 +266,16 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     included. stop_at: stop (with a checkpoint) after this step, as if the run were cut there; the
     schedule still spans opts.steps. val: a held-out dataset whose losses are logged every
     opts.eval_every steps and at the end. Returns {"step", "loss" (the last step's), "skipped",
-    "checkpoint", "val" (the last held-out losses, or None)}."""
+    "checkpoint", "val" (the last held-out losses, or None)}.
+
+    Under torchrun every rank calls this with the same arguments (and `out` on a file system they all
+    see); opts.batch_size is the global micro-batch and must divide among the ranks."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = model.device
+    device, main, world = model.device, distributed.is_main(), distributed.world()
+    if opts.batch_size % world:
+        raise ValueError(f"the batch size ({opts.batch_size}) is global under torchrun: it must divide among "
+                         f"the {world} ranks")
     g = torch.Generator().manual_seed(opts.seed)
     step, position = 0, 0
     start = latest_checkpoint(out)
@@ -263,22 +302,36 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     bf16 = opts.bf16 == "on" or (opts.bf16 == "auto" and fast_bf16(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
+    distributed.barrier()  # every rank has read the run directory before rank 0 writes to it
+    net = model
+    if world > 1:  # its constructor copies rank 0's weights to every rank; backward averages gradients
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
-    bar = tqdm(total=opts.steps, initial=step, disable=not opts.progress, desc="train", dynamic_ncols=True)
+    metrics = open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8")  # rank 0 alone logs
+    bar = tqdm(total=opts.steps, initial=step, disable=not (opts.progress and main), desc="train",
+               dynamic_ncols=True)
     loss_value, saved, t0, seen, held_out = float("nan"), start, time.perf_counter(), 0, None
     end = opts.steps if stop_at is None else min(stop_at, opts.steps)
     try:
         while step < end:
             total = 0.0
-            for _ in range(opts.accum):
-                examples = next_examples(data, sampler, opts.batch_size)
-                batch = collate(examples, processor, model.config, g if opts.augment else None)
+            for i in range(opts.accum):
+                examples = next_share(data, sampler, opts.batch_size, g if opts.augment else None,
+                                      model.config.vision.image_size)
+                batch = collate(examples, processor, model.config, None)  # cropped already, if augmenting
                 batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast:
-                    loss = batch_loss(model, batch, opts.loss) / opts.accum
-                loss.backward()
-                total += loss.item()
+                # Each rank's loss is a mean over its own predicted tokens (both losses count need_predict
+                # past [CLS]); weighed by its tokens over the mean rank's, DDP's mean over the ranks is
+                # the exact token mean of the whole micro-batch. share is 1.0 in a plain run.
+                tokens = batch["need_predict"][:, 1:].sum().item()
+                share = tokens * world / distributed.all_sum(tokens)
+                last = i == opts.accum - 1
+                with net.no_sync() if world > 1 and not last else nullcontext():  # average once per step
+                    with autocast:
+                        loss = batch_loss(net, batch, opts.loss) * share / opts.accum
+                    loss.backward()
+                total += loss.item() / world
+            total = distributed.all_sum(total)  # the micro-batches' token means, as one process has them
             params = [p for group in optimizer.param_groups for p in group["params"]]
             norm = nn.utils.clip_grad_norm_(params, opts.clip if opts.clip > 0 else float("inf"))
             lr = optimizer.param_groups[0]["lr"]
@@ -296,21 +349,28 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
                                           "examples_per_s": rate}) + "\n")
                 metrics.flush()
             if val is not None and ((opts.eval_every and step % opts.eval_every == 0) or step == end):
+                # every rank computes the same held-out losses: no rank idles in a collective meanwhile
                 held_out = mean_losses(model, val, processor, opts.batch_size)  # no RNG drawn: resume stays exact
                 model.train()
                 metrics.write(json.dumps({"step": step, **{f"val_{k}": v for k, v in held_out.items()}}) + "\n")
                 metrics.flush()
             if step % opts.save_every == 0 or step == end:
-                state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts)}
-                saved = save_checkpoint(out, model, processor, state, opts.keep)
+                if main:  # the state is the same on every rank: sampler, g and optimizer move in step
+                    state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts)}
+                    save_checkpoint(out, model, processor, state, opts.keep)
+                distributed.barrier()  # no rank goes on (or returns) before the checkpoint is whole
+                saved = latest_checkpoint(out)
     finally:
         bar.close()
         metrics.close()
-    plot_curves(out / "metrics.jsonl", out / "curves.png")
     skipped = len(getattr(data, "skipped", []))
-    print(f"trained to step {step}; loss {loss_value:.4f}; {skipped} examples skipped; "
-          f"checkpoint {saved}", file=sys.stderr)
+    if world > 1:  # each rank met its own unreadable images; a row counts once however many ranks did
+        skipped = len(set().union(*distributed.all_gather({s.where for s in getattr(data, "skipped", [])})))
+    if main:
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        print(f"trained to step {step}; loss {loss_value:.4f}; {skipped} examples skipped; "
+              f"checkpoint {saved}", file=sys.stderr)
     return {"step": step, "loss": loss_value, "skipped": skipped, "checkpoint": saved, "val": held_out}
 
 
@@ -325,7 +385,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        epilog="examples:\n  git-scratch train shapes --preset shapes-tiny --out runs/shapes "
                               "--steps 2000\n  git-scratch train data/train.jsonl --init ckpt/git-base "
                               "--out runs/ft --lr 5e-5 --loss original\n  git-scratch train shapes --out "
-                              "runs/shapes --resume\n",
+                              "runs/shapes --resume\n  torchrun --nproc_per_node=4 -m git_scratch.cli train "
+                              "shapes --out runs/ddp --batch-size 64\n\nUnder torchrun every process trains "
+                              "a share of each batch (DistributedDataParallel; NCCL on CUDA, gloo on CPU);\n"
+                              "--batch-size is the global batch, split among the processes, so the same "
+                              "flags train the same\nmodel on any number of them. --out must be on a file "
+                              "system that every process sees.\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="'shapes', or an annotation file (.jsonl, .csv, COCO .json)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl")
@@ -347,41 +412,58 @@ def add_parser(sub) -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             choices = {"loss": LOSSES, "bf16": BF16}.get(f.name)
+            about = {"batch_size": "examples per micro-batch, all processes together under torchrun "}
             p.add_argument(flag, type=type(f.default), default=f.default, choices=choices,
-                           help=f"(default: {f.default})")
+                           help=f"{about.get(f.name, '')}(default: {f.default})")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_train)
     return p
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`git-scratch train`. Under torchrun every rank runs it, and meets the same errors: rank 0 alone says so."""
+    device = distributed.init(resolve_device(args.device))  # joins torchrun's process group, if launched by it
     try:
-        model, processor, data, val = _setup(args)
+        return _run_train(args, device)
+    finally:
+        distributed.teardown()
+
+
+def _run_train(args: argparse.Namespace, device: torch.device) -> int:
+    main = distributed.is_main()
+    try:
+        model, processor, data, val = _setup(args, device)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if main:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"},
                         progress=not args.no_progress)
     try:
         train(model, data, processor, opts, args.out, resume=args.resume, val=val)
     except FileExistsError as e:
-        print(f"error: {e} (--resume)", file=sys.stderr)
+        if main:
+            print(f"error: {e} (--resume)", file=sys.stderr)
+        return 2
+    except ValueError as e:  # a batch size the ranks cannot share, data with no readable example
+        if main:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; resume with --resume from {latest_checkpoint(Path(args.out))}", file=sys.stderr)
+        if main:
+            print(f"interrupted; resume with --resume from {latest_checkpoint(Path(args.out))}", file=sys.stderr)
         return 130
     return 0
 
 
-def _setup(args: argparse.Namespace):
-    """The command line's model, processor, training data and held-out data."""
+def _setup(args: argparse.Namespace, device: torch.device):
+    """The command line's model (on `device`), processor, training data and held-out data."""
     from .data import shapes
     from .data.datasets import ShapesDataset, load_dataset
     from .init import default_tokenizer_dir
     from .processor import ImageConfig
     from .tokenizer import Tokenizer
 
-    device = resolve_device(args.device)
     if args.init:
         model = load(args.init, device=device)
         processor = Processor.from_pretrained(args.init)
@@ -403,7 +485,8 @@ def _setup(args: argparse.Namespace):
         data = ShapesDataset(args.shapes_samples, args.task)
     else:
         data = load_dataset(args.data, args.images)
-        print(data.summary(), file=sys.stderr)
+        if distributed.is_main():
+            print(data.summary(), file=sys.stderr)
     val = None
     if args.val == "shapes":
         val = ShapesDataset(args.val_samples, args.task, offset=VAL_OFFSET)
