@@ -11,9 +11,11 @@ This file is the parser and its help; batch.py runs the inputs (batches, one enc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 from .constants import (DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
 
@@ -78,6 +80,7 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
         return v
 
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'abc'" names the type by this
     return parse
 
 
@@ -89,11 +92,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-beams", type=_positive(int), default=1, metavar="K",
                    help="beam search width (default: 1, greedy)")
     g.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
-    g.add_argument("--temperature", type=_positive(float), default=1.0, help="with --sample (default: 1.0)")
-    g.add_argument("--top-k", type=int, default=0, metavar="K",
+    # None = not given: check_args refuses sampling options without --sample, then fills in these defaults
+    g.add_argument("--temperature", type=_positive(float), help="with --sample (default: 1.0)")
+    g.add_argument("--top-k", type=int, metavar="K",
                    help="with --sample: keep the K most likely tokens (default: 0, all)")
-    g.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="with --sample: nucleus sampling (default: 1.0, off)")
+    g.add_argument("--top-p", type=float, metavar="P", help="with --sample: nucleus sampling (default: 1.0, off)")
     g.add_argument("--seed", type=int, help="random seed for --sample, for reproducible output")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
@@ -201,21 +204,48 @@ def run_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Sampling options, None when not given, and what they are when --sample is given without them.
+SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
+
+
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.stream and args.num_beams > 1:
         p.error("--stream needs greedy or --sample decoding: beam search knows its best sequence only at the end")
     if args.stream and args.json:
         p.error("--stream prints text; it cannot be combined with --json (use --output for JSON records)")
-    if not 0 < args.top_p <= 1:
+    if args.top_p is not None and not 0 < args.top_p <= 1:
         p.error(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
+    if args.top_k is not None and args.top_k < 0:
         p.error(f"--top-k must be >= 0, got {args.top_k}")
+    given = [f"--{name.replace('_', '-')}" for name in SAMPLING if getattr(args, name) is not None]
+    if given and not args.sample:
+        one = len(given) == 1
+        p.error(f"{', '.join(given)} {'needs' if one else 'need'} --sample: without it decoding is greedy (or beam "
+                f"search) and {'it' if one else 'they'} would be ignored")
+    for name, default in SAMPLING.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     if args.sample and args.num_beams > 1:
         p.error("--sample and --num-beams > 1 cannot be combined")
     if args.recompute and not args.output:
         p.error("--recompute needs --output: it recomputes results that file holds")
     if any(not q.strip() for q in args.question or []):
         p.error("--question must not be empty")
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_file():
+        p.error(f"--checkpoint {ckpt} is a file; pass the checkpoint directory, the folder that holds config.json "
+                "and model.safetensors")
+    limit = text_positions(ckpt)
+    if limit is not None and args.max_new_tokens > limit:  # even a bare [CLS] prompt leaves room for only `limit`
+        p.error(f"--max-new-tokens {args.max_new_tokens} cannot be reached: {ckpt} has {limit} text positions "
+                f"(max_position_embeddings), so at most {limit} new tokens after [CLS], fewer after a question")
+
+
+def text_positions(ckpt: Path) -> int | None:
+    """The checkpoint's text positions, read from its config.json; None where that fails (loading says why)."""
+    try:
+        return int(json.loads((ckpt / "config.json").read_text())["text"]["max_positions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class Terminated(KeyboardInterrupt):
@@ -239,7 +269,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["convert"]:
         return run_convert(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would report them with the top level's usage; the subcommand's is the useful one
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "init":
         return run_init(args)
     if args.command in ("train", "eval", "demo"):

@@ -12,6 +12,8 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 # Files we read as images: folder listings, glob matches and frame folders.
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+# Video files, which `caption` cannot read: its error says to use `video`.
+VIDEO_EXTS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
 
 # A checkpoint's text files, copied by `convert` and `init` beside the weights.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")

@@ -18,6 +18,7 @@ from .constants import TOKENIZER_FILES
 from .load import save
 from .model import GIT
 from .processor import CLIP_MEAN, CLIP_STD
+from .tokenizer import Tokenizer, special_id_differences
 
 
 @torch.no_grad()
@@ -49,6 +50,22 @@ def default_tokenizer_dir() -> Path | None:
     return d if (d / "vocab.txt").is_file() else None
 
 
+def check_tokenizer_source(src: Path, cfg: GitConfig, preset: str) -> None:
+    """Refuse, before anything is written, tokenizer files that are missing or do not fit the preset."""
+    if not src.is_dir():
+        raise ValueError(f"--tokenizer-from {src}: no such directory")
+    if not any((src / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        raise ValueError(f"--tokenizer-from {src}: no tokenizer.json or vocab.txt in it")
+    tok = Tokenizer.from_pretrained(src)
+    if tok.vocab_size > cfg.text.vocab_size:
+        raise ValueError(f"--tokenizer-from {src}: its tokenizer has {tok.vocab_size} tokens, the {preset} preset "
+                         f"{cfg.text.vocab_size}; choose a preset of its vocabulary size")
+    said = special_id_differences(tok, cfg.text.bos_id, cfg.text.eos_id, cfg.text.pad_id, f"the {preset} preset")
+    if said:
+        raise ValueError(f"--tokenizer-from {src}: its special tokens do not fit the {preset} preset: "
+                         f"{'; '.join(said)}")
+
+
 def init_checkpoint(path, preset: str, seed: int = 0, std: float = 0.1, tokenizer_from=None) -> list[str]:
     """A randomly initialised checkpoint of a preset shape, with tokenizer and preprocessor files.
 
@@ -58,6 +75,11 @@ def init_checkpoint(path, preset: str, seed: int = 0, std: float = 0.1, tokenize
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} already exists and is not empty")
+    src = Path(tokenizer_from) if tokenizer_from else None
+    if src is not None:
+        check_tokenizer_source(src, cfg, preset)
+    elif cfg.text.vocab_size == 30522:  # the default vocabulary fits only the published size
+        src = default_tokenizer_dir()
     model = init_weights(GIT(cfg), std, torch.Generator().manual_seed(seed))
     save(model, path)
     size = cfg.vision.image_size
@@ -68,9 +90,6 @@ def init_checkpoint(path, preset: str, seed: int = 0, std: float = 0.1, tokenize
         "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
         "do_convert_rgb": True,
     }, indent=2) + "\n")
-    src = Path(tokenizer_from) if tokenizer_from else None
-    if src is None and cfg.text.vocab_size == 30522:  # the default vocabulary fits only the published size
-        src = default_tokenizer_dir()
     copied = []
     if src is not None:
         for name in TOKENIZER_FILES:

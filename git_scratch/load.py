@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -92,6 +93,13 @@ def load(path, device=None, dtype=None) -> GIT:
     return model.to(device=dev, dtype=dt).eval()
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The permissions a plain mkdir (directory) or open gives under the process's umask: 0o755 / 0o644 at 022."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def save(model: GIT, path: str | Path) -> None:
     """Write `config.json` + `model.safetensors`, the format `git_scratch.load` reads."""
     path = Path(path)
@@ -100,4 +108,5 @@ def save(model: GIT, path: str | Path) -> None:
     if model.config.text.tie_embeddings:
         state["lm_head.weight"] = state["lm_head.weight"].clone()  # safetensors refuses shared storage
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    (path / "model.safetensors").chmod(umask_mode())  # safetensors writes 0600; make it an ordinary file
     model.config.save(path / "config.json")

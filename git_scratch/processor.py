@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .constants import PREPROCESSOR_FILES
-from .tokenizer import Tokenizer
+from .config import TextConfig
+from .constants import PREPROCESSOR_FILES, VIDEO_EXTS
+from .tokenizer import Tokenizer, special_ids_disagree
 
 # GIT's published preprocessing: OpenAI CLIP statistics, 224 px, bicubic (Pillow code 3).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -155,6 +156,9 @@ def open_image(path, max_pixels: int | None = PILLOW_LIMIT):
     except Image.DecompressionBombError as e:
         raise ImageLoadError(p, f"over Pillow's decompression-bomb limit: {e}") from e
     except UnidentifiedImageError as e:
+        if p.suffix.lower() in VIDEO_EXTS:
+            raise ImageLoadError(p, f"a video file ({p.suffix}), not an image: caption videos with "
+                                    "`git-scratch video`") from e
         raise ImageLoadError(p, "not an image Pillow can read") from e
     except ImageLoadError:
         raise
@@ -269,6 +273,16 @@ def preprocess(im: Image.Image, cfg: ImageConfig) -> np.ndarray:
 # ----------------------------------------------------------------------------- processor
 
 
+def config_special_ids(path: Path) -> tuple[int, int, int] | None:
+    """(bos, eos, pad) from a git_scratch checkpoint's config.json; None where there is none to read."""
+    try:
+        text = json.loads((path / "config.json").read_text())["text"]
+        d = TextConfig()
+        return text.get("bos_id", d.bos_id), text.get("eos_id", d.eos_id), text.get("pad_id", d.pad_id)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 class BatchFeature(dict):
     """A dict of model inputs that also reads as attributes (`batch.pixel_values`) and moves with `.to()`."""
 
@@ -305,7 +319,8 @@ class Processor:
     def from_pretrained(cls, path, max_pixels: int | None = PILLOW_LIMIT) -> "Processor":
         """Read `preprocessor_config.json` or `processor_config.json` (GIT's defaults, with a warning, when
         neither is there) and the tokenizer
-        (`tokenizer.json` or `vocab.txt`; without either, images still work and text raises)."""
+        (`tokenizer.json` or `vocab.txt`; without either, images still work and text raises). Warns when the
+        tokenizer's [CLS]/[SEP]/[PAD] ids are not config.json's bos/eos/pad ids."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a checkpoint directory")
@@ -313,7 +328,11 @@ class Processor:
         if cfg is None:
             warnings.warn(no_preprocessing_settings(path), stacklevel=2)
         has_tok = (path / "tokenizer.json").exists() or (path / "vocab.txt").exists()
-        return cls(cfg, Tokenizer.from_pretrained(path) if has_tok else None, max_pixels, str(path))
+        tok = Tokenizer.from_pretrained(path) if has_tok else None
+        ids = config_special_ids(path)
+        if tok is not None and ids is not None and (why := special_ids_disagree(tok, *ids, path)):
+            warnings.warn(why, stacklevel=2)
+        return cls(cfg, tok, max_pixels, str(path))
 
     def pixel_values(self, images) -> np.ndarray:
         """One image or a list -> (B, 3, H, W) float32 array."""

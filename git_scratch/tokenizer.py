@@ -61,6 +61,25 @@ def build_wordpiece(vocab_file: Path, config: dict, specials: dict) -> _Backend:
     return tok
 
 
+def special_id_differences(tok: "Tokenizer", bos: int, eos: int, pad: int, config: str = "config.json") -> list[str]:
+    """Where the tokenizer numbers [CLS]/[SEP]/[PAD] otherwise than `config` numbers bos/eos/pad: one phrase each."""
+    pairs = (("cls_token", tok.cls_id, "bos", bos), ("sep_token", tok.sep_id, "eos", eos),
+             ("pad_token", tok.pad_id, "pad", pad))
+    return [f"{tok.specials[name]} is {a} in the tokenizer, {what} {b} in {config}" for name, a, what, b in pairs
+            if a != b]
+
+
+def special_ids_disagree(tok: "Tokenizer", bos: int, eos: int, pad: int, where) -> str | None:
+    """None when a checkpoint's tokenizer and config.json agree on the special ids, else the warning saying which
+    differ. Such a checkpoint starts, ends and pads text otherwise than its config says: captions start from the
+    tokenizer's [CLS], transformers' unprompted ones from the config's bos."""
+    said = special_id_differences(tok, bos, eos, pad)
+    if not said:
+        return None
+    return (f"{where}: the tokenizer and config.json disagree: {'; '.join(said)}. Prompts are built with the "
+            "tokenizer's ids and generation uses config.json's: correct whichever file is wrong")
+
+
 def clean_up_tokenization(text: str) -> str:
     """transformers' clean_up_tokenization: drop the space before punctuation and English contractions."""
     for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),

@@ -68,12 +68,20 @@ def sample_frames(source, n: int, max_pixels: int | None = PILLOW_LIMIT) -> list
         files = frame_files(path)
         if not files:
             raise ValueError(f"{path}: no frame images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
-        return [as_pil(files[i], max_pixels) for i in sample_indices(len(files), n)]
+        return [folder_frame(files[i], path, max_pixels) for i in sample_indices(len(files), n)]
     if not path.exists():
         raise ImageLoadError(path, "no such file")
     if path.suffix.lower() in IMAGE_EXTS:
         return image_frames(path, n, max_pixels)
     return video_frames(path, n)
+
+
+def folder_frame(file: Path, folder: Path, max_pixels: int | None) -> Image.Image:
+    """One frame of a frame folder; a bad one is named in the reason, since the input is the folder."""
+    try:
+        return as_pil(file, max_pixels)
+    except ImageLoadError as e:
+        raise ImageLoadError(folder, f"frame {file.name}: {e.reason}") from e
 
 
 def image_frames(path, n: int, max_pixels: int | None = PILLOW_LIMIT) -> list[Image.Image]:

@@ -1,9 +1,10 @@
 """The command line against hostile input and real files: every bad input a clear error, nothing lost, no file
 of the user's touched.
 
-Bombs of an extreme aspect ratio, one over-long question among good ones, an --output that is not ours,
-resume keyed by the real file and the settings, a locked --output, a corrupt tokenizer, a closed stdout and
-SIGTERM (the last two in a subprocess, as they happen).
+Bombs of an extreme aspect ratio (and the memory they cost), one over-long question among good ones, an
+--output that is not ours, resume keyed by the real file and the settings, a locked --output, a corrupt
+tokenizer, a closed stdout and SIGTERM (the last two in a subprocess, as they happen), a checkpoint whose
+tokenizer and config disagree, unusual but valid images and names, and the smaller messages of issue 11.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from PIL import Image
 from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records
 
 from git_scratch import batch, cli
+from git_scratch.load import umask_mode
 
 FAST = ("--max-new-tokens", "8", "--no-progress")
 GIF = "no_time_for_that_tiny.gif"  # 24 frames
@@ -70,6 +73,28 @@ def test_an_extreme_aspect_ratio_is_one_error_line_and_the_batch_goes_on(ckpt, t
     assert error_lines(err) == [f"error: {line}: 600000x1 would be resized to 19200000x32 = 614400000 pixels, "
                                 f"over the budget of {Image.MAX_IMAGE_PIXELS} (an extreme aspect ratio)"]
     assert [r["input"] for r in records(out) if "error" not in r] == [str(good)]
+
+
+# ru_maxrss of a wrapper's children: the peak of the CLI process alone, not of pytest or its other children.
+PEAK_RSS = ("import resource, subprocess, sys; "
+            "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+            "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+# The bound: a whole caption run with the tiny checkpoint (torch, the model, the 30,522-word tokenizer) peaks at
+# about 360 MB on the 2-core CI machine, on a good photo and on this file alike. Resizing this file would allocate
+# 19,200,000 x 32 pixels: 2.3 GiB in Pillow's 4-bytes-a-pixel RGB buffer alone, before numpy's copy. 1.5 GiB
+# leaves 4x room over the measured run (another torch build, allocator) and is still under that buffer.
+RSS_BOUND = 1536 * 2**20
+
+
+def test_the_extreme_aspect_file_costs_no_more_memory_than_a_photo(ckpt, tmp_path):
+    line = tmp_path / "line.png"
+    Image.new("L", (600_000, 1), 128).save(line)
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS, *cli_command(), "caption", str(line), "-c", str(ckpt), *FAST],
+                       capture_output=True, text=True, env=cli_env(), timeout=120)
+    rc, peak = map(int, r.stdout.split())
+    peak *= 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    assert rc == 1 and r.stderr.splitlines()[0].startswith(f"error: {line}: 600000x1 would be resized to "), r.stderr
+    assert peak < RSS_BOUND, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
 # ---------------------------------------------------------------- 2. each question on its own
@@ -335,3 +360,111 @@ def test_a_transformers_5_processor_config_sets_the_preprocessing(ckpt, tmp_path
     b = main(capsys, "caption", photo("coffee.png"), "-c", moved, "--json", *FAST)
     assert (a[0], b[0], b[2]) == (0, 0, "")  # no warning: the settings were found
     assert records(a[1])[0]["ids"] == records(b[1])[0]["ids"] and records(a[1])[0]["score"] == records(b[1])[0]["score"]
+
+
+# ---------------------------------------------------------------- 7. a checkpoint that disagrees with itself
+def test_a_tokenizer_that_disagrees_with_the_config_is_named_at_load(ckpt, tmp_path, capsys):
+    odd = shutil.copytree(ckpt, tmp_path / "ckpt")
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["text"].update(bos_id=1, pad_id=5)
+    (odd / "config.json").write_text(json.dumps(cfg))
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", odd, *FAST)
+    assert rc == 0 and len(out.splitlines()) == 1
+    assert err == (f"warning: {odd}: the tokenizer and config.json disagree: [CLS] is 101 in the tokenizer, bos 1 in "
+                   "config.json; [PAD] is 0 in the tokenizer, pad 5 in config.json. Prompts are built with the "
+                   "tokenizer's ids and generation uses config.json's: correct whichever file is wrong\n")
+
+
+# ---------------------------------------------------------------- files already handled, through the command line
+def test_unusual_but_valid_images_and_names_are_each_captioned(ckpt, tmp_path, capsys):
+    import numpy as np
+
+    d = tmp_path / "odd"
+    d.mkdir()
+    coffee = Image.open(photo("coffee.png"))
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(d / "one.png")  # 1x1
+    Image.fromarray((np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)).save(d / "sixteen.png")  # I;16
+    coffee.convert("CMYK").save(d / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    coffee.save(d / "exif.jpg", exif=exif)
+    coffee.save(d / "café ☕.png")
+    coffee.save(d / "new\nline.png")
+    assert Image.open(d / "sixteen.png").mode == "I;16" and Image.open(d / "cmyk.jpg").mode == "CMYK"
+    rc, out, err = main(capsys, "caption", d, "-c", ckpt, "--json", *FAST)
+    assert (rc, err) == (0, "")
+    assert sorted(r["input"] for r in records(out) if "text" in r) == sorted(str(p) for p in d.iterdir())
+
+
+# ---------------------------------------------------------------- 10. the smaller ones
+@pytest.mark.parametrize("args,message", [
+    (("--bogus",), "unrecognized arguments: --bogus"),
+    (("--max-new-tokens", "abc"), "argument --max-new-tokens: invalid int value: 'abc'"),
+    (("--temperature", "warm"), "argument --temperature: invalid float value: 'warm'"),
+    (("--seed", "3"), "--seed needs --sample: without it decoding is greedy (or beam search) and it would be ignored"),
+    (("--temperature", "0.5", "--top-k", "5", "--top-p", "0.9"), "--temperature, --top-k, --top-p need --sample: "
+     "without it decoding is greedy (or beam search) and they would be ignored"),
+    (("--max-new-tokens", "65"), "--max-new-tokens 65 cannot be reached: {ckpt} has 64 text positions "
+     "(max_position_embeddings), so at most 64 new tokens after [CLS], fewer after a question"),
+])
+def test_option_errors_are_one_usage_error_of_the_subcommand_before_any_input(ckpt, capsys, args, message):
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), photo("chelsea.png"), "-c", ckpt, *args)
+    assert (rc, out) == (2, "")
+    assert err.startswith("usage: git-scratch caption ")  # the subcommand's usage, not the top level's
+    assert err.splitlines()[-1] == f"git-scratch caption: error: {message.format(ckpt=ckpt)}"
+    assert not error_lines(err)  # one error up front, none per input
+
+
+def test_the_most_new_tokens_the_checkpoint_has_room_for_run(ckpt, capsys):
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "--max-new-tokens", "64", "--json",
+                        "--no-progress")
+    assert (rc, err) == (0, "") and len(records(out)) == 1
+
+
+def test_a_checkpoint_option_naming_a_file_says_so(ckpt, capsys):
+    rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt / "config.json", *FAST)
+    assert (rc, out) == (2, "")
+    assert err.splitlines()[-1] == (f"git-scratch caption: error: --checkpoint {ckpt / 'config.json'} is a file; pass "
+                                    "the checkpoint directory, the folder that holds config.json and model.safetensors")
+
+
+def test_converting_a_converted_checkpoint_suggests_to_hf(ckpt, tmp_path, capsys):
+    rc, out, err = main(capsys, "convert", ckpt, tmp_path / "out")
+    assert (rc, out) == (2, "") and not (tmp_path / "out").exists()
+    assert err == (f"error: {ckpt} is already a git_scratch checkpoint; to convert it back to Hugging Face format, "
+                   "pass --to-hf\n")
+
+
+def test_a_video_file_given_to_caption_suggests_video(ckpt, tmp_path, capsys):
+    av = pytest.importorskip("av", reason="PyAV not installed (pip install av)")
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as f:  # a real video file: Pillow cannot read it
+        stream = f.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(5):
+            f.mux(stream.encode(av.VideoFrame.from_image(Image.new("RGB", (64, 48), (40 * i, 0, 0)))))
+        f.mux(stream.encode())
+    rc, out, err = main(capsys, "caption", clip, photo("coffee.png"), "-c", ckpt, "--json", *FAST)
+    assert rc == 1 and [r["input"] for r in records(out) if "text" in r] == [str(photo("coffee.png"))]
+    assert error_lines(err) == [f"error: {clip}: a video file (.mp4), not an image: caption videos with "
+                                "`git-scratch video`"]
+
+
+def test_a_zero_byte_frame_is_reported_by_its_own_name(tmp_path, capsys):
+    video_ckpt = build_checkpoint(tmp_path / "video", video=True)[1]
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(1, 7):
+        shutil.copy(photo("coffee.png"), frames / f"f{i}.png")
+    (frames / "f2.png").write_bytes(b"")  # three of six frames are sampled: f2, f4, f6 (indices 1, 3, 5)
+    rc, out, err = main(capsys, "video", frames, "-c", video_ckpt, *FAST)
+    assert (rc, out) == (1, "")
+    assert error_lines(err) == [f"error: {frames}: frame f2.png: empty file (0 bytes)"]
+
+
+def test_convert_and_init_write_directories_with_the_same_permissions(hf_ckpt, tmp_path, capsys):
+    assert main(capsys, "convert", hf_ckpt, tmp_path / "converted")[0] == 0
+    assert main(capsys, "init", tmp_path / "fresh", "--preset", "tiny")[0] == 0
+    for d in (tmp_path / "converted", tmp_path / "fresh"):  # what a plain mkdir and open give: 0755 / 0644 at umask 022
+        assert d.stat().st_mode & 0o777 == umask_mode(directory=True), d
+        assert {f.name: f.stat().st_mode & 0o777 for f in d.iterdir()} == {f.name: umask_mode() for f in d.iterdir()}

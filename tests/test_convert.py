@@ -71,11 +71,12 @@ def test_source_directory_is_never_modified(tiny, tmp_path):
 
 def test_tokenizer_files_are_copied(tiny, tmp_path):
     src = copy_hf(tiny, tmp_path)
-    (src / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    vocab = "[PAD]\n[CLS]\n[SEP]\n[UNK]\n"  # the tiny config's pad, bos, eos ids: 0, 1, 2
+    (src / "vocab.txt").write_text(vocab)
     (src / "preprocessor_config.json").write_text("{}")
     summary = convert(src, tmp_path / "out")
     assert summary["copied"] == ["vocab.txt", "preprocessor_config.json"]
-    assert (tmp_path / "out" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
+    assert (tmp_path / "out" / "vocab.txt").read_text() == vocab
     assert summary["warnings"] == []
 
 
@@ -86,6 +87,8 @@ def test_transformers_5_processor_config_is_copied_and_read(tiny, tmp_path):
     src = copy_hf(tiny, tmp_path)
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "bos_token_id": 2, "eos_token_id": 3}))  # as the tokenizer's
     images = CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 24})
     GitProcessor(images, BertTokenizerFast(vocab_file=str(vocab))).save_pretrained(src)
     assert (src / "processor_config.json").is_file() and not (src / "preprocessor_config.json").exists()
@@ -184,7 +187,8 @@ def expect_failure(src, dst, match):
 
 def test_missing_key_is_named(tiny, tmp_path):
     src = copy_hf(tiny, tmp_path, lambda s: s.pop("git.encoder.layer.1.output.dense.bias"))
-    expect_failure(src, tmp_path / "out", r"missing 1 git_scratch parameter\(s\): blocks\.1\.mlp\.fc2\.bias")
+    expect_failure(src, tmp_path / "out", r"missing 1 git_scratch parameter\(s\): blocks\.1\.mlp\.fc2\.bias "
+                                          r"\(Hugging Face git\.encoder\.layer\.1\.output\.dense\.bias\)$")
 
 
 def test_extra_key_is_named(tiny, tmp_path):
@@ -230,6 +234,44 @@ def test_unknown_activation_is_an_error(tiny, tmp_path):
     cfg["hidden_act"] = "mish_v9"
     (src / "config.json").write_text(json.dumps(cfg))
     expect_failure(src, tmp_path / "out", r"unknown activation 'mish_v9'")
+
+
+def test_a_config_that_is_not_a_json_object_is_named(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path)
+    (src / "config.json").write_text("[1, 2]")
+    expect_failure(src, tmp_path / "out", r"config\.json: not a checkpoint config \(a JSON list, not an object\)$")
+
+
+def test_a_destination_under_a_file_is_named(tiny, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConversionError) as info:
+        convert(tiny.hf_dir, tmp_path / "notes.txt" / "out")
+    notes = tmp_path / "notes.txt"
+    assert str(info.value) == f"cannot write {notes / 'out'}: {notes} is a file, not a directory"
+    assert notes.read_text() == "mine"
+
+
+SPECIALS_FIRST = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]  # [CLS] = 2, [SEP] = 3; the tiny config: 1, 2
+
+
+def test_a_tokenizer_that_disagrees_with_the_config_converts_with_a_warning(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path)
+    (src / "vocab.txt").write_text("\n".join(SPECIALS_FIRST) + "\n")
+    summary = convert(src, tmp_path / "out")
+    assert summary["warnings"][0] == (
+        f"{src}: the tokenizer and config.json disagree: [CLS] is 2 in the tokenizer, bos 1 in config.json; [SEP] is "
+        "3 in the tokenizer, eos 2 in config.json. Prompts are built with the tokenizer's ids and generation uses "
+        "config.json's: correct whichever file is wrong")
+    with pytest.warns(UserWarning) as caught:  # and again each time the converted checkpoint is loaded
+        git_scratch.Processor.from_pretrained(tmp_path / "out")
+    assert summary["warnings"][0].replace(str(src), str(tmp_path / "out")) in [str(w.message) for w in caught]
+
+
+def test_an_unreadable_tokenizer_is_refused(tiny, tmp_path):
+    src = copy_hf(tiny, tmp_path)
+    (src / "tokenizer.json").write_text('{"version": "1.0", "truncated')
+    expect_failure(src, tmp_path / "out", r"tokenizer\.json: not a tokenizer file the tokenizers library can read "
+                                          r"\(.+\); the converted checkpoint could not turn ids into text$")
 
 
 def test_existing_destination_is_kept_unless_overwrite(tiny, tmp_path):

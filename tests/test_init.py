@@ -57,3 +57,24 @@ def test_init_command_then_caption_runs_end_to_end(tmp_path):
                                 "--max-new-tokens", "5"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert '"ids": [101' in out.stdout  # the caption starts at [CLS]
+
+
+@pytest.mark.parametrize("source,reason", [
+    ("missing", "no such directory"),
+    ("empty", "no tokenizer.json or vocab.txt in it"),
+    ("too big", "its tokenizer has 30522 tokens, the tiny preset 99; choose a preset of its vocabulary size"),
+    ("other ids", "its special tokens do not fit the tiny preset: [CLS] is 2 in the tokenizer, bos 1 in the tiny "
+                  "preset; [SEP] is 3 in the tokenizer, eos 2 in the tiny preset"),
+])
+def test_init_refuses_tokenizer_files_it_cannot_use_and_writes_nothing(tmp_path, capsys, source, reason):
+    from _cli_helpers import vocab_dir
+
+    from git_scratch import cli
+
+    src = {"missing": tmp_path / "nonexistent", "empty": tmp_path, "too big": vocab_dir(),
+           "other ids": tmp_path / "vocab"}[source]
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) + "\n")
+    rc = cli.main(["init", str(tmp_path / "ckpt"), "--preset", "tiny", "--tokenizer-from", str(src)])
+    assert (rc, capsys.readouterr().err) == (2, f"error: --tokenizer-from {src}: {reason}\n")
+    assert not (tmp_path / "ckpt").exists()

@@ -9,7 +9,7 @@ from git_scratch.constants import DTYPE_NAMES
 
 EXAMPLES = """\
 examples:
-  # a Hugging Face checkpoint you downloaded (e.g. huggingface-cli download microsoft/git-base-coco --local-dir git-base-coco)
+  # a Hugging Face checkpoint you downloaded (e.g. hf download microsoft/git-base-coco --local-dir git-base-coco)
   python -m weights_convert git-base-coco ckpt/git-base-coco
   # half the disk, weights stored as bfloat16
   python -m weights_convert git-base-coco ckpt/git-base-coco-bf16 --dtype bfloat16

@@ -19,9 +19,10 @@ from safetensors.torch import load_file, save_file
 
 from git_scratch.config import GitConfig
 from git_scratch.constants import PREPROCESSOR_FILES, TOKENIZER_FILES
-from git_scratch.load import DTYPES
+from git_scratch.load import DTYPES, umask_mode
 from git_scratch.model import GIT
 from git_scratch.processor import no_preprocessing_settings
+from git_scratch.tokenizer import Tokenizer, special_ids_disagree
 
 from .hf_config import config_from_hf, config_to_hf
 from .mapping import DROPPED, NAME_MAP
@@ -74,9 +75,11 @@ def rename(keys, table: dict[str, str], dropped=()) -> dict[str, str]:
     return out
 
 
-def check_complete(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], what: str) -> None:
-    """Every expected parameter present, nothing extra, every shape equal. Errors name the keys."""
-    missing = set(expected) - set(state)
+def check_complete(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], what: str,
+                   source_name=None) -> None:
+    """Every expected parameter present, nothing extra, every shape equal. Errors name the keys (a missing one
+    also by `source_name(key)`, the name it has in the file being converted)."""
+    missing = {f"{k} ({source_name(k)})" if source_name else k for k in set(expected) - set(state)}
     extra = set(state) - set(expected)
     wrong = [
         f"{k} {tuple(state[k].shape)} != expected {tuple(expected[k])}"
@@ -105,8 +108,17 @@ def hf_to_ours(hf_state: dict[str, torch.Tensor], cfg: GitConfig) -> dict[str, t
     ours = {names[k]: v for k, v in hf_state.items() if k in names}
     if cfg.text.tie_embeddings and "lm_head.weight" not in ours and "embed.tok_embed.weight" in ours:
         ours["lm_head.weight"] = ours["embed.tok_embed.weight"]  # tied checkpoints may omit the copy
-    check_complete(ours, expected_shapes(cfg), "git_scratch")
+    check_complete(ours, expected_shapes(cfg), "git_scratch", source_name=hf_name)
     return ours
+
+
+def hf_name(key: str) -> str:
+    """Our parameter name -> "Hugging Face NAME", the table read backwards."""
+    try:
+        return f"Hugging Face {rename([key], {dst: src for src, dst in NAME_MAP.items()})[key]}"
+    except ConversionError:
+        return "no Hugging Face name"
+
 
 
 def ours_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,9 +133,24 @@ def read_config(src: Path) -> dict:
     if not path.is_file():
         raise ConversionError(f"{src}: no config.json (is this a checkpoint directory?)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{path}: not a checkpoint config (a JSON {type(cfg).__name__}, not an object)")
+    return cfg
+
+
+def check_tokenizer(src: Path, cfg: GitConfig) -> str | None:
+    """A warning when the tokenizer's special ids are not the config's; ConversionError when it cannot be read."""
+    if not any((src / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        return None
+    try:
+        tok = Tokenizer.from_pretrained(src)
+    except (ValueError, OSError) as e:
+        why = " ".join(str(e).split())
+        raise ConversionError(f"{why}; the converted checkpoint could not turn ids into text") from None
+    return special_ids_disagree(tok, cfg.text.bos_id, cfg.text.eos_id, cfg.text.pad_id, src)
 
 
 def _read_one(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -186,10 +213,17 @@ def _write_atomically(dst: Path, fill, overwrite: bool) -> None:
         raise ConversionError(f"{dst} exists and is not a directory")
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ConversionError(f"{dst} already exists and is not empty (pass --overwrite to replace it)")
+    blocker = next((p for p in dst.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConversionError(f"cannot write {dst}: {blocker} is a file, not a directory")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
         fill(tmp)
+        # the permissions of `git-scratch init`'s checkpoints, not mkdtemp's 0700 and safetensors' 0600
+        tmp.chmod(umask_mode(directory=True))
+        for f in tmp.iterdir():
+            f.chmod(umask_mode())
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -231,6 +265,9 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
     hf_cfg = read_config(src)
 
     if not to_hf:
+        if hf_cfg.get("model_type") == "git_scratch":
+            raise ConversionError(f"{src} is already a git_scratch checkpoint; to convert it back to Hugging Face "
+                                  "format, pass --to-hf")
         try:
             cfg = config_from_hf(hf_cfg)
         except (ValueError, TypeError) as e:
@@ -256,6 +293,7 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
             state.pop("output.weight")  # transformers re-ties it on load
         config_out["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
 
+    mismatch = check_tokenizer(src, cfg)
     copied: list[str] = []
 
     def fill(tmp: Path) -> None:
@@ -263,8 +301,11 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
         (tmp / "config.json").write_text(json.dumps(config_out, indent=2) + "\n")
         copied.extend(_copy_tokenizer_files(src, tmp))
 
-    _write_atomically(dst, fill, overwrite)
-    warnings = []
+    try:
+        _write_atomically(dst, fill, overwrite)
+    except OSError as e:  # permissions, a full disk: one line, not a traceback
+        raise ConversionError(f"cannot write {dst}: {e.strerror or e}") from None
+    warnings = [mismatch] if mismatch else []
     if not any(name in copied for name in PREPROCESSOR_FILES):
         warnings.append(no_preprocessing_settings(src))
     return {"tensors": len(state), "dropped": sorted(set(source) & set(DROPPED)), "copied": copied,
