@@ -415,6 +415,15 @@ def test_option_errors_are_one_usage_error_of_the_subcommand_before_any_input(ck
     assert not error_lines(err)  # one error up front, none per input
 
 
+@pytest.mark.parametrize("argv", [("caption", "a.png"), ("vqa", "a.png", "-q", "why?"), ("video", "clip.mp4"),
+                                  ("convert", "src", "dst"), ("init", "dst"), ("eval", "shapes")])
+def test_an_unknown_option_is_reported_with_the_subcommands_usage(ckpt, capsys, argv):
+    rc, out, err = main(capsys, *argv, *(() if argv[0] in ("convert", "init") else ("-c", ckpt)), "--bogus")
+    assert (rc, out) == (2, "")
+    assert err.startswith(f"usage: git-scratch {argv[0]} ")
+    assert err.splitlines()[-1] == f"git-scratch {argv[0]}: error: unrecognized arguments: --bogus"
+
+
 def test_the_most_new_tokens_the_checkpoint_has_room_for_run(ckpt, capsys):
     rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "--max-new-tokens", "64", "--json",
                         "--no-progress")
