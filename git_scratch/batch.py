@@ -5,6 +5,10 @@ Each batch is loaded (a bad file becomes an error record, never an exception), e
 prompt (the caption prompt, or each question) is generated from those image tokens; a question the model
 cannot take fails alone. Records are appended and flushed one line at a time, so `--output` is also the
 resume log (results.py: which file it may be, what a result is keyed by, the lock).
+
+With --sample --seed S every (input, question) draws from its own generator seeded with S, and seeded inputs
+run one at a time, so a sample depends on S and that input only: not on the batch, its neighbours or the rank.
+Text output keeps one result per line: a name that would break the line is shown escaped (`printable`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,19 @@ def shorten(question: str, words: int = 8) -> str:
     return f"{' '.join(parts[:words])[:80]!r}... ({len(parts)} words)"
 
 
+def printable(name: str) -> str:
+    """An input name (or question) as a text or error line shows it: as it is, or as Python's repr() when it
+    holds a character that is not printable (a newline or tab, any other control or separator character, a
+    byte that is not UTF-8) or starts with a quote. So each result stays one line, and a field that starts
+    with a quote is always a repr (ast.literal_eval gives the name back). --json and --output are exact."""
+    return repr(name) if not name.isprintable() or name.startswith(("'", '"')) else name
+
+
+def line_start(input: str, question: str | None) -> str:
+    """How a text result line starts: "INPUT<TAB>", or "INPUT<TAB>QUESTION<TAB>"; the text follows."""
+    return "".join(printable(field) + "\t" for field in (input, question) if field is not None)
+
+
 class Sink:
     """Records go to stdout (text or JSON), errors also to stderr, everything to --output (one flushed line each).
 
@@ -84,7 +101,12 @@ class Sink:
         self.held = [] if hold else None  # (record, inputs it settles, line to show)
 
     def _save(self, rec: dict) -> None:
-        line = json.dumps({**rec, "settings": self.settings}, ensure_ascii=False)
+        rec = {**rec, "settings": self.settings}
+        line = json.dumps(rec, ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not UTF-8 (its bytes held as surrogates): JSON's \udcXX
+            line = json.dumps(rec)  # escapes keep the line UTF-8, and json.loads gives the same name back
         if self.log:
             self.log.write(line)  # first: a reader that stops reading stdout loses nothing saved
         if self.json:
@@ -92,15 +114,14 @@ class Sink:
             sys.stdout.flush()
 
     def ok(self, item: Item, result: dict, streamed: bool = False) -> None:
-        q = result["question"]
-        line = None if streamed else "\t".join([item.input] + ([q] if q is not None else []) + [result["text"]])
+        line = None if streamed else line_start(item.input, result["question"]) + result["text"]
         self._put({"input": item.input, "file": item.key, **result}, 1, line)
 
     def error(self, item: Item, reason: str, questions=(None,), question: str | None = None) -> None:
         """An input that failed: as a whole (unreadable), or for one `question` (e.g. too long a prompt)."""
         about = f" (question {shorten(question)})" if question is not None else ""
         self._put({"input": item.input, "file": item.key, **({"question": question} if question is not None else {}),
-                   "error": reason}, len(questions), f"error: {item.input}{about}: {reason}")
+                   "error": reason}, len(questions), f"error: {printable(item.input)}{about}: {reason}")
 
     def _put(self, rec: dict, n: int, line: str | None) -> None:
         if self.held is None:
@@ -139,7 +160,7 @@ class Streamer:
 
     def __init__(self, tokenizer, input: str, question: str | None):
         self.tokenizer, self.ids, self.shown = tokenizer, [], ""
-        sys.stdout.write("\t".join([input] + ([question] if question is not None else [])) + "\t")
+        sys.stdout.write(line_start(input, question))
         sys.stdout.flush()
 
     def add(self, token) -> None:
@@ -167,15 +188,8 @@ class Runner:
     """One loaded model + processor; runs batches of inputs through encode-once, generate-per-prompt."""
 
     def __init__(self, args, model, processor, sink: Sink, video: bool):
-        import torch
-
-        from . import distributed
-
         self.args, self.model, self.processor, self.sink, self.video = args, model, processor, sink, video
         self.max_pixels = processor.max_pixels  # the decompression-bomb budget, for video frames too
-        self.generator = None
-        if args.seed is not None:  # under torchrun each rank samples its own draws: seed + rank
-            self.generator = torch.Generator(model.device).manual_seed(args.seed + distributed.rank())
 
     def load(self, item: Item):
         """(3, H, W) pixels of an image, (F, 3, H, W) of a video; raises with the reason on bad input."""
@@ -198,14 +212,18 @@ class Runner:
 
     def generate(self, image, question: str | None, stream: Item | None = None) -> list[dict]:
         """Records for each row of `image` (R, N, D), all given the same prompt."""
+        import torch
+
         from .generate import generate
 
         a, tok = self.args, self.processor.tokenizer
         prompt = self.prompt(question)  # (1, T): generate uses it for every row
         printer = Streamer(tok, stream.input, question) if stream else None
+        # --seed: draws of their own for this prompt, the same whatever ran before (one row: see run)
+        generator = None if a.seed is None else torch.Generator(self.model.device).manual_seed(a.seed)
         out = generate(self.model, image=image, input_ids=prompt, max_new_tokens=a.max_new_tokens,
                        num_beams=a.num_beams, do_sample=a.sample, temperature=a.temperature, top_k=a.top_k,
-                       top_p=a.top_p, generator=self.generator, return_scores=True,
+                       top_p=a.top_p, generator=generator, return_scores=True,
                        on_token=printer.add if printer else None)
         T, recs = prompt.shape[1], []
         for seq, n, logprob in zip(out.sequences.tolist(), out.lengths.tolist(), out.logprob.tolist()):
@@ -230,8 +248,10 @@ class Runner:
 
     def run(self, work: list[tuple[Item, list]]) -> None:
         """Fill batches with inputs that load; report the others as they come, in input order.
-        A question the model cannot take fails alone, with its own reason; the others still run."""
-        size = 1 if self.args.stream else self.args.batch_size
+        A question the model cannot take fails alone, with its own reason; the others still run.
+        Seeded sampling runs one input at a time: a generator is shared by the rows it samples, and a batch's
+        encoding may round differently from one image's, so a sample would depend on its batch."""
+        size = 1 if self.args.stream or self.args.seed is not None else self.args.batch_size
         bad = {q: why for q in dict.fromkeys(q for _, qs in work for q in qs) if (why := self.question_error(q))}
         batch = []
         for n, (item, questions) in enumerate(work):

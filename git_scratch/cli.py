@@ -107,7 +107,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "about 89 million; also the most an image may have once resized, so that a tiny image of "
                         "an extreme aspect ratio cannot grow to billions of pixels")
     r.add_argument("--batch-size", "-b", type=_positive(int), default=8, metavar="B",
-                   help="inputs per batch (default: 8)")
+                   help="inputs per batch (default: 8); under torchrun, per process")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="one JSON object per line on stdout (see output below)")
     o.add_argument("--output", "-o", metavar="FILE.jsonl",

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from .batch import printable
 from .constants import IMAGE_EXTS
 from .processor import PILLOW_LIMIT, ImageLoadError, as_pil, open_image, to_rgb
 
@@ -81,7 +82,7 @@ def folder_frame(file: Path, folder: Path, max_pixels: int | None) -> Image.Imag
     try:
         return as_pil(file, max_pixels)
     except ImageLoadError as e:
-        raise ImageLoadError(folder, f"frame {file.name}: {e.reason}") from e
+        raise ImageLoadError(folder, f"frame {printable(file.name)}: {e.reason}") from e  # one line, any name
 
 
 def image_frames(path, n: int, max_pixels: int | None = PILLOW_LIMIT) -> list[Image.Image]:

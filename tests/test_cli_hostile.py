@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -396,6 +397,47 @@ def test_unusual_but_valid_images_and_names_are_each_captioned(ckpt, tmp_path, c
     assert sorted(r["input"] for r in records(out) if "text" in r) == sorted(str(p) for p in d.iterdir())
 
 
+def test_a_name_that_would_break_a_line_is_shown_as_its_repr(ckpt, tmp_path, capsys, monkeypatch):
+    """Text output is one line per result, "INPUT<TAB>TEXT", whatever the file names: a name with a newline,
+    tab or other unprintable character (or one starting with a quote) is shown as Python's repr."""
+    import ast
+
+    monkeypatch.chdir(tmp_path)
+    names = ["new\nline.png", "tab\there.png", "'quoted'.png", "plain name ☕.png"]
+    for name in names:
+        shutil.copy(photo("coffee.png"), name)
+    Path("bad\rname.png").write_bytes(b"not an image")
+    rc, out, err = main(capsys, "caption", *names, "bad\rname.png", "-c", ckpt, *FAST)
+    assert rc == 1
+    shown = [line.split("\t")[0] for line in out.splitlines()]
+    assert shown == [repr(n) for n in names[:3]] + [names[3]]  # ordinary names as they are
+    assert [ast.literal_eval(s) for s in shown[:3]] == names[:3]  # a quoted field gives the name back
+    assert all(line.count("\t") == 1 for line in out.splitlines())
+    assert err.splitlines() == [f"error: {'bad' + chr(13) + 'name.png'!r}: not an image Pillow can read",
+                                "1 failure(s), each on an error line above"]
+    rc, out, _ = main(capsys, "caption", names[0], "bad\rname.png", "-c", ckpt, "--json", *FAST)
+    assert sorted(r["input"] for r in records(out)) == ["bad\rname.png", names[0]]  # JSON: the names exactly
+    # vqa: the question field too; --stream starts its line the same way
+    rc, out, _ = main(capsys, "vqa", names[0], "-q", "what is\tthis?", "-c", ckpt, *FAST)
+    assert out.startswith(f"{names[0]!r}\t{'what is' + chr(9) + 'this?'!r}\t") and out.count("\n") == 1
+    rc, out, _ = main(capsys, "caption", names[0], "-c", ckpt, "--stream", *FAST)
+    assert out.startswith(f"{names[0]!r}\t") and out.count("\n") == 1
+
+
+def test_a_name_that_is_not_utf8_is_escaped_and_resumes(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: Python holds the \xe9 as the surrogate \udce9
+    try:
+        shutil.copy(photo("coffee.png"), name)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    rc, out, err = main(capsys, "caption", name, "-c", ckpt, "-o", "out.jsonl", *FAST)
+    assert (rc, err) == (0, "") and out.startswith("'caf\\udce9.png'\t")
+    assert '"input": "caf\\udce9.png"' in Path("out.jsonl").read_text(encoding="utf-8")  # valid UTF-8 JSON
+    assert main(capsys, "caption", name, "-c", ckpt, "-o", "out.jsonl", *FAST) == (
+        0, "", "resuming: 1 result(s) already in out.jsonl\n")  # json.loads gives the same name back
+
+
 # ---------------------------------------------------------------- 10. the smaller ones
 @pytest.mark.parametrize("args,message", [
     (("--bogus",), "unrecognized arguments: --bogus"),
@@ -422,6 +464,25 @@ def test_an_unknown_option_is_reported_with_the_subcommands_usage(ckpt, capsys, 
     assert (rc, out) == (2, "")
     assert err.startswith(f"usage: git-scratch {argv[0]} ")
     assert err.splitlines()[-1] == f"git-scratch {argv[0]}: error: unrecognized arguments: --bogus"
+
+
+def test_a_seeded_sample_depends_on_the_seed_and_its_input_alone(ckpt, capsys):
+    """Not on the inputs that share its batch, the batch size, or the questions asked before it."""
+    a, b, c = (str(photo(p)) for p in ("coffee.png", "astronaut.png", "chelsea.png"))
+    sample = ("-c", ckpt, "--sample", "--temperature", "2", "--json", *FAST)  # 2: every word is in play
+
+    def samples(*args) -> dict:
+        rc, out, err = main(capsys, *args, *sample)
+        assert (rc, err) == (0, "")
+        return {(r["input"], r["question"]): (r["text"], r["ids"]) for r in records(out)}
+
+    alone = samples("caption", a, "--seed", "7")[a, None]
+    assert samples("caption", b, a, c, "--seed", "7")[a, None] == alone  # second of a batch of 3
+    assert samples("caption", b, a, c, "--seed", "7", "-b", "1")[a, None] == alone
+    assert samples("caption", a, "--seed", "8")[a, None] != alone
+    q = "what is this?"
+    asked = samples("vqa", a, "-q", q, "--seed", "7")[a, q]
+    assert samples("vqa", b, a, "-q", "who?", "-q", q, "--seed", "7")[a, q] == asked != alone
 
 
 def test_the_most_new_tokens_the_checkpoint_has_room_for_run(ckpt, capsys):
@@ -469,6 +530,9 @@ def test_a_zero_byte_frame_is_reported_by_its_own_name(tmp_path, capsys):
     rc, out, err = main(capsys, "video", frames, "-c", video_ckpt, *FAST)
     assert (rc, out) == (1, "")
     assert error_lines(err) == [f"error: {frames}: frame f2.png: empty file (0 bytes)"]
+    (frames / "f2.png").rename(frames / "f2\n.png")  # still the second frame in name order
+    rc, out, err = main(capsys, "video", frames, "-c", video_ckpt, *FAST)
+    assert error_lines(err) == [f"error: {frames}: frame {'f2' + chr(10) + '.png'!r}: empty file (0 bytes)"]
 
 
 def test_convert_and_init_write_directories_with_the_same_permissions(hf_ckpt, tmp_path, capsys):

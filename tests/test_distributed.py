@@ -171,6 +171,18 @@ def test_sharded_captions_are_one_process_captions_each_input_once(one_process, 
     assert r.stderr.count("z-bad.png") == 1 and r.stderr.count("1 failure(s)") == 1  # rank 0 alone speaks
 
 
+def test_sharded_seeded_samples_are_one_process_samples(one_process, images, tmp_path, capsys):
+    """Each input's sample depends on --seed and that input alone, not on which rank or batch ran it."""
+    ckpt, greedy = one_process
+    sample = ("--sample", "--temperature", "2", "--seed", "5")  # 2: samples that stray from the greedy words
+    code, out, _ = in_process(capsys, "caption", images, "-c", ckpt, *CAPTION, *sample)
+    r = torchrun("caption", images, "-c", ckpt, *CAPTION, *sample)
+    assert code == r.returncode == 1  # z-bad.png
+    one, two = by_file(records(out)), by_file(records(r.stdout))
+    assert len(two) == 8 and two == one
+    assert any(one[f]["ids"] != g["ids"] for f, g in by_file(greedy).items() if "ids" in g)  # it did sample
+
+
 def test_sharded_captioning_resumes_without_doing_anything_twice(one_process, images, tmp_path):
     """A run killed after 3 results (its last record cut short) is finished by 2 ranks."""
     ckpt, expected = one_process
