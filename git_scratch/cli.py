@@ -34,6 +34,8 @@ exit codes:
 OUTPUT_FORMAT = """\
 output:
   text (default): one line per result, "INPUT<TAB>TEXT" (vqa and video with questions: "INPUT<TAB>QUESTION<TAB>TEXT").
+  A name or question holding a newline, tab or other unprintable character, or starting with a quote, is
+  shown as Python's repr there and in "error:" lines (--json keeps it exactly).
   --json: one JSON object per line: {"input": path as given, "file": its resolved path, "question": str or
   null, "text": generated text without the prompt, "ids": token ids with the prompt and without padding,
   "score": see below, "settings": what changes the result (checkpoint fingerprint, dtype, decoding)};
@@ -97,7 +99,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, metavar="K",
                    help="with --sample: keep the K most likely tokens (default: 0, all)")
     g.add_argument("--top-p", type=float, metavar="P", help="with --sample: nucleus sampling (default: 1.0, off)")
-    g.add_argument("--seed", type=int, help="random seed for --sample, for reproducible output")
+    g.add_argument("--seed", type=int, help="random seed for --sample: each input's sample depends only on the seed and that input")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
     r.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
