@@ -1,4 +1,7 @@
-"""python -m weights_convert SRC DST  (also: git-scratch convert SRC DST, which runs this file's main)."""
+"""python -m weights_convert SRC DST  (also: git-scratch convert SRC DST, which runs this file's main).
+
+SRC is a Hugging Face checkpoint directory, or the original GIT's model.pt with --config or --preset.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ examples:
   python -m weights_convert git-base-coco ckpt/git-base-coco-bf16 --dtype bfloat16
   # back to Hugging Face, loadable with transformers.GitForCausalLM.from_pretrained
   python -m weights_convert ckpt/git-base-coco hf/git-base-coco --to-hf
+  # the original GIT's model.pt (github.com/microsoft/GenerativeImage2Text), its shape from a Hugging Face
+  # config.json (tokenizer and preprocessing files beside it are copied too) or from a preset
+  python -m weights_convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --config git-base-coco/config.json
+  python -m weights_convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --preset git-base-coco
 """
 EXIT_CODES = {  # by the code a failed conversion exits with: 1 here, 2 (with usage errors) in git-scratch
     1: "\nexit codes:\n  0  converted\n  1  the source cannot be converted (the error line says why)\n"
@@ -24,14 +31,20 @@ EXIT_CODES = {  # by the code a failed conversion exits with: 1 here, 2 (with us
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="source checkpoint directory (Hugging Face GIT, or git_scratch with --to-hf)")
+    p.add_argument("src", help="source checkpoint directory (Hugging Face GIT, or git_scratch with --to-hf), or the "
+                               "original GIT's model.pt (with --config or --preset)")
     p.add_argument("dst", help="destination directory; written atomically, created if missing")
     p.add_argument("--dtype", choices=DTYPE_NAMES, help="cast floating-point weights")
     p.add_argument("--to-hf", action="store_true", help="convert a git_scratch checkpoint back to Hugging Face")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--config", metavar="CONFIG.json",
+                       help="original model.pt: its shape, from a Hugging Face GIT config.json")
+    shape.add_argument("--preset", metavar="NAME",
+                       help="original model.pt: its shape, from a preset (e.g. git-base-coco)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="read a pytorch_model.bin that holds more than tensors (pickled Python objects, which can "
-                        "run any code while loading); only for a file from a source you trust")
+                   help="read a pytorch_model.bin or model.pt that holds more than tensors (pickled Python objects, "
+                        "which can run any code while loading); only for a file from a source you trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,14 +53,18 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, overwrite=args.overwrite,
-                          trust_pickle=args.trust_pickle)
+                          trust_pickle=args.trust_pickle, config=args.config, preset=args.preset)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    direction = "git_scratch -> Hugging Face" if args.to_hf else "Hugging Face -> git_scratch"
+    direction = ("original GIT -> git_scratch" if summary["original"] else
+                 "git_scratch -> Hugging Face" if args.to_hf else "Hugging Face -> git_scratch")
     print(f"converted {args.src} -> {args.dst} ({direction}): {summary['tensors']} tensors", file=sys.stderr)
+    if summary["original"]:
+        print("  LM head tied to the word embedding, as the original builds it", file=sys.stderr)
     if summary["dropped"]:
-        print(f"  dropped non-persistent buffers: {', '.join(summary['dropped'])}", file=sys.stderr)
+        what = "unused by GIT" if summary["original"] else "non-persistent buffers"
+        print(f"  dropped ({what}): {', '.join(summary['dropped'])}", file=sys.stderr)
     copied = ", ".join(summary["copied"]) or "none found (captioning needs tokenizer.json or vocab.txt)"
     print(f"  tokenizer/processor files copied: {copied}", file=sys.stderr)
     for warning in summary["warnings"]:
@@ -59,7 +76,8 @@ def build_parser(prog: str = "python -m weights_convert", failed: int = 1) -> ar
     """The converter's parser; `git-scratch convert` builds it with its own name and exit code for failures."""
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Convert a Hugging Face GIT checkpoint into a git_scratch checkpoint directory (or back).",
+        description="Convert a Hugging Face GIT checkpoint, or the original GIT's model.pt, into a git_scratch "
+                    "checkpoint directory (or a git_scratch checkpoint back to Hugging Face).",
         epilog=EXAMPLES.replace("python -m weights_convert", prog) + EXIT_CODES[failed])
     add_arguments(p)
     return p

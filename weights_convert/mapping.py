@@ -44,6 +44,14 @@ NAME_MAP: dict[str, str] = {
     "output": "lm_head",
 }
 
+# Read, never written: transformers' earlier spelling, which its convert_git_to_pytorch.py wrote into the
+# video checkpoints it converted. transformers now names the parameter img_temporal_embedding and renames
+# nothing on load: it reports the old keys as unexpected and leaves the temporal embeddings uninitialised
+# (seen with 5.24). Kept apart from NAME_MAP so that NAME_MAP stays one-to-one (its inverse is --to-hf).
+HF_LEGACY: dict[str, str] = {
+    "git.img_temperal_embedding.{i}": "img_proj.temporal_embed.{i}",  # sic: "temperal"
+}
+
 # Source keys dropped on purpose: non-persistent buffers that older checkpoints (e.g. the published
 # microsoft/git-base-coco pytorch_model.bin) still carry. They hold arange() values, no learned weights.
 DROPPED: tuple[str, ...] = (
