@@ -8,7 +8,7 @@ resume log (results.py: which file it may be, what a result is keyed by, the loc
 
 With --sample --seed S every (input, question) draws from its own generator seeded with S, and seeded inputs
 run one at a time, so a sample depends on S and that input only: not on the batch, its neighbours or the rank.
-Text output keeps one result per line: a name that would break the line is shown escaped (`printable`).
+Text output keeps one result per line: a name that would break the line is shown escaped (`processor.printable`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IMAGE_EXTS
+from .processor import printable
 from .results import OutputError, ResultsFile, differences, resume_key, run_settings
 
 
@@ -73,14 +74,6 @@ def shorten(question: str, words: int = 8) -> str:
     if len(parts) <= words and len(question) <= 80:
         return repr(question)
     return f"{' '.join(parts[:words])[:80]!r}... ({len(parts)} words)"
-
-
-def printable(name: str) -> str:
-    """An input name (or question) as a text or error line shows it: as it is, or as Python's repr() when it
-    holds a character that is not printable (a newline or tab, any other control or separator character, a
-    byte that is not UTF-8) or starts with a quote. So each result stays one line, and a field that starts
-    with a quote is always a repr (ast.literal_eval gives the name back). --json and --output are exact."""
-    return repr(name) if not name.isprintable() or name.startswith(("'", '"')) else name
 
 
 def line_start(input: str, question: str | None) -> str:

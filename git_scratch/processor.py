@@ -50,6 +50,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PILLOW_LIMIT = -1  # max_pixels default: Pillow's Image.MAX_IMAGE_PIXELS, read at call time
 
 
+def printable(name: str) -> str:
+    """An input name (or question) as a text or error line shows it: as it is, or as Python's repr() when it
+    holds a character that is not printable (a newline or tab, any other control or separator character, a
+    byte that is not UTF-8) or starts with a quote. So each result stays one line, and a field that starts
+    with a quote is always a repr (ast.literal_eval gives the name back). --json and --output are exact."""
+    return repr(name) if not name.isprintable() or name.startswith(("'", '"')) else name
+
+
 class ImageLoadError(ValueError):
     """An image file that cannot be used; `str(err)` is one line naming the file and the reason."""
 

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .batch import printable
 from .constants import IMAGE_EXTS
-from .processor import PILLOW_LIMIT, ImageLoadError, as_pil, open_image, to_rgb
+from .processor import PILLOW_LIMIT, ImageLoadError, as_pil, open_image, printable, to_rgb
 
 
 def sample_indices(n_total: int, n: int) -> list[int]:

@@ -5,6 +5,7 @@ import json
 import pytest
 from PIL import Image
 
+from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset, load_dataset
 
 
@@ -106,3 +107,15 @@ def test_shapes_dataset_gives_captions_and_questions():
     assert image.size == (96, 96) and prompt == "" and " " in target
     assert both[1][1].endswith("?")
     assert ShapesDataset(4, "caption", offset=10)[0][2] == ShapesDataset(20)[10][2]
+
+
+def test_shapes_both_asks_every_kind_of_question_about_every_number_of_shapes():
+    """'both' asks on odd items only; the question must not follow the item's parity (an index of
+    (offset + i) % len(qa) never asked "how many shapes" about one shape)."""
+    data = ShapesDataset(3000, "both")
+    asked = set()
+    for i in range(1, len(data), 2):
+        seed, question, _ = data.describe(i)
+        asked.add((len(shapes.scene(seed)), " ".join(question.split()[:3])))
+    kinds = {"how many shapes", "what color is", "what size is", "what is left", "what shape is", "is there a"}
+    assert asked == {(n, k) for n in (1, 2, 3) for k in kinds}

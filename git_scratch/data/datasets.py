@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,10 @@ class ShapesDataset:
     def _text(self, i: int, caption: str, qa: list) -> tuple[str, str]:
         if self.task == "caption" or (self.task == "both" and i % 2 == 0):
             return "", caption
-        return qa[(self.offset + i) % len(qa)]
+        # NB: drawn from a hash of the seed, not indexed by it: with "both" only odd i ask, and an index
+        # (offset + i) % len(qa) would then never reach the even places of an even-length list (for one
+        # shape, "how many shapes" and "what size" would never be asked).
+        return qa[random.Random(f"question {self.offset + i}").randrange(len(qa))]
 
     def summary(self) -> str:
         return f"shapes ({self.task}): {self.n} samples from seed {self.offset}"
