@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(d)
 
     # Listed for the help only: main() hands `convert ...` to the converter's own parser before parsing.
-    sub.add_parser("convert", help="convert a Hugging Face GIT checkpoint (or back with --to-hf)", add_help=False)
+    sub.add_parser("convert", help="convert a Hugging Face or original GIT checkpoint (or back with --to-hf)", add_help=False)
 
     from .demo import add_parser as add_demo_parser
     from .evaluate import add_parser as add_eval_parser
