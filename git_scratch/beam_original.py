@@ -1,0 +1,145 @@
+"""The original GIT's beam search (microsoft/GenerativeImage2Text @ faae4fb, layers/decoder.py:
+GeneratorWithBeamSearch.search and BeamHypotheses), written anew over our KV cache.
+
+    K = 4 beams, 2K candidates a step, and one finished hypothesis kept per prompt, scored
+        sum of log-probs ([SEP] included) / ((5 + L) / 6) ** 0.6,   L = tokens before [SEP], [CLS] and prompt too
+    a prompt is done once   best finished score >= best candidate sum / ((5 + max_length - 1) / 6) ** 0.6
+    max_length counts every token ([CLS], prompt, [SEP]); a hypothesis that reaches it ends in [SEP] put
+    in place of its last new token, whose log-prob stays in the sum.
+
+It is not transformers' beam search (generate.beam_search); the README lists the differences.
+Shapes: the legend in model.py (P prompts, K beams, R = P * K rows, M most new tokens, V vocabulary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cache import why_inexact
+from .generate import NEG, Cached, Generation, Uncached, _take
+from .inputs import GenerationOptions, check_request, prompts
+
+
+def length_norm(L, alpha: float) -> torch.Tensor:
+    """GNMT's length normalisation as the original computes it (decoder.py:1313), in float64 as Python does."""
+    return (5 + torch.as_tensor(L, dtype=torch.float64)) ** alpha / 6.0**alpha
+
+
+@dataclass
+class OriginalBeams:
+    """P prompts x K running beams, and each prompt's best finished hypothesis (the original keeps one)."""
+
+    tokens: torch.Tensor  # (P, K, M) running beams' new tokens
+    logprobs: torch.Tensor  # (P, K, M) their per-token log-probs
+    score: torch.Tensor  # (P, K) float32 sums, as the original keeps them
+    best: torch.Tensor  # (P, M) best hypothesis' new tokens: [SEP] last, then [SEP] padding (decoder.py:1099)
+    best_logprobs: torch.Tensor  # (P, M) its per-token log-probs (at the length limit: the dropped token's last)
+    best_sum: torch.Tensor  # (P,) its summed log-prob
+    best_score: torch.Tensor  # (P,) float64 normalised score; -inf until one finishes
+    best_len: torch.Tensor  # (P,) its new tokens, [SEP] included
+    done: torch.Tensor  # (P,) bool, for good
+
+    @classmethod
+    def start(cls, P: int, K: int, M: int, eos: int, device=None) -> OriginalBeams:
+        tokens = torch.full((P, K, M), eos, dtype=torch.long, device=device)
+        logprobs = torch.zeros(P, K, M, device=device)
+        score = torch.zeros(P, K, device=device)
+        score[:, 1:] = NEG  # decoder.py:1119: the K copies of the prompt, so only the first expands at step 0
+        return cls(tokens, logprobs, score, tokens[:, 0].clone(), logprobs[:, 0].clone(), score[:, 0].clone(),
+                   torch.full((P,), float("-inf"), dtype=torch.float64, device=device),
+                   torch.zeros(P, dtype=torch.long, device=device), torch.zeros(P, dtype=torch.bool, device=device))
+
+
+def original_step(b: OriginalBeams, logprobs: torch.Tensor, t: int, lengths: torch.Tensor, max_length: int,
+                  eos: int, alpha: float) -> torch.Tensor:
+    """Advance `b` by new token t, given the beams' next-token log-probs (P*K, V) and prompt lengths (P,).
+
+    decoder.py:1128-1248, vectorised over prompts. Returns each running beam's source row (P*K,)."""
+    P, K, M = b.tokens.shape
+    V = logprobs.shape[-1]
+    top, idx = torch.topk((logprobs.view(P, K, V) + b.score[:, :, None]).view(P, K * V), 2 * K)  # (P, 2K) best first
+    # 1. done for good once the best hypothesis beats the best candidate even at the longest length (1187, 1341)
+    b.done |= b.best_score >= top[:, 0].double() / length_norm(max_length - 1, alpha)
+    src, tok = idx // V, idx % V
+    ends = (tok == eos) | (lengths + t + 1 == max_length)[:, None]  # (P, 2K): [SEP], or the length limit (1202)
+    tokens, lps = _take(b.tokens, src), _take(b.logprobs, src)  # (P, 2K, M)
+    tokens[:, :, t] = tok.masked_fill(ends, eos)  # NB: at the limit [SEP] replaces the token, its log-prob stays
+    lps[:, :, t] = logprobs.view(P, K * V).gather(1, idx)
+
+    # 2. candidates are taken best first until K have not ended; every ended one met on the way finishes,
+    # whatever its rank (1195-1211). NB: transformers lets only the top K finish, but with one hypothesis kept
+    # the same one wins: the first ended candidate (the rest share its L with lower sums), seen iff rank < K.
+    runs = (~ends).long()
+    finish = (runs.cumsum(1) - runs < K) & ends & ~b.done[:, None]  # (P, 2K)
+    # 3. L = lengths + t tokens precede the [SEP] (1204, 1320); only the best survives (n_hyp 1, early_stopping off)
+    score = (top.double() / length_norm(lengths + t, alpha)[:, None]).masked_fill(~finish, float("-inf"))
+    new, j = score.max(dim=1)  # (P,) the first best: the original adds best first, replaces only when better (1321)
+    better = new > b.best_score
+    rows = torch.arange(P, device=top.device)
+    b.best = torch.where(better[:, None], tokens[rows, j], b.best)
+    b.best_logprobs = torch.where(better[:, None], lps[rows, j], b.best_logprobs)
+    b.best_sum = torch.where(better, top[rows, j], b.best_sum)
+    b.best_score = torch.where(better, new, b.best_score)
+    b.best_len = torch.where(better, t + 1, b.best_len)
+
+    # 4. the first K candidates that did not end run on (at the limit every candidate ended: the prompt is done)
+    keep = torch.sort(ends.to(torch.uint8), dim=1, stable=True).indices[:, :K]  # (P, K)
+    b.tokens, b.logprobs, b.score = _take(tokens, keep), _take(lps, keep), _take(top, keep)
+    b.done |= lengths + t + 1 == max_length
+    return (_take(src, keep) + rows[:, None] * K).flatten()
+
+
+@torch.no_grad()
+def original_beam_search(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
+                         num_beams: int = 4, length_penalty: float = 0.6, max_length: int | None = None,
+                         eos_token_id: int | None = None, use_cache: bool = True) -> Generation:
+    """The original GIT's beam search: for each prompt its single best hypothesis, as a `Generation`.
+
+    Inputs as `generate` takes them (pixels or `image`, prompts as a tensor or lists, [CLS] by default).
+    `max_length`: most tokens per sequence, [CLS], prompt and [SEP] counted (the original's max_steps);
+    default the model's text positions, 1024 for every published checkpoint, as the original's.
+    NB: the stopping bound divides by the penalty at max_length: a larger one searches longer, even for
+    the same short answer (it never changes the answer: no candidate's score can rise above that bound).
+    `scores` is the normalised score (the original's "logprobs"), `logprob` the plain sum.
+
+        g = original_beam_search(model, pixels)             # captions: [CLS] ... [SEP]
+        g = original_beam_search(model, image=img, input_ids=[[101, *question_ids]])
+    """
+    if length_penalty <= 0:
+        raise ValueError(f"length_penalty must be > 0, as the original asserts; got {length_penalty}")
+    text, device = model.config.text, model.device
+    max_length = text.max_positions if max_length is None else max_length
+    o = GenerationOptions(max_new_tokens=1, num_beams=num_beams, eos_token_id=eos_token_id).resolve(text)
+    n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
+    ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, text.bos_id, o.pad, o.eos, device)
+    n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming=False)
+    if not int(lengths.max()) < max_length <= text.max_positions + 1:  # the last token is never fed back
+        raise ValueError(f"max_length counts [CLS] and the prompt: it must exceed the longest prompt "
+                         f"({int(lengths.max())} tokens) and be at most {text.max_positions + 1} (the model's "
+                         f"text positions + 1); got {max_length}")
+    if len(shown) == 1 and n_images > 1:  # one prompt for every image
+        ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
+    if image is None:
+        image = model.encode_image(pixel_values)
+
+    P, K = len(ids), num_beams
+    R, N, S = P * K, image.shape[1], max_length - 1  # text slots: every token but the last, never fed back
+    rows_len = lengths.repeat_interleave(K)  # (R,)
+    mask = model.mask(N, S, device=device)
+    cached = use_cache and not why_inexact(mask, N)
+    dec = Cached(model, image, R, mask) if cached else Uncached(model, image, R, S)
+    b = OriginalBeams.start(P, K, max_length - int(lengths.min()), o.eos, device)
+    zeros = torch.zeros(R, dtype=torch.long, device=device)
+    logits = dec.feed(ids.repeat_interleave(K, dim=0), zeros[:, None], rows_len - 1)  # (R, V)
+    for t in range(b.tokens.shape[-1]):
+        src = original_step(b, logits.float().log_softmax(dim=-1), t, lengths, max_length, o.eos, length_penalty)
+        if bool(b.done.all()):
+            break
+        dec.reorder(src)
+        # a finished prompt's rows run on unread (the original pads them); keep them inside the slots
+        logits = dec.feed(b.tokens[:, :, t].reshape(R, 1), (rows_len + t).clamp(max=S - 1)[:, None], zeros)
+    n = int(b.best_len.max())
+    sequences = torch.cat([shown.to(b.best.dtype), b.best[:, :n]], dim=1)
+    return Generation(sequences, b.best_score.float(), b.best_sum, b.best_logprobs[:, :n], b.best_len)
