@@ -11,7 +11,7 @@ Transformer"; LLaMA's MLP) is one module assigned to `block.mlp`: nothing in gen
 knows about it, yet `model.generate` runs it, because generation runs the model's own blocks. The script
 checks that: cached decoding must give exactly the ids of the uncached rollout (`use_cache=False`).
 
-    python examples/architecture.py                    # defaults: ~15 min on 2 CPU cores, all 3 models
+    python examples/architecture.py                    # defaults: ~18 min on 2 CPU cores, all 3 models
     python examples/architecture.py --steps 200 --eval-images 50 --out runs/arch-quick
 
 Change `VARIANTS` to compare your own idea; each run leaves its checkpoint and curves.png under --out.
