@@ -152,16 +152,14 @@ def crop_box(W: int, H: int, g: torch.Generator) -> tuple[int, int, int]:
     return (W - side) // 2, (H - side) // 2, side
 
 
-def collate(examples, processor: Processor, cfg: GitConfig, g: torch.Generator | None) -> dict:
+def collate(examples, processor: Processor) -> dict:
     """(image, prompt, target) triples -> pixel_values (B, 3, H, W), input_ids, attention_mask and
-    need_predict (B, T), right-padded. `g`: augment with random_resized_crop, else the processor's
-    resize and centre crop."""
+    need_predict (B, T), right-padded. Images go through the processor's resize and centre crop (training
+    crops them first, in next_share)."""
     tok = processor.tokenizer
     pixels, rows = [], []
     for image, prompt, target in examples:
         image = image.convert("RGB")
-        if g is not None:
-            image = random_resized_crop(image, cfg.vision.image_size, g)
         pixels.append(preprocess(image, processor.image_config))
         prompt_ids = tok.encode(prompt)[1:] if prompt else []  # encode() puts [CLS] first
         rows.append(example_ids(prompt_ids, tok.encode(target)[1:], tok.cls_id, tok.sep_id))
@@ -194,7 +192,7 @@ def mean_losses(model: GIT, data, processor: Processor, batch_size: int) -> dict
         items = [x for x in (data[i] for i in range(start, min(start + batch_size, len(data)))) if x is not None]
         if not items:
             continue
-        batch = {k: v.to(model.device) for k, v in collate(items, processor, model.config, None).items()}
+        batch = {k: v.to(model.device) for k, v in collate(items, processor).items()}
         for name in ("hf", "original"):
             totals[f"loss_{name}"] += batch_loss(model, batch, name).item()
         n += 1
@@ -318,7 +316,7 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
             for i in range(opts.accum):
                 examples = next_share(data, sampler, opts.batch_size, g if opts.augment else None,
                                       model.config.vision.image_size)
-                batch = collate(examples, processor, model.config, None)  # cropped already, if augmenting
+                batch = collate(examples, processor)  # cropped already, if augmenting
                 batch = {k: v.to(device) for k, v in batch.items()}
                 # Each rank's loss is a mean over its own predicted tokens (both losses count need_predict
                 # past [CLS]); weighed by its tokens over the mean rank's, DDP's mean over the ranks is

@@ -27,7 +27,7 @@ OPTS = TrainOptions(steps=4, batch_size=4, accum=2, lr=1e-3, warmup=1, save_ever
 
 def fixed_batch(n=16, seed=10_000):
     data = ShapesDataset(n, "both", offset=seed)
-    return collate([data[i] for i in range(n)], shapes.processor(), GitConfig.preset("shapes-tiny"), None)
+    return collate([data[i] for i in range(n)], shapes.processor())
 
 
 @torch.no_grad()
