@@ -168,6 +168,9 @@ def run_demo(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if processor.tokenizer is None:
+        print(f"error: {args.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint", file=sys.stderr)
+        return 2
     seed = args.seed if args.seed is not None else FRESH + random.randrange(10**9)
     records = predict(model, processor, range(seed, seed + args.n))
     s = score(records)

@@ -75,3 +75,12 @@ def test_demo_writes_a_contact_sheet(tmp_path, capsys):
 def test_demo_refuses_a_bad_count(capsys):
     assert cli.main(["demo", "--n", "0"]) == 2
     assert capsys.readouterr().err == "git-scratch demo: error: --n must be at least 1\n"
+
+
+def test_demo_names_a_checkpoint_without_a_tokenizer(tmp_path, capsys):
+    import shutil
+
+    ckpt = tmp_path / "no-tokenizer"
+    shutil.copytree(shapes.CHECKPOINT, ckpt, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    assert cli.main(["demo", "-c", str(ckpt), "--n", "1"]) == 2
+    assert capsys.readouterr().err == f"error: {ckpt} has no tokenizer files: the demo needs a shapes checkpoint\n"
