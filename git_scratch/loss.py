@@ -15,7 +15,7 @@ Position t of the text predicts token t + 1 (the image tokens predict nothing), 
   in float32 summed over the vocabulary, mean over the tokens with `need_predict` = 1.
 
 `example_ids` builds `(input_ids, need_predict)` for one (prompt, target) pair the way the original's
-`get_data` does, truncation included.
+`get_data` does, truncation included; `original_question` a question alone, as its inference cuts it.
 """
 
 from __future__ import annotations
@@ -70,3 +70,13 @@ def example_ids(
     if len(payload) > max_len:
         payload, need = payload[-(max_len - 2):], need[-(max_len - 2):]
     return [cls_id] + payload + [sep_id], [0] + need + [1]
+
+
+def original_question(question: list[int], cls_id: int, max_len: int = MAX_TEXT_LEN) -> list[int]:
+    """A question's token ids, no specials -> [CLS] + what the original's inference feeds the model
+    (generativeimage2text/inference.py:92-101 @ faae4fb): its first `max_len` tokens, of those the last
+    `max_len - 2`, and no [SEP] (generation continues the question).
+
+    NB: this cuts 39 or 40 tokens to 38, which example_ids (the original's training) keeps whole.
+    """
+    return [cls_id] + question[:max_len][-(max_len - 2):]

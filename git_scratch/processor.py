@@ -1,14 +1,21 @@
-"""Image (and prompt) preprocessing for GIT: the pixels the published checkpoints expect.
+"""Images and prompts -> GIT inputs: image loading and the Processor; the pixel recipes are in pixels.py.
 
-A GIT checkpoint directory carries `preprocessor_config.json`, written by Hugging Face's
-CLIPImageProcessor. We read the same keys and reproduce its PIL backend step by step:
+`compat` (constants.COMPATS) picks whose preprocessing to reproduce:
+  * "transformers" (default): the settings in the checkpoint's `preprocessor_config.json`, as Hugging Face's
+    CLIPImageProcessor writes them. Pixel values equal transformers' `CLIPImageProcessorPil` built from the same
+    file (the tests check every mode Pillow opens and real photographs).
+        file / PIL / array -> upright (EXIF) -> RGB (alpha onto white) -> resize shortest edge
+        -> center crop -> x * rescale_factor -> (x - mean) / std -> (3, H, W) float32
+  * "original": microsoft/GenerativeImage2Text's own code, sized from the checkpoint's `config.json`
+    (vision.image_size is the original's test_crop_size): captioning checkpoints resize and crop (offsets
+    rounded half to even), VQA ones keep the aspect ratio, trimmed here to whole patches (the original's
+    patch convolution drops the rest); CLIP mean and std always; questions cut as its inference cuts them
+    (loss.original_question); a single image given to a video checkpoint comes as one frame, (B, 1, 3, H, W),
+    so it gets the first temporal embedding, as in the original.
 
-    file / PIL / array -> upright (EXIF) -> RGB (alpha onto white) -> resize shortest edge
-    -> center crop -> x * rescale_factor -> (x - mean) / std -> (3, H, W) float32
-
-Pixel values equal transformers' `CLIPImageProcessorPil` built from the same file (the tests
-check every mode Pillow opens and real photographs). Three deliberate differences, all about
-inputs transformers treats inconsistently:
+Loading is the same in both (the original opens files with `.convert("RGB")` and no EXIF transpose,
+process_image.py:4-13; we deliberately keep ours under "original" too), with three deliberate differences from
+transformers, all about inputs it treats inconsistently:
   * EXIF orientation is always applied. transformers applies it only to images given as path
     strings (its `load_image`), never to PIL images or arrays, so a phone photo handed over as a
     PIL image reaches the model sideways there.
@@ -24,29 +31,30 @@ Usage:
     batch = processor(images=["cat.jpg", pil_image], text="what is this?")
     batch["pixel_values"]   # (B, 3, 224, 224) float32
     batch["input_ids"]      # (B, T) int64: [CLS] + prompt tokens, right-padded with 0
+    Processor.from_pretrained("checkpoints/git-base-vqav2", compat="original")  # the original's pixels, questions
 """
 
 from __future__ import annotations
 
 import json
-import math
 import struct
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import TextConfig
-from .constants import PREPROCESSOR_FILES, VIDEO_EXTS
+from .config import GitConfig, TextConfig
+from .constants import COMPATS, PREPROCESSOR_FILES, VIDEO_EXTS
+from .loss import original_question
+from .pixels import (  # noqa: F401 -- re-exported: `from git_scratch.processor import preprocess` keeps working
+    CLIP_MEAN, CLIP_STD, ORIGINAL_MAX_SIZE, ImageConfig, center_crop, original_pixels, original_resize_shape,
+    preprocess, resize_shape,
+)
 from .tokenizer import Tokenizer, special_ids_disagree
 
-# GIT's published preprocessing: OpenAI CLIP statistics, 224 px, bicubic (Pillow code 3).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PILLOW_LIMIT = -1  # max_pixels default: Pillow's Image.MAX_IMAGE_PIXELS, read at call time
 
 
@@ -64,62 +72,6 @@ class ImageLoadError(ValueError):
     def __init__(self, path, reason: str):
         self.path, self.reason = str(path), reason
         super().__init__(f"{self.path}: {reason}")
-
-
-@dataclass
-class ImageConfig:
-    """The keys of `preprocessor_config.json`; defaults are GIT's published values."""
-
-    do_resize: bool = True
-    size: dict = field(default_factory=lambda: {"shortest_edge": 224})
-    resample: int = Image.Resampling.BICUBIC
-    do_center_crop: bool = True
-    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})
-    do_rescale: bool = True
-    rescale_factor: float = 1 / 255
-    do_normalize: bool = True
-    image_mean: tuple = CLIP_MEAN
-    image_std: tuple = CLIP_STD
-    # Read for completeness; conversion always happens because the model takes 3 channels, and
-    # for an RGB image (the only kind transformers can process with this off) it changes nothing.
-    do_convert_rgb: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ImageConfig":
-        cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None})
-        # Old feature-extractor files store plain ints: size 224 means the shortest edge,
-        # crop_size 224 a square (transformers' get_size_dict reads them the same way).
-        if isinstance(cfg.size, int):
-            cfg.size = {"shortest_edge": cfg.size}
-        if isinstance(cfg.crop_size, int):
-            cfg.crop_size = {"height": cfg.crop_size, "width": cfg.crop_size}
-        cfg.image_mean, cfg.image_std = tuple(cfg.image_mean), tuple(cfg.image_std)
-        if len(cfg.image_mean) != 3 or len(cfg.image_std) != 3:
-            raise ValueError(f"image_mean and image_std need 3 values (RGB), got {cfg.image_mean}, {cfg.image_std}")
-        if not ("shortest_edge" in cfg.size and len(cfg.size) == 1) and set(cfg.size) != {"height", "width"}:
-            raise ValueError(f"size must be {{'shortest_edge': n}} or {{'height', 'width'}}, got {cfg.size}")
-        return cfg
-
-    @classmethod
-    def from_json(cls, path) -> "ImageConfig":
-        """preprocessor_config.json, or transformers 5's processor_config.json (the same keys under "image_processor")."""
-        try:
-            d = json.loads(Path(path).read_text())
-            if Path(path).name == "processor_config.json":
-                if not isinstance(d.get("image_processor"), dict):
-                    raise ValueError('no "image_processor" settings in it')
-                d = d["image_processor"]
-            return cls.from_dict(d)
-        except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: {e}") from e
-
-    @classmethod
-    def from_pretrained(cls, path) -> "ImageConfig | None":
-        """The settings of a checkpoint directory (PREPROCESSOR_FILES, the first found), or None when it has none."""
-        for name in PREPROCESSOR_FILES:
-            if (Path(path) / name).is_file():
-                return cls.from_json(Path(path) / name)
-        return None
 
 
 def no_preprocessing_settings(path) -> str:
@@ -210,21 +162,17 @@ def as_pil(image, max_pixels: int | None = PILLOW_LIMIT) -> Image.Image:
     raise TypeError(f"images must be paths, PIL images or numpy uint8 arrays, got {type(image).__name__}")
 
 
-# ----------------------------------------------------------------------------- pixels
+# ----------------------------------------------------------------------------- resize budget
 
 
-def resize_shape(h: int, w: int, size: dict) -> tuple[int, int]:
-    """Output (h, w). Shortest edge -> n, the long edge int(n * long / short), truncated as in transformers."""
-    if "shortest_edge" not in size:
-        return size["height"], size["width"]
-    n = size["shortest_edge"]
-    if w <= h:
-        return int(n * h / w), n
-    return n, int(n * w / h)
+def image_error(name, reason: str) -> ValueError:
+    """An ImageLoadError naming the file when the image came from one, else a plain ValueError."""
+    return ImageLoadError(name, reason) if isinstance(name, (str, Path)) else ValueError(reason)
 
 
-def check_resize(im: Image.Image, cfg: "ImageConfig", max_pixels: int | None, name=None) -> None:
-    """Refuse, before resizing, an image whose resized size is over the pixel budget.
+def check_resize(im: Image.Image, shape: tuple[int, int] | None, max_pixels: int | None, name=None) -> None:
+    """Refuse, before resizing, an image whose resized size `shape` (h, w; None: not resized) is over the
+    pixel budget.
 
     The file's own size is checked when it is opened; this catches the other bomb: a tiny image of an
     extreme aspect ratio (a 261-byte 60000x1 PNG) whose short side is scaled up to 224, the long side
@@ -233,49 +181,12 @@ def check_resize(im: Image.Image, cfg: "ImageConfig", max_pixels: int | None, na
     to refuse big files, not every small image that is scaled up to the model's size.
     """
     budgets = [b for b in (Image.MAX_IMAGE_PIXELS, None if max_pixels == PILLOW_LIMIT else max_pixels) if b]
-    if not cfg.do_resize or not budgets:
+    if shape is None or not budgets:
         return
-    h, w = resize_shape(im.height, im.width, cfg.size)
+    h, w = shape
     if h * w > max(budgets):
-        reason = (f"{im.width}x{im.height} would be resized to {w}x{h} = {w * h} pixels, over the budget of "
-                  f"{max(budgets)} (an extreme aspect ratio)")
-        raise ImageLoadError(name, reason) if isinstance(name, (str, Path)) else ValueError(reason)
-
-
-def center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
-    """(H, W, C) -> (ch, cw, C). Offsets floor((H - ch) / 2); a side shorter than the crop is
-    zero-padded, the image placed at ceil((ch - H) / 2), as transformers' center_crop does."""
-    out = np.zeros((ch, cw, x.shape[2]), dtype=x.dtype)
-    src, dst = [], []
-    for have, want in ((x.shape[0], ch), (x.shape[1], cw)):
-        if have >= want:
-            top = (have - want) // 2
-            src.append(slice(top, top + want))
-            dst.append(slice(0, want))
-        else:
-            pad = math.ceil((want - have) / 2)
-            src.append(slice(0, have))
-            dst.append(slice(pad, pad + have))
-    out[dst[0], dst[1]] = x[src[0], src[1]]
-    return out
-
-
-def preprocess(im: Image.Image, cfg: ImageConfig) -> np.ndarray:
-    """An RGB PIL image -> (3, H, W) float32 model input."""
-    if cfg.do_resize:
-        h, w = resize_shape(im.height, im.width, cfg.size)
-        im = im.resize((w, h), resample=cfg.resample)
-    x = np.asarray(im)  # (H, W, 3) uint8
-    if cfg.do_center_crop:
-        x = center_crop(x, cfg.crop_size["height"], cfg.crop_size["width"])
-    if cfg.do_rescale:
-        # NB: scaled in float64 then cast, as transformers' rescale does; normalise then runs
-        # in float32 with float32 mean/std. Same order, same dtypes -> the same bits.
-        x = (x.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
-    x = x.astype(np.float32)
-    if cfg.do_normalize:
-        x = (x - np.array(cfg.image_mean, np.float32)) / np.array(cfg.image_std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
+        raise image_error(name, f"{im.width}x{im.height} would be resized to {w}x{h} = {w * h} pixels, over the "
+                                f"budget of {max(budgets)} (an extreme aspect ratio)")
 
 
 # ----------------------------------------------------------------------------- processor
@@ -306,10 +217,32 @@ class BatchFeature(dict):
                              for k, v in self.items()})
 
 
+def check_compat(compat: str) -> str:
+    if compat not in COMPATS:
+        raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
+    return compat
+
+
+def original_sizes(path: Path) -> dict:
+    """Processor's compat="original" keywords from a checkpoint's config.json: crop_size is vision.image_size
+    (the original's test_crop_size), max_size from ORIGINAL_MAX_SIZE (None: crop), patch_size, n_frames."""
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json, which compat='original' reads the image size from "
+                                "(vision.image_size, patch_size, n_frames)")
+    cfg = GitConfig.from_json(path / "config.json")
+    v = cfg.vision
+    return {"crop_size": v.image_size, "max_size": ORIGINAL_MAX_SIZE.get(v.image_size),
+            "patch_size": v.patch_size, "n_frames": cfg.n_frames}
+
+
 class Processor:
     """Images and prompts -> GIT inputs, with transformers' GitProcessor calling convention.
 
     max_pixels: decompression-bomb budget for image files (see load_image).
+    compat: whose preprocessing (module docstring). "transformers" follows `image_config` (GIT's published
+    defaults when None). "original" (no image_config) follows the original's code at `crop_size` (224 when
+    None): `max_size` set keeps the aspect ratio (its VQA checkpoints), `patch_size` trims those pixels to
+    whole patches, `n_frames` (a video checkpoint) makes images one-frame clips in `__call__`.
     Prompts are encoded GIT-style, [CLS] + tokens with no [SEP], so generation continues the
     prompt. A list of prompts is right-padded with [PAD] (id 0) and masked: right padding keeps
     each prompt's [CLS] at text position 0, where GIT's position embeddings expect it, so a
@@ -317,50 +250,88 @@ class Processor:
     """
 
     def __init__(self, image_config: ImageConfig | None = None, tokenizer: Tokenizer | None = None,
-                 max_pixels: int | None = PILLOW_LIMIT, source: str = "this processor"):
-        self.image_config = image_config or ImageConfig()
+                 max_pixels: int | None = PILLOW_LIMIT, source: str = "this processor", *,
+                 compat: str = "transformers", crop_size: int | None = None, max_size: int | None = None,
+                 patch_size: int | None = None, n_frames: int | None = None):
+        self.compat = check_compat(compat)
+        if compat == "transformers" and (crop_size, max_size, patch_size, n_frames) != (None,) * 4:
+            raise ValueError("crop_size, max_size, patch_size and n_frames are compat='original' settings; "
+                             "compat='transformers' follows image_config")
+        if compat == "original" and image_config is not None:
+            raise ValueError("compat='original' does not read image_config (preprocessor_config.json); "
+                             "give crop_size and max_size")
+        # The transformers recipe's settings; None under compat="original", which never reads them.
+        self.image_config = None if compat == "original" else image_config or ImageConfig()
+        self.crop_size = 224 if crop_size is None else crop_size  # the original's default test_crop_size
+        self.max_size, self.patch_size, self.n_frames = max_size, patch_size, n_frames
         self.tokenizer = tokenizer
         self.max_pixels = max_pixels
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, path, max_pixels: int | None = PILLOW_LIMIT) -> "Processor":
-        """Read `preprocessor_config.json` or `processor_config.json` (GIT's defaults, with a warning, when
-        neither is there) and the tokenizer
-        (`tokenizer.json` or `vocab.txt`; without either, images still work and text raises). Warns when the
-        tokenizer's [CLS]/[SEP]/[PAD] ids are not config.json's bos/eos/pad ids."""
+    def from_pretrained(cls, path, max_pixels: int | None = PILLOW_LIMIT, compat: str = "transformers") -> "Processor":
+        """Read the image settings and the tokenizer (`tokenizer.json` or `vocab.txt`; without either, images
+        still work and text raises). Warns when the tokenizer's [CLS]/[SEP]/[PAD] ids are not config.json's
+        bos/eos/pad ids.
+
+        compat="transformers": `preprocessor_config.json` or `processor_config.json` (GIT's defaults, with a
+        warning, when neither is there). compat="original": config.json (original_sizes); preprocessor files
+        are not read."""
         path = Path(path)
+        check_compat(compat)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a checkpoint directory")
-        cfg = ImageConfig.from_pretrained(path)
-        if cfg is None:
-            warnings.warn(no_preprocessing_settings(path), stacklevel=2)
         has_tok = (path / "tokenizer.json").exists() or (path / "vocab.txt").exists()
         tok = Tokenizer.from_pretrained(path) if has_tok else None
         ids = config_special_ids(path)
         if tok is not None and ids is not None and (why := special_ids_disagree(tok, *ids, path)):
             warnings.warn(why, stacklevel=2)
+        if compat == "original":
+            return cls(None, tok, max_pixels, str(path), compat=compat, **original_sizes(path))
+        cfg = ImageConfig.from_pretrained(path)
+        if cfg is None:
+            warnings.warn(no_preprocessing_settings(path), stacklevel=2)
         return cls(cfg, tok, max_pixels, str(path))
+
+    def preprocess_image(self, im: Image.Image, name=None) -> np.ndarray:
+        """One upright RGB image -> (3, H, W) float32 by this processor's recipe; `name` (a path) for errors."""
+        if self.compat == "transformers":
+            cfg = self.image_config
+            check_resize(im, resize_shape(im.height, im.width, cfg.size) if cfg.do_resize else None,
+                         self.max_pixels, name)
+            return preprocess(im, cfg)
+        shape = original_resize_shape(im.height, im.width, self.crop_size, self.max_size)
+        check_resize(im, shape, self.max_pixels, name)
+        x = original_pixels(im, self.crop_size, self.max_size)  # (3, h, w)
+        if self.patch_size:
+            # NB: the original's patch convolution (stride = kernel, no padding) never reads the bottom and
+            # right rows that do not fill a patch (layers/CLIP/model.py:224); our encoder wants whole patches.
+            h, w = (n - n % self.patch_size for n in x.shape[1:])
+            if not (h and w):
+                raise image_error(name, f"{im.width}x{im.height} is resized to {x.shape[2]}x{x.shape[1]}, "
+                                        f"thinner than one {self.patch_size} px patch")
+            x = x[:, :h, :w]
+        return x
 
     def pixel_values(self, images) -> np.ndarray:
         """One image or a list -> (B, 3, H, W) float32 array."""
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("images is an empty list")
-        arrays = []
-        for im in images:
-            rgb = as_pil(im, self.max_pixels)
-            check_resize(rgb, self.image_config, self.max_pixels, im)
-            arrays.append(preprocess(rgb, self.image_config))
+        arrays = [self.preprocess_image(as_pil(im, self.max_pixels), im) for im in images]
         if len({a.shape for a in arrays}) > 1:
-            raise ValueError("images came out in different sizes (no center crop configured); pass them one at a time")
+            why = "no center crop configured" if self.compat == "transformers" else "each keeps its aspect ratio"
+            raise ValueError(f"images came out in different sizes ({why}); pass them one at a time")
         return np.stack(arrays)
 
     def encode_text(self, text) -> tuple[np.ndarray, np.ndarray]:
-        """A prompt or a list -> (input_ids, attention_mask), both (B, T) int64, right-padded with pad id."""
-        seqs = self._tok().encode_batch([text] if isinstance(text, str) else list(text))
+        """A prompt or a list -> (input_ids, attention_mask), both (B, T) int64, right-padded with pad id.
+        compat="original" cuts each as the original's inference does (loss.original_question)."""
+        seqs = self._tok().encode_batch([text] if isinstance(text, str) else list(text))  # each [CLS] + tokens
         if not seqs:
             raise ValueError("text is an empty list")
+        if self.compat == "original":
+            seqs = [original_question(s[1:], self.tokenizer.cls_id) for s in seqs]
         T = max(len(s) for s in seqs)
         ids = np.full((len(seqs), T), self.tokenizer.pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), T), dtype=np.int64)
@@ -371,7 +342,9 @@ class Processor:
     def __call__(self, images=None, text=None, return_tensors: str | None = "pt") -> BatchFeature:
         """images: a path, PIL image, HWC uint8 array, or a list of them. text: a prompt or a list.
         Returns pixel_values (B, 3, H, W) float32 and/or input_ids, attention_mask (B, T) int64,
-        as torch tensors ("pt") or numpy arrays ("np" / None)."""
+        as torch tensors ("pt") or numpy arrays ("np" / None). compat="original" with a video checkpoint
+        (n_frames): pixel_values (B, 1, 3, H, W), each image a one-frame clip, so the model adds the first
+        temporal embedding, as the original does to a single image (layers/decoder.py:849)."""
         if images is None and text is None:
             raise ValueError("give images, text, or both")
         if return_tensors not in ("pt", "np", None):
@@ -379,6 +352,8 @@ class Processor:
         out = {}
         if images is not None:
             out["pixel_values"] = self.pixel_values(images)
+            if self.compat == "original" and self.n_frames:
+                out["pixel_values"] = out["pixel_values"][:, None]  # (B, 1, 3, H, W)
         if text is not None:
             out["input_ids"], out["attention_mask"] = self.encode_text(text)
         if return_tensors == "pt":
