@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import why_inexact
-from .generate import NEG, Cached, Generation, Uncached, _take
-from .inputs import GenerationOptions, check_request, prompts
+from .cache import Cached, Uncached, take, why_inexact
+from .inputs import Generation, GenerationOptions, request
+
+NEG = -1.0e9  # the original's score for the K - 1 copies of the prompt at the start (decoder.py:1119)
 
 
 def length_norm(L, alpha: float) -> torch.Tensor:
@@ -64,7 +65,7 @@ def original_step(b: OriginalBeams, logprobs: torch.Tensor, t: int, lengths: tor
     b.done |= b.best_score >= top[:, 0].double() / length_norm(max_length - 1, alpha)
     src, tok = idx // V, idx % V
     ends = (tok == eos) | (lengths + t + 1 == max_length)[:, None]  # (P, 2K): [SEP], or the length limit (1202)
-    tokens, lps = _take(b.tokens, src), _take(b.logprobs, src)  # (P, 2K, M)
+    tokens, lps = take(b.tokens, src), take(b.logprobs, src)  # (P, 2K, M)
     tokens[:, :, t] = tok.masked_fill(ends, eos)  # NB: at the limit [SEP] replaces the token, its log-prob stays
     lps[:, :, t] = logprobs.view(P, K * V).gather(1, idx)
 
@@ -86,9 +87,9 @@ def original_step(b: OriginalBeams, logprobs: torch.Tensor, t: int, lengths: tor
 
     # 4. the first K candidates that did not end run on (at the limit every candidate ended: the prompt is done)
     keep = torch.sort(ends.to(torch.uint8), dim=1, stable=True).indices[:, :K]  # (P, K)
-    b.tokens, b.logprobs, b.score = _take(tokens, keep), _take(lps, keep), _take(top, keep)
+    b.tokens, b.logprobs, b.score = take(tokens, keep), take(lps, keep), take(top, keep)
     b.done |= lengths + t + 1 == max_length
-    return (_take(src, keep) + rows[:, None] * K).flatten()
+    return (take(src, keep) + rows[:, None] * K).flatten()
 
 
 @torch.no_grad()
@@ -112,15 +113,11 @@ def original_beam_search(model, pixel_values=None, input_ids=None, attention_mas
     text, device = model.config.text, model.device
     max_length = text.max_positions if max_length is None else max_length
     o = GenerationOptions(max_new_tokens=1, num_beams=num_beams, eos_token_id=eos_token_id).resolve(text)
-    n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
-    ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, text.bos_id, o.pad, o.eos, device)
-    n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming=False)
+    ids, lengths, shown = request(model, pixel_values, image, input_ids, attention_mask, o, streaming=False)
     if not int(lengths.max()) < max_length <= text.max_positions + 1:  # the last token is never fed back
         raise ValueError(f"max_length counts [CLS] and the prompt: it must exceed the longest prompt "
                          f"({int(lengths.max())} tokens) and be at most {text.max_positions + 1} (the model's "
                          f"text positions + 1); got {max_length}")
-    if len(shown) == 1 and n_images > 1:  # one prompt for every image
-        ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
     if image is None:
         image = model.encode_image(pixel_values)
 
@@ -143,3 +140,27 @@ def original_beam_search(model, pixel_values=None, input_ids=None, attention_mas
     n = int(b.best_len.max())
     sequences = torch.cat([shown.to(b.best.dtype), b.best[:, :n]], dim=1)
     return Generation(sequences, b.best_score.float(), b.best_sum, b.best_logprobs[:, :n], b.best_len)
+
+
+ORIGINAL_OPTIONS = ("num_beams", "length_penalty", "max_length", "eos_token_id", "use_cache")
+
+
+def original_generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
+                      return_scores: bool = False, on_token=None, generator=None, compat: str = "original",
+                      num_beams: int = 4, length_penalty: float = 0.6, **options):
+    """`generate(..., compat="original")`: `original_beam_search` with the original's defaults (4 beams,
+    length penalty 0.6, max_length the model's text positions). Ids (P, T + n), or with `return_scores` the
+    `Generation`, whose `scores` is the original's normalised score.
+
+    Only what the original can do: transformers' other options (sampling, max_new_tokens, several
+    sequences, early_stopping, streaming) are refused here, not ignored. NB: with num_beams=1 this is still
+    the original's search (2 candidates a step), greedy in practice."""
+    unknown = sorted(set(options) - set(ORIGINAL_OPTIONS))
+    if unknown or on_token is not None or generator is not None:
+        unknown += ["on_token"] * (on_token is not None) + ["generator"] * (generator is not None)
+        hint = " (the original bounds [CLS] + prompt + answer: max_length)" if "max_new_tokens" in unknown else ""
+        raise ValueError(f"compat='original' runs the original GIT's beam search, which takes "
+                         f"{', '.join(ORIGINAL_OPTIONS)}; not {', '.join(unknown)}{hint}")
+    g = original_beam_search(model, pixel_values, input_ids, attention_mask, image=image, num_beams=num_beams,
+                             length_penalty=length_penalty, **options)
+    return g if return_scores else g.sequences

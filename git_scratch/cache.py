@@ -12,6 +12,7 @@ The model's own blocks run over it: each block's attention gets a cache layer as
 which stores the new keys/values and hands back what to attend over, the image's as `shared`, never copied.
 Prompts are right-padded: row r's new token i goes to slot len_r + i, over the padding; under the causal
 mask a real token in slot s reads slots <= s, all real by then, so no padding mask is needed.
+`Cached` decodes over it; `Uncached`, the reference, runs the full forward: the searches take either.
 Shapes: the legend in model.py.
 """
 
@@ -117,3 +118,55 @@ class _TextLayer:
         self.txt[0][rows, :, self.slots] = k.transpose(1, 2)  # advanced indices first: target is (R, n, H, Dh)
         self.txt[1][rows, :, self.slots] = v.transpose(1, 2)
         return self.txt[0], self.txt[1], (self.img[0], self.img[1])
+
+
+# ---------------------------------------------------------------- the model over the cache, or not
+class Cached:
+    """Decoding over the KV cache (cache.py): the model's own embed_text / run / head, new tokens only."""
+
+    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor):
+        N = image.shape[1]
+        self.model = model
+        self.cache = KVCache.empty(model.config.text, image.shape[0], n_rows, mask, N, image.dtype, image.device)
+        img_mask = None if bool(mask[:N, :N].all()) else mask[:N, :N]  # None: SDPA's fast unmasked path
+        try:  # the image tokens through the decoder alone, once per image: each layer's keys/values stay
+            model.run(image, img_mask, kv=self.cache.image_layers(img_mask))
+        except ImageDone:
+            pass
+
+    def hidden(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """ids (R, n) in text slots start.. (start (R, 1)) -> decoder output (R, n, D); their keys/values stay."""
+        slots, allowed = self.cache.positions(start, ids.shape[1])
+        return self.model.run(self.model.embed_text(ids, start), allowed, kv=self.cache.text_layers(slots, allowed))
+
+    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """As `hidden`, then the logits (R, V) of each row's token `last` (R,) only."""
+        return self.model.head(self.hidden(ids, start)[torch.arange(len(ids), device=ids.device), last])
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder(rows)
+
+
+class Uncached:
+    """The whole sequence through `model.forward` at every step: the reference rollout, and the fallback
+    for a model whose mask the cache cannot serve. Rows hold text slots as the cache does."""
+
+    def __init__(self, model, image: torch.Tensor, n_rows: int, n_slots: int):
+        self.model, self.image = model, image.repeat_interleave(n_rows // image.shape[0], dim=0)
+        self.seq = torch.zeros(n_rows, n_slots, dtype=torch.long, device=image.device)
+
+    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(len(ids), device=ids.device)
+        self.seq[rows[:, None], start + torch.arange(ids.shape[1], device=ids.device)] = ids
+        end = start[:, 0] + last + 1  # real tokens per row; later slots are padding (masked as keys)
+        T = int(end.max())
+        keep = torch.arange(T, device=ids.device) < end[:, None]
+        return self.model(image=self.image, input_ids=self.seq[:, :T], attention_mask=keep).logits[rows, end - 1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.seq = self.seq[rows]
+
+
+def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (P, B, ...) -> (P, J, ...): x[p, idx[p, j]]."""
+    return x.gather(1, idx.view(*idx.shape, *[1] * (x.ndim - 2)).expand(*idx.shape, *x.shape[2:]))

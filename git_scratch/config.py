@@ -58,6 +58,7 @@ class TextConfig:
     mlp_dim: int = 3072
     act: str = "gelu"
     ln_eps: float = 1e-12
+    embed_ln_eps: float | None = None  # the embeddings' LayerNorm; None: ln_eps (the original GIT's is 1e-8)
     max_positions: int = 1024
     pad_id: int = 0
     bos_id: int = 101  # [CLS]

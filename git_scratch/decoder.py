@@ -47,7 +47,7 @@ class TextEmbedding(nn.Module):
         super().__init__()
         self.tok_embed = nn.Embedding(config.vocab_size, config.dim)
         self.pos_embed = nn.Embedding(config.max_positions, config.dim)
-        self.ln = nn.LayerNorm(config.dim, eps=config.ln_eps)
+        self.ln = nn.LayerNorm(config.dim, eps=config.ln_eps if config.embed_ln_eps is None else config.embed_ln_eps)
 
     def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """(B, T) ids -> (B, T, D); `start` is the text position of ids[:, 0] (the step index when decoding)."""

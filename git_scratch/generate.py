@@ -3,9 +3,10 @@
     image ─▶ encode_image (once) ─▶ the decoder over the image tokens alone: their keys/values (cache.py)
     prompt ─▶ feed(prompt, slots 0..T-1) ─▶ logits ─▶ pick ─▶ feed(token, slot len + i) ─▶ ...
 
-`Cached` runs the model's own embed_text / mask / run / head, so a change made there reaches generation by
-itself; `Uncached` runs the full forward each step (the reference, and the fallback when the mask breaks the
-cache). Ids equal transformers' generate token for token (tests). Shapes: the legend in model.py.
+`Cached` (cache.py) runs the model's own embed_text / mask / run / head, so a change made there reaches
+generation by itself; `Uncached` runs the full forward each step (the reference, and the fallback when the
+mask breaks the cache). Ids equal transformers' generate token for token (tests); compat="original" runs the
+original GIT's beam search instead (beam_original.py). Shapes: the legend in model.py.
 """
 
 from __future__ import annotations
@@ -16,68 +17,11 @@ from typing import Callable
 
 import torch
 
-from .cache import ImageDone, KVCache, why_inexact
-from .inputs import GenerationOptions, check_request, prompts
+from .beam_original import original_generate
+from .cache import Cached, Uncached, take, why_inexact
+from .inputs import Generation, GenerationOptions, request
 
 NEG = -1.0e9  # transformers' "impossible" beam score; the same constant keeps ties and sums bitwise equal
-
-
-@dataclass
-class Generation:
-    """What `generate(..., return_scores=True)` returns."""
-
-    sequences: torch.Tensor  # (R, T + n): the prompt as given, then the new tokens; finished rows padded
-    scores: torch.Tensor  # (R,) what the search ranked: beams' length-penalised score (sequences_scores), else logprob
-    logprob: torch.Tensor  # (R,) summed log-probability of the new tokens (EOS included), never length-penalised
-    token_logprobs: torch.Tensor  # (R, n) log-probability of each new token under the processed logits; 0 after the end
-    lengths: torch.Tensor  # (R,) new tokens per row, EOS included
-
-
-# ---------------------------------------------------------------- the model, cached or not
-class Cached:
-    """Decoding over the KV cache (cache.py): the model's own embed_text / run / head, new tokens only."""
-
-    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor):
-        N = image.shape[1]
-        self.model = model
-        self.cache = KVCache.empty(model.config.text, image.shape[0], n_rows, mask, N, image.dtype, image.device)
-        img_mask = None if bool(mask[:N, :N].all()) else mask[:N, :N]  # None: SDPA's fast unmasked path
-        try:  # the image tokens through the decoder alone, once per image: each layer's keys/values stay
-            model.run(image, img_mask, kv=self.cache.image_layers(img_mask))
-        except ImageDone:
-            pass
-
-    def hidden(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """ids (R, n) in text slots start.. (start (R, 1)) -> decoder output (R, n, D); their keys/values stay."""
-        slots, allowed = self.cache.positions(start, ids.shape[1])
-        return self.model.run(self.model.embed_text(ids, start), allowed, kv=self.cache.text_layers(slots, allowed))
-
-    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """As `hidden`, then the logits (R, V) of each row's token `last` (R,) only."""
-        return self.model.head(self.hidden(ids, start)[torch.arange(len(ids), device=ids.device), last])
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.cache.reorder(rows)
-
-
-class Uncached:
-    """The whole sequence through `model.forward` at every step: the reference rollout, and the fallback
-    for a model whose mask the cache cannot serve. Rows hold text slots as the cache does."""
-
-    def __init__(self, model, image: torch.Tensor, n_rows: int, n_slots: int):
-        self.model, self.image = model, image.repeat_interleave(n_rows // image.shape[0], dim=0)
-        self.seq = torch.zeros(n_rows, n_slots, dtype=torch.long, device=image.device)
-
-    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(len(ids), device=ids.device)
-        self.seq[rows[:, None], start + torch.arange(ids.shape[1], device=ids.device)] = ids
-        end = start[:, 0] + last + 1  # real tokens per row; later slots are padding (masked as keys)
-        T = int(end.max())
-        keep = torch.arange(T, device=ids.device) < end[:, None]
-        return self.model(image=self.image, input_ids=self.seq[:, :T], attention_mask=keep).logits[rows, end - 1]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.seq = self.seq[rows]
 
 
 # ---------------------------------------------------------------- logits processors (transformers' order)
@@ -163,11 +107,6 @@ class Beams:
                    torch.zeros(P, K, dtype=torch.bool, device=device), torch.ones(P, 1, dtype=torch.bool, device=device))
 
 
-def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (P, B, ...) -> (P, J, ...): x[p, idx[p, j]]."""
-    return x.gather(1, idx.view(*idx.shape, *[1] * (x.ndim - 2)).expand(*idx.shape, *x.shape[2:]))
-
-
 def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty: float,
               early_stopping: bool | str) -> torch.Tensor:
     """Advance `b` by new token t given the K beams' next-token log-probs (P*K, V).
@@ -183,7 +122,7 @@ def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty
     # 1. the 2K best (beam, token) continuations: K to go on even if the best K all end here
     top, idx = torch.topk((logprobs + b.score[:, :, None]).view(P, K * V), 2 * K)  # (P, 2K), best first
     src, tok = idx // V, idx % V
-    tokens, lps = _take(b.tokens, src), _take(b.logprobs, src)  # (P, 2K, M)
+    tokens, lps = take(b.tokens, src), take(b.logprobs, src)  # (P, 2K, M)
     tokens[:, :, t] = tok
     lps[:, :, t] = logprobs.view(P, K * V).gather(1, idx)
     ends = (tok == eos) | (t + 1 >= M)  # (P, 2K) stopping criteria: EOS, or the M-th token
@@ -191,8 +130,8 @@ def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty
     # 2. the K best that do not end keep running
     running = top + ends.to(torch.float32) * NEG
     keep = torch.topk(running, K).indices  # (P, K)
-    b.tokens, b.logprobs, b.score = _take(tokens, keep), _take(lps, keep), _take(running, keep)
-    rows = (_take(src, keep) + torch.arange(P, device=src.device)[:, None] * K).flatten()
+    b.tokens, b.logprobs, b.score = take(tokens, keep), take(lps, keep), take(running, keep)
+    rows = (take(src, keep) + torch.arange(P, device=src.device)[:, None] * K).flatten()
 
     # 3. those of the top K that end become hypotheses, ranked by length-penalised score
     fin = top / ((t + 1) ** length_penalty)
@@ -203,7 +142,7 @@ def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty
     best = torch.topk(torch.cat([b.done_score, fin], dim=1), K).indices
 
     def merge(old, new):  # the K best of the finished hypotheses and the new ones
-        return _take(torch.cat([old, new], dim=1), best)
+        return take(torch.cat([old, new], dim=1), best)
 
     b.done_tokens, b.done_logprobs = merge(b.done_tokens, tokens), merge(b.done_logprobs, lps)
     b.done_score = merge(b.done_score, fin)
@@ -246,20 +185,19 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     pixel_values (Bi, 3, H, W) or video (Bi, F, 3, H, W), or `image` = model.encode_image(pixel_values).
     input_ids: None ([CLS] per image), a tensor (P, T) with an optional attention_mask (any padding side),
     or a list of id lists; one prompt per image, one for every image, or one image for every prompt.
-    `options`: GenerationOptions' fields (max_new_tokens, num_beams, use_cache, ...), checked first.
+    `options`: GenerationOptions' fields (max_new_tokens, num_beams, use_cache, ...), checked first;
+    compat="original": the original GIT's beam search and its options (beam_original.original_generate).
     Returns (P * num_return_sequences, T + n) ids, the prompt as given then the new tokens, finished rows
     padded; with `return_scores` a `Generation`. `on_token(tokens (R,))` streams greedy/sampled steps.
 
         ids = model.generate(pixels, max_new_tokens=20, num_beams=3)
         img = model.encode_image(pixels); a = model.generate(image=img, input_ids=question_ids)
     """
+    if options.get("compat") == "original":  # the original GIT's beam search (beam_original.py)
+        return original_generate(model, pixel_values, input_ids, attention_mask, image=image,
+                                 return_scores=return_scores, on_token=on_token, generator=generator, **options)
     o = GenerationOptions(**options).resolve(model.config.text)
-    device = model.device
-    n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
-    ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, model.config.text.bos_id, o.pad, o.eos, device)
-    n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming=on_token is not None)
-    if len(shown) == 1 and n_images > 1:  # one prompt for every image
-        ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
+    ids, lengths, shown = request(model, pixel_values, image, input_ids, attention_mask, o, on_token is not None)
 
     if image is None:
         image = model.encode_image(pixel_values)  # the only vision encoder call: once per image
@@ -267,7 +205,7 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     ids, lengths = ids.repeat_interleave(K, dim=0), lengths.repeat_interleave(K)
     # text slots: the prompt, then every new token but the last, which is never fed back
     N, S = image.shape[1], ids.shape[1] + o.max_new_tokens - 1
-    mask = model.mask(N, S, device=device)
+    mask = model.mask(N, S, device=model.device)
     if o.use_cache and (why := why_inexact(mask, N)):
         warnings.warn(f"the model's mask does not allow a KV cache ({why}); decoding without one, slower")
     cached = o.use_cache and not why

@@ -1,5 +1,5 @@
 """What a caller hands the model: pixels and prompts, checked before any compute; prompts in any padding
-become right-padded rows.
+become right-padded rows. And what `generate(..., return_scores=True)` hands back: a `Generation`.
 
 Kept apart from generate.py so that file holds only the decoding algorithm.
 """
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .constants import COMPATS
+
 
 def check_pixels(config, pixels: torch.Tensor) -> None:
     """Clear errors for pixels a model of this `config` cannot take, before any compute."""
@@ -21,8 +23,9 @@ def check_pixels(config, pixels: torch.Tensor) -> None:
     if pixels.ndim == 5:
         if not config.n_frames:
             raise ValueError("got video pixel_values (5 dims) but this checkpoint has no temporal embeddings")
-        if pixels.shape[1] != config.n_frames:
-            raise ValueError(f"got {pixels.shape[1]} video frames, this checkpoint takes {config.n_frames}")
+        if pixels.shape[1] > config.n_frames:  # NB: the original silently drops the frames past its embeddings
+            raise ValueError(f"got {pixels.shape[1]} video frames; this checkpoint has temporal embeddings for "
+                             f"{config.n_frames} (sample at most {config.n_frames} frames)")
 
 
 def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: int, device):
@@ -79,8 +82,11 @@ class GenerationOptions:
     eos_token_id: int | None = None  # None: the model's
     pad_token_id: int | None = None
     use_cache: bool = True  # False: the whole sequence through forward each step (slow; the reference)
+    compat: str = "transformers"  # "original": the original GIT's beam search instead (beam_original.py)
 
     def __post_init__(self):
+        if self.compat not in COMPATS:
+            raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {self.compat!r}")
         if self.max_new_tokens < 1 or self.min_new_tokens < 0:
             raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {self.max_new_tokens}, "
                              f"{self.min_new_tokens}")
@@ -130,3 +136,26 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
         raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={o.max_new_tokens} needs text position "
                          f"{longest + o.max_new_tokens - 2}; the model has {limit} (max_position_embeddings)")
     return n_images
+
+
+def request(model, pixel_values, image, input_ids, attention_mask, o: GenerationOptions, streaming: bool):
+    """A generate call's inputs, checked (check_request) -> (right-padded prompts (P, T), lengths (P,), the
+    prompt part of the output (P, T')), one prompt per image: a single prompt is repeated for every image."""
+    n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
+    ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, model.config.text.bos_id, o.pad, o.eos,
+                                  model.device)
+    n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming)
+    if len(shown) == 1 and n_images > 1:  # one prompt for every image
+        ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
+    return ids, lengths, shown
+
+
+@dataclass
+class Generation:
+    """What `generate(..., return_scores=True)` returns."""
+
+    sequences: torch.Tensor  # (R, T + n): the prompt as given, then the new tokens; finished rows padded
+    scores: torch.Tensor  # (R,) what the search ranked: beams' length-penalised score (sequences_scores), else logprob
+    logprob: torch.Tensor  # (R,) summed log-probability of the new tokens (EOS included), never length-penalised
+    token_logprobs: torch.Tensor  # (R, n) log-probability of each new token under the processed logits; 0 after the end
+    lengths: torch.Tensor  # (R,) new tokens per row, EOS included

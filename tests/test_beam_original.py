@@ -122,7 +122,7 @@ def test_every_sequence_ranks_as_the_search_does(prompt, eos_bias, ends, monkeyp
     px = pixels(model, 3)
     steps = count_steps(monkeypatch)
     max_length = len(prompt) + 3
-    g = original_beam_search(model, px, [prompt], num_beams=10, max_length=max_length)
+    g = model.generate(px, [prompt], num_beams=10, max_length=max_length, compat="original", return_scores=True)
     assert len(steps) == 3 if ends == "at the limit" else len(steps) < 3  # [SEP]: stopped early, by the bound
     for i in range(3):
         ids, score, s = every_sequence(model, px[i], prompt, max_length)
@@ -247,3 +247,20 @@ def test_refuses_what_the_original_cannot_do():
         original_beam_search(model, px, max_length=66)
     with pytest.raises(ValueError, match="length_penalty"):
         original_beam_search(model, px, length_penalty=0.0)
+
+
+def test_compat_original_takes_the_originals_defaults_and_refuses_the_rest():
+    """generate(compat="original") is the original's search with its settings (4 beams, penalty 0.6, max_length
+    the text positions); transformers' options it has no form for are an error, never silently dropped."""
+    model = tiny(eos_bias=0.5)
+    px = pixels(model, 2, seed=3)
+    g = model.generate(px, compat="original", return_scores=True)
+    ref = plain_original(model, px[0], [1], K=4, max_length=model.config.text.max_positions)
+    assert g.sequences[0, : len(ref[0])].tolist() == ref[0] and abs(g.scores[0].item() - ref[1]) < TOL
+    assert torch.equal(model.generate(px, compat="original"), g.sequences)
+    for bad, word in [(dict(max_new_tokens=5), "max_length"), (dict(do_sample=True), "do_sample"),
+                      (dict(num_return_sequences=2), "num_return_sequences"), (dict(on_token=print), "on_token")]:
+        with pytest.raises(ValueError, match=f"compat='original' runs the original GIT's beam search.*{word}"):
+            model.generate(px, compat="original", **bad)
+    with pytest.raises(ValueError, match="compat must be one of 'transformers', 'original', got 'orignal'"):
+        model.generate(px, compat="orignal")

@@ -86,8 +86,10 @@ def tied(hf):
     """The fair reference for an original checkpoint: the original builds its head tied to the word embedding
     (decoder.py:503-505) and its loader never reads textual.output.weight, so the model a checkpoint describes is
     this transformers GIT with its head weight *replaced by* the word embedding, its own head bias kept. The file
-    still carries hf's own, different output.weight: that proves it is ignored."""
+    still carries hf's own, different output.weight: that proves it is ignored. Its text embeddings' LayerNorm
+    takes eps 1e-8 (decoder.py:61), not transformers' 1e-12."""
     ref = copy.deepcopy(hf)
+    ref.git.embeddings.LayerNorm.eps = 1e-8
     with torch.no_grad():
         ref.output.weight.copy_(ref.git.embeddings.word_embeddings.weight)
     return ref
@@ -131,6 +133,7 @@ def assert_matches_tied(out_dir, hf):
         assert torch.equal(state[names[k]], want), k
     model = git_scratch.load(out_dir)
     assert model.config.text.tie_embeddings and model.lm_head.weight is model.embed.tok_embed.weight
+    assert model.embed.ln.eps == 1e-8 and all(b.ln_1.eps == b.ln_2.eps == 1e-12 for b in model.blocks)
     px, ids = inputs(model.config)
     with torch.no_grad():
         ours = model(px, ids).logits

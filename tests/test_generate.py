@@ -29,7 +29,7 @@ import _gen_helpers as H
 from reference import build
 from git_scratch.cache import KVCache
 from git_scratch.config import TextConfig
-from git_scratch.generate import Cached
+from git_scratch.cache import Cached
 from git_scratch.mask import git_mask
 
 
@@ -283,6 +283,14 @@ def test_video_beam_search_matches_transformers(ckpt, kw):
         assert ((ours.scores - ref.sequences_scores).abs() <= SCORE_TOL(ref.sequences_scores)).all()
 
 
+def test_fewer_video_frames_than_temporal_embeddings_match_transformers(ckpt):
+    """2 frames for a 3-frame checkpoint: frames 0 and 1 get the first two embeddings, as in transformers
+    (and the original); only more frames than embeddings is refused (see the errors below)."""
+    r = ckpt("tiny-video")
+    px = r.pixels(2, seed=18)[:, :2]  # (2, 2, 3, H, W)
+    assert_same(r.ours.generate(px, max_new_tokens=10), H.hf_generate(r, px, max_new_tokens=10))
+
+
 # ---------------------------------------------------------------- the image is encoded once
 @pytest.mark.parametrize("name", ["tiny", "tiny-video"])
 @pytest.mark.parametrize("kw", [dict(), dict(num_beams=3, num_return_sequences=3),
@@ -416,7 +424,8 @@ def _errors():
          r"num_return_sequences \(3\) > num_beams \(2\): beam search returns at most num_beams sequences"),
         ("greedy, several sequences", dict(num_return_sequences=2), r"num_return_sequences \(2\) > num_beams \(1\)"),
         ("batch mismatch", dict(ids=(2, 3), images=3), "batch mismatch: 3 images for 2 prompts"),
-        ("wrong frame count", dict(name="tiny-video", frames=2), "got 2 video frames, this checkpoint takes 3"),
+        ("more frames than temporal embeddings", dict(name="tiny-video", frames=4),
+         "got 4 video frames; this checkpoint has temporal embeddings for 3"),
         ("video for an image model", dict(frames=3),
          r"got video pixel_values \(5 dims\) but this checkpoint has no temporal embeddings"),
         ("early_stopping value", dict(num_beams=2, early_stopping="sometimes"),

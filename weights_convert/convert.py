@@ -26,7 +26,7 @@ from git_scratch.tokenizer import Tokenizer, special_ids_disagree
 
 from .hf_config import config_from_hf, config_to_hf
 from .mapping import DROPPED, HF_LEGACY, NAME_MAP
-from .original import ORIGINAL_DROPPED, ORIGINAL_NAME_MAP, SPLITS, WRAPPER_PREFIX
+from .original import ORIGINAL_DROPPED, ORIGINAL_EMBED_LN_EPS, ORIGINAL_NAME_MAP, SPLITS, WRAPPER_PREFIX
 
 
 class ConversionError(ValueError):
@@ -199,7 +199,8 @@ def head_copy_differs(state: dict[str, torch.Tensor]) -> str | None:
 
 def original_config(config=None, preset: str | None = None) -> GitConfig:
     """The shape of an original checkpoint: a Hugging Face GIT config.json (or ours), or a preset by name.
-    The LM head is tied whatever the file says: the original always builds it so."""
+    The LM head is tied whatever the file says, and the text embeddings' LayerNorm takes eps 1e-8: the original
+    always builds them so (layers/decoder.py:61)."""
     if preset is not None:
         try:
             cfg = GitConfig.preset(preset)
@@ -215,6 +216,7 @@ def original_config(config=None, preset: str | None = None) -> GitConfig:
         except (ValueError, TypeError) as e:
             raise ConversionError(f"{path}: {e}") from None
     cfg.text.tie_embeddings = True
+    cfg.text.embed_ln_eps = ORIGINAL_EMBED_LN_EPS
     return cfg
 
 
@@ -428,6 +430,10 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
             state.pop("output.weight")  # transformers re-ties it on load
         config_out["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
         dropped = ()
+        if cfg.text.embed_ln_eps not in (None, cfg.text.ln_eps):  # e.g. an original checkpoint's 1e-8
+            warnings.append(f"text.embed_ln_eps {cfg.text.embed_ln_eps:g} has no Hugging Face form: transformers' "
+                            f"text embeddings use layer_norm_eps {cfg.text.ln_eps:g}, as its own conversion of the "
+                            "original checkpoints does (outputs move by about 1e-6)")
 
     mismatch = check_tokenizer(files, cfg) if files else None
     copied: list[str] = []

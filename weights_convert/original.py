@@ -7,6 +7,9 @@ original's own loader strips them. The vision tower is OpenAI CLIP's `VisualTran
 BERT encoder under `textual.`.
 """
 
+# The text embeddings' LayerNorm epsilon the original builds (layers/decoder.py:61; its BERT layers use 1e-12).
+ORIGINAL_EMBED_LN_EPS = 1e-8
+
 # NB: OpenAI CLIP's nn.MultiheadAttention keeps q, k and v in one packed parameter. The renaming gives
 # it a name of its own (`attn.qkv_proj`, which our model does not have); SPLITS then cuts it in three.
 ORIGINAL_BLOCK = "textual.transformer.encoder.layer.{i}."
