@@ -193,15 +193,15 @@ class Runner:
 
             frames = sample_frames(item.path, self.model.config.n_frames, self.max_pixels)
             return self.processor.preprocess_frames(frames)[0]
-        return torch.from_numpy(self.processor.pixel_values([item.path])[0])
+        return self.processor(images=[item.path]).pixel_values[0]  # (1, 3, H, W) under compat="original" on video
 
     def prompt(self, question: str | None):
         """(1, T) prompt ids: [CLS] for a caption, [CLS] + question for VQA (GIT's format: no [SEP])."""
         import torch
 
-        tok = self.processor.tokenizer
-        ids = [tok.cls_id] if question is None else tok.encode(question)
-        return torch.tensor([ids], device=self.model.device)
+        if question is None:
+            return torch.tensor([[self.processor.tokenizer.cls_id]], device=self.model.device)
+        return torch.from_numpy(self.processor.encode_text(question)[0]).to(self.model.device)  # compat: cut
 
     def generate(self, image, question: str | None, stream: Item | None = None) -> list[dict]:
         """Records for each row of `image` (R, N, D), all given the same prompt."""
@@ -214,10 +214,13 @@ class Runner:
         printer = Streamer(tok, stream.input, question) if stream else None
         # --seed: draws of their own for this prompt, the same whatever ran before (one row: see run)
         generator = None if a.seed is None else torch.Generator(self.model.device).manual_seed(a.seed)
-        out = generate(self.model, image=image, input_ids=prompt, max_new_tokens=a.max_new_tokens,
-                       num_beams=a.num_beams, do_sample=a.sample, temperature=a.temperature, top_k=a.top_k,
-                       top_p=a.top_p, generator=generator, return_scores=True,
-                       on_token=printer.add if printer else None)
+        if a.compat == "original":  # the original's beam search, which takes only these (beam_original.py)
+            search = dict(compat="original", num_beams=a.num_beams, max_length=a.max_length)
+        else:
+            search = dict(max_new_tokens=a.max_new_tokens, num_beams=a.num_beams, do_sample=a.sample,
+                          temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=generator,
+                          on_token=printer.add if printer else None)
+        out = generate(self.model, image=image, input_ids=prompt, return_scores=True, **search)
         T, recs = prompt.shape[1], []
         for seq, n, logprob in zip(out.sequences.tolist(), out.lengths.tolist(), out.logprob.tolist()):
             new = seq[T : T + n]  # finished rows are padded after their EOS: cut there
@@ -234,6 +237,10 @@ class Runner:
         if question is None:
             return None
         n, m, limit = len(self.prompt(question)[0]), self.args.max_new_tokens, self.model.config.text.max_positions
+        if self.args.compat == "original":
+            most = self.args.max_length or limit
+            return None if n < most else (f"the question is {n} tokens long (with [CLS]); --compat original "
+                                          f"needs it shorter than max_length {most}")
         if n + m - 1 <= limit:
             return None
         return (f"the question is {n} tokens long (with [CLS]); with --max-new-tokens {m} it needs {n + m - 1} text "
@@ -244,7 +251,9 @@ class Runner:
         A question the model cannot take fails alone, with its own reason; the others still run.
         Seeded sampling runs one input at a time: a generator is shared by the rows it samples, and a batch's
         encoding may round differently from one image's, so a sample would depend on its batch."""
-        size = 1 if self.args.stream or self.args.seed is not None else self.args.batch_size
+        # NB: compat="original" on a VQA checkpoint keeps each image's aspect ratio: sizes differ, one at a time
+        alone = self.args.stream or self.args.seed is not None or self.processor.max_size is not None
+        size = 1 if alone else self.args.batch_size
         bad = {q: why for q in dict.fromkeys(q for _, qs in work for q in qs) if (why := self.question_error(q))}
         batch = []
         for n, (item, questions) in enumerate(work):
@@ -339,7 +348,8 @@ def load_checkpoint(args, video: bool):
         model = load(ckpt, device=args.device, dtype=args.dtype)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if args.max_pixels is None else args.max_pixels)
+            processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if args.max_pixels is None else args.max_pixels,
+                                                  compat=args.compat)
         for w in caught:  # e.g. no preprocessing settings: which defaults are used
             print(f"warning: {w.message}", file=sys.stderr)
     except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault

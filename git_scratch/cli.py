@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .constants import (DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
+from .constants import (COMPATS, DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
 
 EXIT_CODES = """\
 exit codes:
@@ -90,9 +90,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", required=True, metavar="DIR",
                    help="a converted git_scratch checkpoint directory (see: git-scratch convert --help)")
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=_positive(int), default=20, metavar="N", help="default: 20")
-    g.add_argument("--num-beams", type=_positive(int), default=1, metavar="K",
-                   help="beam search width (default: 1, greedy)")
+    g.add_argument("--compat", choices=COMPATS, default="transformers",
+                   help="whose behaviour to reproduce (default: transformers): transformers' GIT, or 'original', "
+                        "microsoft/GenerativeImage2Text's own code: its pixels (crop offsets rounded; VQA "
+                        "checkpoints keep the aspect ratio), its question truncation (the last 38 of the first 40 "
+                        "wordpieces) and its beam search (4 beams, length penalty 0.6); the README's table lists "
+                        "every difference")
+    g.add_argument("--max-new-tokens", type=_positive(int), metavar="N",
+                   help="default: 20 (with --compat original: see --max-length)")
+    g.add_argument("--max-length", type=_positive(int), metavar="N",
+                   help="with --compat original: most tokens in [CLS] + question + answer + [SEP], as the "
+                        "original counts them (default: the model's text positions, 1024 for published ones)")
+    g.add_argument("--num-beams", type=_positive(int), metavar="K",
+                   help="beam search width (default: 1, greedy; 4 with --compat original)")
     g.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
     # None = not given: check_args refuses sampling options without --sample, then fills in these defaults
     g.add_argument("--temperature", type=_positive(float), help="with --sample (default: 1.0)")
@@ -211,6 +221,18 @@ SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    original = args.compat == "original"
+    if original:  # the original has one search: beams bounded by max_length; no sampling, no streaming
+        for flag, given in (("--max-new-tokens", args.max_new_tokens), ("--sample", args.sample),
+                            ("--stream", args.stream)):
+            if given:
+                p.error(f"{flag} cannot be combined with --compat original, which runs the original GIT's beam "
+                        "search" + (" (bound the length with --max-length)" if flag == "--max-new-tokens" else ""))
+    elif args.max_length is not None:
+        p.error("--max-length is for --compat original (the original counts [CLS], question and [SEP]); "
+                "use --max-new-tokens")
+    args.num_beams = args.num_beams or (4 if original else 1)
+    args.max_new_tokens = None if original else args.max_new_tokens or 20
     if args.stream and args.num_beams > 1:
         p.error("--stream needs greedy or --sample decoding: beam search knows its best sequence only at the end")
     if args.stream and args.json:
@@ -237,7 +259,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--checkpoint {ckpt} is a file; pass the checkpoint directory, the folder that holds config.json "
                 "and model.safetensors")
     limit = text_positions(ckpt)
-    if limit is not None and args.max_new_tokens > limit:  # even a bare [CLS] prompt leaves room for only `limit`
+    if original and limit is not None and args.max_length is not None and args.max_length > limit + 1:
+        p.error(f"--max-length {args.max_length} cannot be reached: {ckpt} has {limit} text positions "
+                f"(max_position_embeddings), so at most {limit + 1} tokens with the final [SEP]")
+    if not original and limit is not None and args.max_new_tokens > limit:  # even a bare [CLS] prompt leaves room for only `limit`
         p.error(f"--max-new-tokens {args.max_new_tokens} cannot be reached: {ckpt} has {limit} text positions "
                 f"(max_position_embeddings), so at most {limit} new tokens after [CLS], fewer after a question")
 

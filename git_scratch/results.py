@@ -56,11 +56,14 @@ def checkpoint_fingerprint(ckpt) -> str | None:
 
 
 def run_settings(args) -> dict:
-    """The options that change a result. Sampling options count only when sampling."""
+    """The options that change a result. Sampling options count only when sampling, --compat only when not
+    the default."""
     s = {"checkpoint": checkpoint_fingerprint(args.checkpoint), "dtype": args.dtype,
          "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "sample": None}
     if args.sample:
         s["sample"] = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    if args.compat != "transformers":  # only then: results written before --compat existed still resume
+        s.update(compat=args.compat, max_length=args.max_length)
     return s
 
 
