@@ -4,6 +4,9 @@
         ─▶ GIT ─▶ hf_loss or original_loss (loss.py) ─▶ AdamW (decay 0.01, none on norms and biases)
         ─▶ clip ─▶ warm-up + cosine ─▶ every `save_every` steps an atomic checkpoint (checkpoints.py)
 
+Both losses read rows cut as the original's get_data cuts them (loss.example_ids: a question + answer over
+40 wordpieces keeps its last 38); compat="original" picks the original's loss.
+
 `resume` restores every piece of state (weights, optimizer, scheduler, step, RNG states, data position),
 so N + M steps in two runs give bit-identical parameters to N + M in one. The data order is a fresh
 permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
@@ -40,6 +43,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoints import STATE, latest_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import GitConfig
+from .constants import COMPATS
 from .curves import plot_curves
 from .init import init_weights
 from .load import fast_bf16, load, resolve_device
@@ -63,7 +67,8 @@ class TrainOptions:
     warmup: int = 100  # steps of linear warm-up from 0, then cosine decay to min_lr
     min_lr: float = 0.0
     clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    loss: str = "hf"  # "hf" or "original" (loss.py)
+    compat: str = "transformers"  # "original": the original GIT's loss (its truncation is used either way)
+    loss: str | None = None  # "hf" or "original" (loss.py); None: the compat's ("hf" for transformers)
     seed: int = 0
     bf16: str = "auto"  # "auto": bfloat16 autocast where the device is fast at it; "on"; "off"
     grad_checkpointing: bool = False
@@ -76,6 +81,11 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self):
+        if self.compat not in COMPATS:
+            raise ValueError(f"compat must be one of {', '.join(COMPATS)}, got {self.compat!r}")
+        if self.compat == "original" and self.loss == "hf":
+            raise ValueError("compat 'original' trains with the original's loss; it cannot take loss 'hf'")
+        self.loss = self.loss or ("original" if self.compat == "original" else "hf")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.bf16 not in BF16:
@@ -382,7 +392,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "built-in task, no download), or a .jsonl, .csv or COCO captions .json file.",
                        epilog="examples:\n  git-scratch train shapes --preset shapes-tiny --out runs/shapes "
                               "--steps 2000\n  git-scratch train data/train.jsonl --init ckpt/git-base "
-                              "--out runs/ft --lr 5e-5 --loss original\n  git-scratch train shapes --out "
+                              "--out runs/ft --lr 5e-5 --compat original\n  git-scratch train shapes --out "
                               "runs/shapes --resume\n  torchrun --nproc_per_node=4 -m git_scratch.cli train "
                               "shapes --out runs/ddp --batch-size 64\n\nUnder torchrun every process trains "
                               "a share of each batch (DistributedDataParallel; NCCL on CUDA, gloo on CPU);\n"
@@ -409,10 +419,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         if f.type == "bool" or isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            choices = {"loss": LOSSES, "bf16": BF16}.get(f.name)
-            about = {"batch_size": "examples per micro-batch, all processes together under torchrun "}
-            p.add_argument(flag, type=type(f.default), default=f.default, choices=choices,
-                           help=f"{about.get(f.name, '')}(default: {f.default})")
+            choices = {"loss": LOSSES, "bf16": BF16, "compat": COMPATS}.get(f.name)
+            about = {"batch_size": "examples per micro-batch, all processes together under torchrun ",
+                     "compat": "original: the original GIT's loss, label-smoothed (--loss original) ",
+                     "loss": "default: hf, or original with --compat original"}
+            default = "" if f.default is None else f"(default: {f.default})"
+            p.add_argument(flag, type=str if f.default is None else type(f.default), default=f.default,
+                           choices=choices, help=f"{about.get(f.name, '')}{default}".strip())
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_train)
     return p

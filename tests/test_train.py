@@ -248,3 +248,21 @@ def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
     train(new_model(), ShapesDataset(20), shapes.processor(), replace(OPTS, steps=1), tmp_path)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(new_model(), ShapesDataset(20), shapes.processor(), replace(OPTS, steps=1), tmp_path)
+
+
+def test_compat_original_trains_with_the_original_loss(tmp_path, capsys):
+    """`--compat original` = `--loss original` step for step; the default (transformers) is the hf loss."""
+    def losses(*extra):
+        out = tmp_path / "-".join(extra or ("default",))
+        assert main(["train", "shapes", "--out", str(out), "--steps", "2", "--batch-size", "2", "--bf16", "off",
+                     "--log-every", "1", "--no-progress", "--shapes-samples", "20", *extra]) == 0
+        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    original = losses("--compat", "original")
+    assert original == losses("--loss", "original")
+    assert original != losses()
+    assert TrainOptions(compat="original").loss == "original" and TrainOptions().loss == "hf"
+    with pytest.raises(ValueError, match="compat 'original' trains with the original's loss"):
+        TrainOptions(compat="original", loss="hf")
+    with pytest.raises(ValueError, match="compat must be one of transformers, original, got 'hf'"):
+        TrainOptions(compat="hf")
