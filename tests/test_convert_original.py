@@ -299,3 +299,12 @@ def test_a_hugging_face_video_checkpoint_with_the_legacy_temperal_spelling_conve
     save_file({**state, **legacy}, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
     expect_failure(tmp_path / "hf", tmp_path / "again", r"two source keys land on one target: "
                                                         r"img_proj\.temporal_embed\.0, img_proj\.temporal_embed\.1")
+
+
+def test_back_to_hugging_face_the_embedding_eps_is_named_as_lost(tiny, tmp_path):
+    """transformers has one text LayerNorm eps: an original checkpoint's 1e-8 cannot go along, and says so."""
+    hf, config = tiny
+    convert(write_original(hf, tmp_path / "model.pt"), tmp_path / "ours", config=config)
+    summary = convert(tmp_path / "ours", tmp_path / "hf", to_hf=True)
+    assert any(w.startswith("text.embed_ln_eps 1e-08 has no Hugging Face form") for w in summary["warnings"])
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["layer_norm_eps"] == 1e-12

@@ -433,7 +433,7 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
         if cfg.text.embed_ln_eps not in (None, cfg.text.ln_eps):  # e.g. an original checkpoint's 1e-8
             warnings.append(f"text.embed_ln_eps {cfg.text.embed_ln_eps:g} has no Hugging Face form: transformers' "
                             f"text embeddings use layer_norm_eps {cfg.text.ln_eps:g}, as its own conversion of the "
-                            "original checkpoints does (outputs move by about 1e-6)")
+                            "original checkpoints does (the outputs move slightly)")
 
     mismatch = check_tokenizer(files, cfg) if files else None
     copied: list[str] = []
