@@ -151,6 +151,34 @@ def test_a_vqa_checkpoint_keeps_the_aspect_ratio_trimmed_to_whole_patches(tmp_pa
     np.testing.assert_array_equal(got[0], reference(photo, 420, 560))
 
 
+def test_the_vision_encoder_sees_what_the_originals_clip_sees(tmp_path):
+    """The trimmed pixels through our encoder = the original's CLIP front (layers/CLIP/model.py:240-256),
+    recomputed here: a stride-p convolution over the *untrimmed* image (it drops the remainder itself), the
+    square position grid reshaped row-major and resized bicubically (align_corners off) to the image's grid."""
+    cfg = GitConfig.preset("tiny")  # 32 px, patch 8: a 4 x 4 trained grid
+    model = GIT(cfg).eval()
+    with torch.no_grad():
+        for p in model.vision.parameters():
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+    full = torch.from_numpy(original_pixels(noise(300, 200), 32, 60))[None]  # (1, 3, 32, 48): long side capped
+    full = torch.nn.functional.pad(full, (0, 5, 0, 3), value=1.0)  # 35 x 53: remainders the conv must drop
+    trimmed = full[..., :32, :48]
+    v, D, g = model.vision, cfg.vision.dim, cfg.vision.image_size // cfg.vision.patch_size
+    with torch.no_grad():
+        x = torch.nn.functional.conv2d(full, v.patch_embed.weight, stride=cfg.vision.patch_size)  # (1, D, 4, 6)
+        grid = v.pos_embed[1:].reshape(g, g, D).permute(2, 0, 1)[None]
+        grid = torch.nn.functional.interpolate(grid, size=x.shape[2:], mode="bicubic")[0].permute(1, 2, 0)
+        pos = torch.cat([v.pos_embed[:1], grid.reshape(-1, D)])
+        x = torch.cat([v.cls_token.expand(1, 1, D), x.flatten(2).transpose(1, 2)], dim=1) + pos
+        want = v.ln_pre(x)  # the input of the first block
+        hidden = []
+        v(trimmed, hidden=hidden)
+    # The same float32 ops in the same order (conv, interpolate, add, LayerNorm): equal up to the convolution's
+    # summation order over a different input size, a few ulps; a one-patch shift or a transposed grid moves
+    # entries by O(1).
+    torch.testing.assert_close(hidden[0], want, rtol=0, atol=1e-5)
+
+
 def test_an_image_thinner_than_a_patch_after_resizing_is_a_clear_error():
     p = Processor(compat="original", crop_size=480, max_size=640, patch_size=16)
     # Short side round(640 * 10 / 2000) = 3, long side int(3 * 2000 / 10) = 600: no whole 16 px row.
