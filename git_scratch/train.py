@@ -408,6 +408,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer files, for a random init on your own data")
     p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to learn")
     p.add_argument("--shapes-samples", type=int, default=100_000, help="shapes: dataset size")
+    p.add_argument("--shapes-focus", metavar="WORDS",
+                   help="shapes: ask the questions starting with WORDS more often (with --shapes-focus-share)")
+    p.add_argument("--shapes-focus-share", type=float, default=0.0, metavar="P",
+                   help="shapes: share of the question examples that ask --shapes-focus where the image has "
+                        "one (default: 0, every question of an image equally likely); held-out data never")
     p.add_argument("--val", metavar="DATA", help="held-out data for --eval-every: 'shapes' (unseen seeds) or a file")
     p.add_argument("--val-samples", type=int, default=256, help="shapes: held-out samples")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
@@ -493,7 +498,8 @@ def _setup(args: argparse.Namespace, device: torch.device):
     if processor.tokenizer is None or processor.tokenizer.vocab_size > model.config.text.vocab_size:
         raise ValueError("the tokenizer is missing or has more tokens than the model's vocabulary")
     if args.data == "shapes":
-        data = ShapesDataset(args.shapes_samples, args.task)
+        data = ShapesDataset(args.shapes_samples, args.task, focus=args.shapes_focus or "",
+                             focus_share=args.shapes_focus_share)
     else:
         data = load_dataset(args.data, args.images)
         if distributed.is_main():

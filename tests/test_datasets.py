@@ -119,3 +119,21 @@ def test_shapes_both_asks_every_kind_of_question_about_every_number_of_shapes():
         asked.add((len(shapes.scene(seed)), " ".join(question.split()[:3])))
     kinds = {"how many shapes", "what color is", "what size is", "what is left", "what shape is", "is there a"}
     assert asked == {(n, k) for n in (1, 2, 3) for k in kinds}
+
+
+def test_a_focus_question_is_asked_as_often_as_asked_for():
+    """--shapes-focus: half the question examples ask "what is left of ..." where the image has one (about
+    9% of questions without it); the other half, and the captions, are drawn as before."""
+    def share(data):
+        questions = [data.describe(i)[1] for i in range(1, len(data), 2)]
+        return sum(q.startswith("what is left of") for q in questions) / len(questions)
+
+    plain, focused = ShapesDataset(4000, "both"), ShapesDataset(4000, "both", focus="what is left of", focus_share=0.5)
+    # Images with no kind named once have no such question: about 10% of scenes. Expected shares: plain
+    # ~0.16 (one of ~6 questions); focused ~0.5 * 0.9 + 0.5 * 0.16 = 0.53. 2,000 draws: sd ~0.011.
+    assert 0.12 < share(plain) < 0.20 and 0.47 < share(focused) < 0.60
+    assert all(plain[i][2] == focused[i][2] for i in range(0, 40, 2))  # captions untouched
+    idle = ShapesDataset(4000, "both", focus="what is left of")  # no share: every draw as without a focus
+    assert all(idle.describe(i) == plain.describe(i) for i in range(40))
+    with pytest.raises(ValueError, match="focus_share must be in"):
+        ShapesDataset(4, "both", focus_share=0.5)

@@ -174,12 +174,17 @@ class ShapesDataset:
     n: int
     task: str = "caption"
     offset: int = 0
+    focus: str = ""  # a question's first words: asked with probability `focus_share` where the image has one
+    focus_share: float = 0.0  # of the question examples; 0 = every question of an image equally likely
     skipped: list[Skipped] = field(default_factory=list)  # never any: every sample is drawn
     source: str = "shapes"
 
     def __post_init__(self):
         if self.task not in ("caption", "vqa", "both"):
             raise ValueError(f"task must be caption, vqa or both, got {self.task!r}")
+        if not 0 <= self.focus_share <= 1 or (self.focus_share and not self.focus):
+            raise ValueError(f"focus_share must be in [0, 1], with a focus question; got {self.focus_share}, "
+                             f"{self.focus!r}")
 
     def __len__(self) -> int:
         return self.n
@@ -200,7 +205,11 @@ class ShapesDataset:
         # NB: drawn from a hash of the seed, not indexed by it: with "both" only odd i ask, and an index
         # (offset + i) % len(qa) would then never reach the even places of an even-length list (for one
         # shape, "how many shapes" and "what size" would never be asked).
-        return qa[random.Random(f"question {self.offset + i}").randrange(len(qa))]
+        rng = random.Random(f"question {self.offset + i}")
+        if self.focus_share and rng.random() < self.focus_share:  # a curriculum: more of one kind of question
+            qa = [x for x in qa if x[0].startswith(self.focus)] or qa
+        return qa[rng.randrange(len(qa))]
 
     def summary(self) -> str:
-        return f"shapes ({self.task}): {self.n} samples from seed {self.offset}"
+        focus = f", {self.focus_share:.0%} of questions '{self.focus} ...'" if self.focus_share else ""
+        return f"shapes ({self.task}): {self.n} samples from seed {self.offset}{focus}"
