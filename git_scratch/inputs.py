@@ -14,6 +14,13 @@ import torch.nn.functional as F
 from .constants import COMPATS
 
 
+def check_compat(compat: str) -> str:
+    """`compat` itself, if it names one of COMPATS (whose behaviour to reproduce); else a clear ValueError."""
+    if compat not in COMPATS:
+        raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
+    return compat
+
+
 def check_pixels(config, pixels: torch.Tensor) -> None:
     """Clear errors for pixels a model of this `config` cannot take, before any compute."""
     if pixels.ndim not in (4, 5):
@@ -85,8 +92,7 @@ class GenerationOptions:
     compat: str = "transformers"  # "original": the original GIT's beam search instead (beam_original.py)
 
     def __post_init__(self):
-        if self.compat not in COMPATS:
-            raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {self.compat!r}")
+        check_compat(self.compat)
         if self.max_new_tokens < 1 or self.min_new_tokens < 0:
             raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {self.max_new_tokens}, "
                              f"{self.min_new_tokens}")

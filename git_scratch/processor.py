@@ -47,7 +47,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import GitConfig, TextConfig
-from .constants import COMPATS, PREPROCESSOR_FILES, VIDEO_EXTS
+from .constants import PREPROCESSOR_FILES, VIDEO_EXTS
+from .inputs import check_compat
 from .loss import original_question
 from .pixels import (  # noqa: F401 -- re-exported: `from git_scratch.processor import preprocess` keeps working
     CLIP_MEAN, CLIP_STD, ORIGINAL_MAX_SIZE, ImageConfig, center_crop, original_pixels, original_resize_shape,
@@ -215,12 +216,6 @@ class BatchFeature(dict):
         """Move every tensor to `device`; `dtype` applies to floating tensors only, never the ids."""
         return BatchFeature({k: v.to(device, dtype if v.is_floating_point() else None) if torch.is_tensor(v) else v
                              for k, v in self.items()})
-
-
-def check_compat(compat: str) -> str:
-    if compat not in COMPATS:
-        raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
-    return compat
 
 
 def original_sizes(path: Path) -> dict:

@@ -46,6 +46,7 @@ from .config import GitConfig
 from .constants import COMPATS
 from .curves import plot_curves
 from .init import init_weights
+from .inputs import check_compat
 from .load import fast_bf16, load, resolve_device
 from .loss import example_ids, hf_loss, original_loss
 from .model import GIT
@@ -81,8 +82,7 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self):
-        if self.compat not in COMPATS:
-            raise ValueError(f"compat must be one of {', '.join(COMPATS)}, got {self.compat!r}")
+        check_compat(self.compat)
         if self.compat == "original" and self.loss == "hf":
             raise ValueError("compat 'original' trains with the original's loss; it cannot take loss 'hf'")
         self.loss = self.loss or ("original" if self.compat == "original" else "hf")

@@ -264,5 +264,5 @@ def test_compat_original_trains_with_the_original_loss(tmp_path, capsys):
     assert TrainOptions(compat="original").loss == "original" and TrainOptions().loss == "hf"
     with pytest.raises(ValueError, match="compat 'original' trains with the original's loss"):
         TrainOptions(compat="original", loss="hf")
-    with pytest.raises(ValueError, match="compat must be one of transformers, original, got 'hf'"):
+    with pytest.raises(ValueError, match="compat must be one of 'transformers', 'original', got 'hf'"):
         TrainOptions(compat="hf")
