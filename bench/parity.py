@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from reference import SHAPES, build  # noqa: E402
 from test_parity import hf_image_tokens, rel_err  # noqa: E402
 
-from weights_convert.convert import NAME_MAP, rename  # noqa: E402
+from git_scratch.convert.convert import NAME_MAP, rename  # noqa: E402
 
 
 def measure(name: str) -> dict:

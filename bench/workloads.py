@@ -45,7 +45,7 @@ def checkpoint(shape: str, video: bool, root: Path, rebuild: bool = False, log=p
     import transformers
     from transformers import GitConfig, GitForCausalLM
 
-    from weights_convert import convert
+    from git_scratch.convert import convert
 
     quiet_transformers()
     kw = hf_kwargs(shape, video)

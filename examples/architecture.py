@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from git_scratch import GIT, GitConfig, demo, init_weights
+from git_scratch import GIT, GitConfig, init_weights
+from git_scratch.evaluation import demo
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
 from git_scratch.layers import Linear
-from git_scratch.train import VAL_OFFSET, TrainOptions, train
+from git_scratch.training.loop import VAL_OFFSET, TrainOptions, train
 
 SEED = 0
 CHECK_IMAGES = 4  # held-out images on which cached generate must equal the uncached rollout

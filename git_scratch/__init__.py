@@ -1,14 +1,15 @@
 """git_scratch: a from-scratch PyTorch GIT (Generative Image-to-text Transformer)."""
 
 from .config import GitConfig, TextConfig, VisionConfig
-from .generate import generate
-from .init import init_checkpoint, init_weights
+from .generation.generate import generate
+from .init import init_weights
+from .training.init_checkpoint import init_checkpoint
 from .load import load, save
 from .mask import git_mask
 from .model import GIT, GitOutput
-from .inputs import Generation, GenerationOptions
-from .processor import Processor
-from .tokenizer import Tokenizer
+from .generation.options import Generation, GenerationOptions
+from .preprocessing.processor import Processor
+from .preprocessing.tokenizer import Tokenizer
 
 __all__ = [
     "GIT",

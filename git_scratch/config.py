@@ -1,7 +1,7 @@
 """GIT configuration: one dataclass per tower, plus the whole model.
 
 Our field names follow the project's conventions (`n_*` counts, `*_dim` sizes); Hugging Face's
-names appear only in the weight converter (weights_convert/hf_config.py and mapping.py).
+names appear only in the weight converter (convert/hf_config.py and convert/mapping.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .layers import ACTIVATIONS
+from .constants import ACTIVATIONS
 
 # Presets ship inside the package (package data); in a checkout `git_scratch/presets` links to `configs/`.
 PRESET_DIR = Path(__file__).resolve().parent / "presets"

@@ -1,6 +1,6 @@
 """Names shared by the command line, the loaders and the converter, each defined once.
 
-Plain values with no imports, so that `git-scratch --help` and the converter can read them without
+Plain values (and the one check of COMPATS) with no imports, so that `git-scratch --help` and the converter can read them without
 loading torch, and so that no two modules need each other for a constant.
 """
 
@@ -27,3 +27,14 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # Whose numbers to reproduce: transformers' GIT (its processor and generation), or microsoft/GenerativeImage2Text's
 # own code (its preprocessing, question truncation and generation). The first is the default.
 COMPATS = ("transformers", "original")
+
+
+def check_compat(compat: str) -> str:
+    """`compat` itself, if it names one of COMPATS (whose behaviour to reproduce); else a clear ValueError."""
+    if compat not in COMPATS:
+        raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
+    return compat
+
+
+# The activations a config may name (config.check_act); layers.ACTIVATIONS implements exactly these.
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "tanh")

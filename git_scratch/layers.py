@@ -24,7 +24,7 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid_(1.702 * x).mul_(x)
 
 
-# The activations a config may name (config.check_act), as transformers' ACT2FN computes them.
+# The activations a config may name (constants.ACTIVATIONS), as transformers' ACT2FN computes them.
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU (BERT)
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),

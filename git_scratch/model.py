@@ -22,11 +22,24 @@ from torch import nn
 
 from .config import GitConfig
 from .decoder import ImageProjection, TextBlock, TextEmbedding
-from .inputs import check_pixels
 from .layers import Linear
 from .loss import hf_loss as lm_loss  # next-token cross-entropy, -100 ignored (loss.py)
 from .mask import git_mask, with_padding
 from .vision import VisionEncoder
+
+
+def check_pixels(config, pixels: torch.Tensor) -> None:
+    """Clear errors for pixels a model of this `config` cannot take, before any compute."""
+    if pixels.ndim not in (4, 5):
+        raise ValueError(f"pixel_values must be (B, 3, H, W) or (B, frames, 3, H, W), got shape {tuple(pixels.shape)}")
+    if pixels.shape[-3] != config.vision.n_channels:
+        raise ValueError(f"pixel_values has {pixels.shape[-3]} channels, the model expects {config.vision.n_channels}")
+    if pixels.ndim == 5:
+        if not config.n_frames:
+            raise ValueError("got video pixel_values (5 dims) but this checkpoint has no temporal embeddings")
+        if pixels.shape[1] > config.n_frames:  # NB: the original silently drops the frames past its embeddings
+            raise ValueError(f"got {pixels.shape[1]} video frames; this checkpoint has temporal embeddings for "
+                             f"{config.n_frames} (sample at most {config.n_frames} frames)")
 
 
 @dataclass
@@ -135,6 +148,6 @@ class GIT(nn.Module):
 
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, **kwargs):
         """Token ids as transformers' generate returns them (greedy, beam search, sampling); see generate.py."""
-        from .generate import generate
+        from .generation.generate import generate
 
         return generate(self, pixel_values, input_ids, attention_mask, **kwargs)

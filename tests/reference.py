@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import git_scratch
-from weights_convert import convert
+from git_scratch.convert import convert
 
 # HF GitConfig keyword arguments per test shape. initializer_range 0.1 (vision and text) makes the
 # output depend on the image; at transformers' default 0.02 every image yields the same words.

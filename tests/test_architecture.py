@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from git_scratch import GIT, GitConfig, init_weights, load, save
-from git_scratch.cache import CacheMisuse
+from git_scratch.generation.cache import CacheMisuse
 from git_scratch.decoder import TextBlock
 from git_scratch.layers import MLP
-from weights_convert import ConversionError, convert
+from git_scratch.convert import ConversionError, convert
 
 # Scores are sums of the same float32 log-probs computed through two paths (cache vs full forward):
 # they agree to a few ulps of each per-token term (measured < 1e-6 here); 1e-5 is ~20x that, while a

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from git_scratch import GIT, GitConfig, init_weights
-from git_scratch.beam_original import Cached, original_beam_search
+from git_scratch.generation.original import Cached, original_beam_search
 
 EOS, ALPHA = 2, 0.6
 # Scores: the same float32 log-probs through the cache and through the full forward differ by a few ulps

@@ -15,8 +15,8 @@ from _cli_helpers import build_checkpoint, photo, records, run_cli
 
 import git_scratch
 from git_scratch import cli
-from git_scratch.beam_original import original_beam_search
-from git_scratch.processor import Processor
+from git_scratch.generation.original import original_beam_search
+from git_scratch.preprocessing.processor import Processor
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 MAX_LENGTH = 10  # [CLS] + 8 tokens + [SEP]: the search stays short on a random model

@@ -7,7 +7,7 @@ import pytest
 from git_scratch import GIT, GitConfig
 from git_scratch.config import PRESET_DIR
 from reference import SHAPES
-from weights_convert import config_from_hf, config_to_hf
+from git_scratch.convert import config_from_hf, config_to_hf
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

@@ -1,4 +1,4 @@
-"""weights_convert: the name table, the completeness checks, the file formats, and the failure messages."""
+"""git_scratch.convert: the name table, the completeness checks, the file formats, and the failure messages."""
 
 import hashlib
 import json
@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 import git_scratch
 from reference import build
-from weights_convert import ConversionError, convert
-from weights_convert.convert import NAME_MAP, rename
+from git_scratch.convert import ConversionError, convert
+from git_scratch.convert.convert import NAME_MAP, rename
 
 
 @pytest.fixture(scope="module")
@@ -286,12 +286,12 @@ def test_existing_destination_is_kept_unless_overwrite(tiny, tmp_path):
 
 
 def test_command_line_reports_failure_with_exit_code(tiny, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "weights_convert", str(tiny.hf_dir), str(tmp_path / "a")],
+    ok = subprocess.run([sys.executable, "-m", "git_scratch.convert", str(tiny.hf_dir), str(tmp_path / "a")],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "converted" in ok.stderr
     (tmp_path / "empty").mkdir()
-    bad = subprocess.run([sys.executable, "-m", "weights_convert", str(tmp_path / "empty"), str(tmp_path / "b")],
+    bad = subprocess.run([sys.executable, "-m", "git_scratch.convert", str(tmp_path / "empty"), str(tmp_path / "b")],
                          capture_output=True, text=True)
     assert bad.returncode == 1
     assert bad.stderr == f"error: {tmp_path / 'empty'}: no config.json (is this a checkpoint directory?)\n"

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 
 import git_scratch
 from reference import SHAPES
-from weights_convert import ConversionError, convert
-from weights_convert.__main__ import main
-from weights_convert.convert import NAME_MAP, rename
+from git_scratch.convert import ConversionError, convert
+from git_scratch.convert.__main__ import main
+from git_scratch.convert.convert import NAME_MAP, rename
 
 # Same reasoning as test_parity.py: both sides compute in float32 in a different order (SDPA with a bool mask
 # vs transformers' explicit softmax), a few ulps per op, below 1e-6 of the output's scale through these
@@ -202,7 +202,7 @@ def test_a_video_checkpoint_keeps_its_temporal_embeddings(tmp_path):
 def test_the_command_line_converts_in_a_fresh_process(tiny, tmp_path):
     hf, config = tiny
     src = write_original(hf, tmp_path / "model.pt", "module.")
-    r = subprocess.run([sys.executable, "-m", "weights_convert", str(src), str(tmp_path / "out"), "--config",
+    r = subprocess.run([sys.executable, "-m", "git_scratch.convert", str(src), str(tmp_path / "out"), "--config",
                         str(config), "--dtype", "bfloat16"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert {v.dtype for v in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.bfloat16}

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from _cli_helpers import cli_env, records
 from _train_helpers import one_thread  # noqa: F401 (an autouse fixture)
-from git_scratch.cli import main
+from git_scratch.cli.main import main
 from git_scratch.data import shapes
 
 BAD = (3, 7)  # rows whose image file does not decode

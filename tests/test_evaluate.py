@@ -5,12 +5,12 @@ import json
 import pytest
 from PIL import Image
 
-from git_scratch.cli import main
+from git_scratch.cli.main import main
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset, load_dataset
-from git_scratch.evaluate import evaluate, groups
-from git_scratch.checkpoints import latest_checkpoint
-from git_scratch.train import TrainOptions, train
+from git_scratch.evaluation.evaluate import evaluate, groups
+from git_scratch.training.checkpoints import latest_checkpoint
+from git_scratch.training.loop import TrainOptions, train
 
 from _train_helpers import new_model, one_thread  # noqa: F401 (an autouse fixture)
 
@@ -35,7 +35,7 @@ def test_groups_collect_every_reference_of_an_image(tmp_path):
 def test_a_perfect_model_scores_perfectly(checkpoint, monkeypatch):
     """Generation replaced by the true captions and answers: every score at its maximum, so the wiring of
     groups, references and metrics is right."""
-    import git_scratch.evaluate as ev
+    import git_scratch.evaluation.evaluate as ev
     import git_scratch.load
 
     data = ShapesDataset(8, "both", offset=500)

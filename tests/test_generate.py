@@ -27,9 +27,9 @@ import torch
 
 import _gen_helpers as H
 from reference import build
-from git_scratch.cache import KVCache
+from git_scratch.generation.cache import KVCache
 from git_scratch.config import TextConfig
-from git_scratch.cache import Cached
+from git_scratch.generation.cache import Cached
 from git_scratch.mask import git_mask
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import git_scratch
-from git_scratch.init import init_checkpoint
+from git_scratch.training.init_checkpoint import init_checkpoint
 
 
 def test_saved_model_loads_back_identically(tmp_path):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from git_scratch.loss import MAX_TEXT_LEN, SMOOTHING, example_ids, hf_loss, original_loss
+from git_scratch.loss import SMOOTHING, hf_loss, original_loss
+from git_scratch.preprocessing.truncation import MAX_TEXT_LEN, example_ids
 
 CLS, SEP = 1, 2  # the tiny reference shape's bos/eos
 

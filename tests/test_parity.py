@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reference import SHAPES
-from weights_convert.convert import NAME_MAP, rename
+from git_scratch.convert.convert import NAME_MAP, rename
 
 REL = 1e-5  # see module docstring
 

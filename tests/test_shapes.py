@@ -8,7 +8,7 @@ import pytest
 
 from git_scratch import GitConfig
 from git_scratch.data import shapes
-from git_scratch.tokenizer import Tokenizer
+from git_scratch.preprocessing.tokenizer import Tokenizer
 
 SEEDS = range(60)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from git_scratch.tokenizer import Tokenizer
+from git_scratch.preprocessing.tokenizer import Tokenizer
 
 FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

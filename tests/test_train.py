@@ -14,11 +14,12 @@ from PIL import Image
 import git_scratch
 from _train_helpers import new_model, one_thread  # noqa: F401 (an autouse fixture)
 from git_scratch import GitConfig
-from git_scratch.cli import main
+from git_scratch.cli.main import main
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
-from git_scratch.checkpoints import latest_checkpoint
-from git_scratch.train import (CROP_SCALE, TrainOptions, batch_loss, collate, lr_factor, param_groups,
+from git_scratch.training.checkpoints import latest_checkpoint
+from git_scratch.data.batches import batch_loss, collate
+from git_scratch.training.loop import (CROP_SCALE, TrainOptions, lr_factor, param_groups,
                                random_resized_crop, train)
 
 OPTS = TrainOptions(steps=4, batch_size=4, accum=2, lr=1e-3, warmup=1, save_every=2, log_every=1,
@@ -219,7 +220,7 @@ def test_held_out_losses_are_logged_and_plotted(tmp_path):
     with Image.open(tmp_path / "curves.png") as im:
         assert im.size == (720, 420)
         # all three curves are drawn: each series colour is on the image
-        from git_scratch.curves import SERIES
+        from git_scratch.training.curves import SERIES
 
         colours = {c for _, c in im.convert("RGB").getcolors(720 * 420)}
         assert all(colour in colours for _, colour in SERIES.values())

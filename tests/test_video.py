@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from git_scratch.processor import ImageLoadError, Processor, to_rgb
-from git_scratch.video import natural_key, sample_frames, sample_indices
+from git_scratch.preprocessing.processor import ImageLoadError, Processor, to_rgb
+from git_scratch.preprocessing.video import natural_key, sample_frames, sample_indices
 
 STEP = 8  # grey level per frame index: frame i is flat grey 8 * (i + 1)
 

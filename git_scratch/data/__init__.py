@@ -1,1 +1,2 @@
-"""Training data: the built-in shapes task (shapes.py) and datasets read from disk (datasets.py)."""
+"""What training and evaluation read: the built-in shapes task (shapes.py), datasets from disk (datasets.py),
+and the batches both make of them (batches.py)."""

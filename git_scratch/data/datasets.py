@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..processor import ImageLoadError, as_pil
+from ..preprocessing.processor import ImageLoadError, as_pil
 from . import shapes
 
 

@@ -46,6 +46,7 @@ MIN_GAP = 8  # px between shape centres along x: "left of" is always clear
 # px of background around the shapes: the training crop (train.py, at least 80% of the area, so a side of
 # at least 86 of 96 px) cuts at most 10 px off each axis, so every shape stays whole in every crop.
 MARGIN = 10
+VAL_OFFSET = 10**9  # first seed of held-out samples (train --val, eval): far past any training set's seeds
 NOISE_STD = 6.0  # grey levels of the lightly noisy backgrounds (only the background is noisy)
 VOCAB_DIR = Path(__file__).resolve().parent / "shapes_vocab"
 # The shipped demo model (`git-scratch demo`): a git_scratch checkpoint of configs/shapes-tiny.json trained on
@@ -175,8 +176,8 @@ def sample(seed: int) -> tuple[Image.Image, str, list[tuple[str, str]]]:
 
 def processor():
     """The task's Processor: its own vocabulary, images at SIZE px with CLIP's normalisation."""
-    from ..processor import ImageConfig, Processor
-    from ..tokenizer import Tokenizer
+    from ..preprocessing.processor import ImageConfig, Processor
+    from ..preprocessing.tokenizer import Tokenizer
 
     image = ImageConfig(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})
     return Processor(image, Tokenizer.from_pretrained(VOCAB_DIR), source="the shapes task")
@@ -202,7 +203,7 @@ def vocab_lines() -> list[str]:
 def write_vocab(path: Path = VOCAB_DIR) -> Path:
     """Write vocab.txt, tokenizer.json and tokenizer_config.json: uncased BERT WordPiece, as git_scratch's
     Tokenizer loads them. Deterministic: the same files on every run."""
-    from ..tokenizer import SPECIAL_DEFAULTS, build_wordpiece
+    from ..preprocessing.tokenizer import SPECIAL_DEFAULTS, build_wordpiece
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(vocab_lines()) + "\n", encoding="utf-8")

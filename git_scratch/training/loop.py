@@ -4,7 +4,7 @@
         ─▶ GIT ─▶ hf_loss or original_loss (loss.py) ─▶ AdamW (decay 0.01, none on norms and biases)
         ─▶ clip ─▶ warm-up + cosine ─▶ every `save_every` steps an atomic checkpoint (checkpoints.py)
 
-Both losses read rows cut as the original's get_data cuts them (loss.example_ids: a question + answer over
+Both losses read rows cut as the original's get_data cuts them (truncation.example_ids: a question + answer over
 40 wordpieces keeps its last 38); compat="original" picks the original's loss.
 
 `resume` restores every piece of state (weights, optimizer, scheduler, step, RNG states, data position),
@@ -31,7 +31,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -42,19 +41,17 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoints import STATE, latest_checkpoint, rng_states, save_checkpoint, set_rng_states
-from .config import GitConfig
-from .constants import COMPATS
+from ..config import GitConfig
+from ..constants import COMPATS, check_compat
 from .curves import plot_curves
-from .init import init_weights
-from .inputs import check_compat
-from .load import fast_bf16, load, resolve_device
-from .loss import example_ids, hf_loss, original_loss
-from .model import GIT
-from .processor import Processor, preprocess
+from ..init import init_weights
+from ..load import fast_bf16, load, resolve_device
+from ..model import GIT
+from ..data.batches import batch_loss, collate, mean_losses
+from ..preprocessing.processor import Processor
 
 LOSSES = ("hf", "original")
 BF16 = ("auto", "on", "off")
-VAL_OFFSET = 10**9  # first seed of held-out shapes samples: far past any training set's seeds
 CROP_SCALE = (0.8, 1.0)  # the original's random resized crop: 80-100% of the area, square, bicubic
 
 
@@ -160,53 +157,6 @@ def crop_box(W: int, H: int, g: torch.Generator) -> tuple[int, int, int]:
             return x, y, side
     side = min(W, H)  # an image too far from square for the area asked
     return (W - side) // 2, (H - side) // 2, side
-
-
-def collate(examples, processor: Processor) -> dict:
-    """(image, prompt, target) triples -> pixel_values (B, 3, H, W), input_ids, attention_mask and
-    need_predict (B, T), right-padded. Images go through the processor's resize and centre crop (training
-    crops them first, in next_share)."""
-    tok = processor.tokenizer
-    pixels, rows = [], []
-    for image, prompt, target in examples:
-        image = image.convert("RGB")
-        pixels.append(preprocess(image, processor.image_config))
-        prompt_ids = tok.encode(prompt)[1:] if prompt else []  # encode() puts [CLS] first
-        rows.append(example_ids(prompt_ids, tok.encode(target)[1:], tok.cls_id, tok.sep_id))
-    T = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
-    need, mask = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (row, predict) in enumerate(rows):
-        ids[i, : len(row)], need[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(predict), 1
-    return {"pixel_values": torch.from_numpy(np.stack(pixels)), "input_ids": ids, "attention_mask": mask,
-            "need_predict": need}
-
-
-def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:
-    """The training loss of one batch. Both modes count the same tokens (need_predict: the target and
-    [SEP]); "hf" is plain cross-entropy over them, "original" the label-smoothed KL."""
-    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]).logits  # (B, T, V)
-    if loss == "hf":
-        labels = batch["input_ids"].masked_fill(batch["need_predict"] == 0, -100)
-        return hf_loss(logits, labels)
-    return original_loss(logits, batch["input_ids"], batch["need_predict"])
-
-
-@torch.no_grad()
-def mean_losses(model: GIT, data, processor: Processor, batch_size: int) -> dict:
-    """Both training losses under teacher forcing, no augmentation, averaged over batches; unreadable rows
-    are left out. Leaves the model in eval mode."""
-    model.eval()
-    totals, n = {"loss_hf": 0.0, "loss_original": 0.0}, 0
-    for start in range(0, len(data), batch_size):
-        items = [x for x in (data[i] for i in range(start, min(start + batch_size, len(data)))) if x is not None]
-        if not items:
-            continue
-        batch = {k: v.to(model.device) for k, v in collate(items, processor).items()}
-        for name in ("hf", "original"):
-            totals[f"loss_{name}"] += batch_loss(model, batch, name).item()
-        n += 1
-    return {k: v / max(n, 1) for k, v in totals.items()}
 
 
 class Sampler:
@@ -474,11 +424,11 @@ def _run_train(args: argparse.Namespace, device: torch.device) -> int:
 
 def _setup(args: argparse.Namespace, device: torch.device):
     """The command line's model (on `device`), processor, training data and held-out data."""
-    from .data import shapes
-    from .data.datasets import ShapesDataset, load_dataset
-    from .init import default_tokenizer_dir
-    from .processor import ImageConfig
-    from .tokenizer import Tokenizer
+    from ..data import shapes
+    from ..data.datasets import ShapesDataset, load_dataset
+    from .init_checkpoint import default_tokenizer_dir
+    from ..preprocessing.processor import ImageConfig
+    from ..preprocessing.tokenizer import Tokenizer
 
     if args.init:
         model = load(args.init, device=device)
@@ -506,7 +456,7 @@ def _setup(args: argparse.Namespace, device: torch.device):
             print(data.summary(), file=sys.stderr)
     val = None
     if args.val == "shapes":
-        val = ShapesDataset(args.val_samples, args.task, offset=VAL_OFFSET)
+        val = ShapesDataset(args.val_samples, args.task, offset=shapes.VAL_OFFSET)
     elif args.val:
         val = load_dataset(args.val, args.images)
     return model, processor, data, val

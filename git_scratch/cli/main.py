@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .constants import (COMPATS, DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
+from ..constants import (COMPATS, DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
 
 EXIT_CODES = """\
 exit codes:
@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for the help only: main() hands `convert ...` to the converter's own parser before parsing.
     sub.add_parser("convert", help="convert a Hugging Face or original GIT checkpoint (or back with --to-hf)", add_help=False)
 
-    from .demo import add_parser as add_demo_parser
-    from .evaluate import add_parser as add_eval_parser
-    from .train import add_parser as add_train_parser
+    from ..evaluation.demo import add_parser as add_demo_parser
+    from ..evaluation.evaluate import add_parser as add_eval_parser
+    from ..training.loop import add_parser as add_train_parser
 
     add_train_parser(sub)
     add_eval_parser(sub)
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from .init import init_checkpoint
+    from ..training.init_checkpoint import init_checkpoint
 
     try:
         copied = init_checkpoint(args.dst, args.preset, seed=args.seed, std=args.std,
@@ -284,9 +284,9 @@ def _terminate(signum, frame):
 
 
 def run_convert(argv: list[str]) -> int:
-    # weights_convert imports git_scratch (the model, to check shapes), so git_scratch imports it only
+    # convert/ sits above the model (it builds one to check shapes): the command line imports it only
     # here, when the command runs: the dependency goes one way, from the converter to the package.
-    from weights_convert.__main__ import main as convert_main
+    from ..convert.__main__ import main as convert_main
 
     return convert_main(argv, prog="git-scratch convert", failed=EXIT_USAGE)
 
@@ -323,6 +323,3 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

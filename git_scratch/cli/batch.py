@@ -21,8 +21,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IMAGE_EXTS
-from .processor import printable
+from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IMAGE_EXTS
+from ..preprocessing.processor import printable
 from .results import OutputError, ResultsFile, differences, resume_key, run_settings
 
 
@@ -189,7 +189,7 @@ class Runner:
         import torch
 
         if self.video:
-            from .video import sample_frames
+            from ..preprocessing.video import sample_frames
 
             frames = sample_frames(item.path, self.model.config.n_frames, self.max_pixels)
             return self.processor.preprocess_frames(frames)[0]
@@ -207,7 +207,7 @@ class Runner:
         """Records for each row of `image` (R, N, D), all given the same prompt."""
         import torch
 
-        from .generate import generate
+        from ..generation.generate import generate
 
         a, tok = self.args, self.processor.tokenizer
         prompt = self.prompt(question)  # (1, T): generate uses it for every row
@@ -315,7 +315,7 @@ class Runner:
 
 def _reason(e: Exception, item: Item) -> str:
     """One line: the reason alone (the caller names the input), with the exception type where it helps."""
-    from .processor import ImageLoadError
+    from ..preprocessing.processor import ImageLoadError
 
     if isinstance(e, ImageLoadError):
         return e.reason
@@ -333,8 +333,8 @@ def load_checkpoint(args, video: bool):
     """(model, processor) of --checkpoint on --device, or SetupError with one line saying what is wrong."""
     import torch
 
-    from .load import load
-    from .processor import PILLOW_LIMIT, Processor
+    from ..load import load
+    from ..preprocessing.processor import PILLOW_LIMIT, Processor
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SetupError(f"--device cuda: no CUDA device available to this torch ({torch.__version__})")
@@ -374,8 +374,8 @@ def run_inputs(args, video: bool) -> int:
     its own --batch-size inputs and rank 0 shows and saves every rank's records (run_steps). A killed
     run has saved each finished record once, and the rerun computes only the others.
     """
-    from . import distributed
-    from .load import resolve_device
+    from ..training import distributed
+    from ..load import resolve_device
 
     distributed.init(resolve_device(args.device))  # joins torchrun's process group, if launched by it
     try:
@@ -387,7 +387,7 @@ def run_inputs(args, video: bool) -> int:
 def _run_inputs(args, video: bool) -> int:
     from tqdm import tqdm
 
-    from . import distributed
+    from ..training import distributed
 
     main, world = distributed.is_main(), distributed.world()
     settings = run_settings(args)
@@ -456,7 +456,7 @@ def run_steps(runner: Runner, work: list) -> None:
     """All of `work` in a plain run. Under torchrun, in steps of world x --batch-size inputs: rank r runs
     the r-th --batch-size of each step, then rank 0 emits every rank's records, rank by rank, so in
     input order. Every rank takes the same number of steps (an empty share when the work runs out)."""
-    from . import distributed
+    from ..training import distributed
 
     rank, world, size = distributed.rank(), distributed.world(), runner.args.batch_size
     if world == 1:

@@ -10,7 +10,7 @@
     (vision.image_size is the original's test_crop_size): captioning checkpoints resize and crop (offsets
     rounded half to even), VQA ones keep the aspect ratio, trimmed here to whole patches (the original's
     patch convolution drops the rest); CLIP mean and std always; questions cut as its inference cuts them
-    (loss.original_question); a single image given to a video checkpoint comes as one frame, (B, 1, 3, H, W),
+    (truncation.original_question); a single image given to a video checkpoint comes as one frame, (B, 1, 3, H, W),
     so it gets the first temporal embedding, as in the original.
 
 Loading is the same in both (the original opens files with `.convert("RGB")` and no EXIF transpose,
@@ -46,10 +46,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import GitConfig, TextConfig
-from .constants import PREPROCESSOR_FILES, VIDEO_EXTS
-from .inputs import check_compat
-from .loss import original_question
+from ..config import GitConfig, TextConfig
+from ..constants import PREPROCESSOR_FILES, VIDEO_EXTS, check_compat
+from .truncation import original_question
 from .pixels import (  # noqa: F401 -- re-exported: `from git_scratch.processor import preprocess` keeps working
     CLIP_MEAN, CLIP_STD, ORIGINAL_MAX_SIZE, ImageConfig, center_crop, original_pixels, original_resize_shape,
     preprocess, resize_shape,
@@ -321,7 +320,7 @@ class Processor:
 
     def encode_text(self, text) -> tuple[np.ndarray, np.ndarray]:
         """A prompt or a list -> (input_ids, attention_mask), both (B, T) int64, right-padded with pad id.
-        compat="original" cuts each as the original's inference does (loss.original_question)."""
+        compat="original" cuts each as the original's inference does (truncation.original_question)."""
         seqs = self._tok().encode_batch([text] if isinstance(text, str) else list(text))  # each [CLS] + tokens
         if not seqs:
             raise ValueError("text is an empty list")

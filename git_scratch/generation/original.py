@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import Cached, Uncached, take, why_inexact
-from .inputs import Generation, GenerationOptions, request
+from .options import Generation, GenerationOptions, request
 
 NEG = -1.0e9  # the original's score for the K - 1 copies of the prompt at the start (decoder.py:1119)
 

@@ -21,8 +21,8 @@ from git_scratch.config import GitConfig
 from git_scratch.constants import PREPROCESSOR_FILES, TOKENIZER_FILES
 from git_scratch.load import DTYPES, umask_mode
 from git_scratch.model import GIT
-from git_scratch.processor import no_preprocessing_settings
-from git_scratch.tokenizer import Tokenizer, special_ids_disagree
+from git_scratch.preprocessing.processor import no_preprocessing_settings
+from git_scratch.preprocessing.tokenizer import Tokenizer, special_ids_disagree
 
 from .hf_config import config_from_hf, config_to_hf
 from .mapping import DROPPED, HF_LEGACY, NAME_MAP

@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from .constants import PREPROCESSOR_FILES, TOKENIZER_FILES
+from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
 
 RECORD_START = b'{"input": '  # every record's first bytes: json.dumps of a dict whose first key is "input"
 _SAMPLE = 1 << 20  # bytes read from each end of the weights file for the checkpoint fingerprint

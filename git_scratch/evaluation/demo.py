@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .data import shapes
+from ..data import shapes
 
 CAPTION_TOKENS = 24  # the longest caption is 16 words, each one token, then [SEP]
 ANSWER_TOKENS = 6  # answers are one or two words
-FRESH = 2 * 10**9  # default seeds start here: past every training and held-out seed (train.VAL_OFFSET = 1e9)
+FRESH = 2 * 10**9  # default seeds start here: past every training and held-out seed (shapes.VAL_OFFSET = 1e9)
 
 
 @torch.no_grad()
@@ -156,8 +156,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .load import load
-    from .processor import Processor
+    from ..load import load
+    from ..preprocessing.processor import Processor
 
     if args.n < 1:
         print("git-scratch demo: error: --n must be at least 1", file=sys.stderr)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TextConfig
+from ..config import TextConfig
 
 
 def why_inexact(mask: torch.Tensor, n_img: int) -> str | None:

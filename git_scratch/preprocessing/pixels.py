@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .constants import PREPROCESSOR_FILES
+from ..constants import PREPROCESSOR_FILES
 
 # GIT's published preprocessing: OpenAI CLIP statistics, 224 px, bicubic (Pillow code 3).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .init import save
-from .model import GIT
-from .processor import Processor
+from ..load import save
+from ..model import GIT
+from ..preprocessing.processor import Processor
 
 LATEST = "latest"
 STATE = "state.pt"

@@ -17,9 +17,9 @@ from typing import Callable
 
 import torch
 
-from .beam_original import original_generate
+from .original import original_generate
 from .cache import Cached, Uncached, take, why_inexact
-from .inputs import Generation, GenerationOptions, request
+from .options import Generation, GenerationOptions, request
 
 NEG = -1.0e9  # transformers' "impossible" beam score; the same constant keeps ties and sums bitwise equal
 

@@ -11,28 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .constants import COMPATS
-
-
-def check_compat(compat: str) -> str:
-    """`compat` itself, if it names one of COMPATS (whose behaviour to reproduce); else a clear ValueError."""
-    if compat not in COMPATS:
-        raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
-    return compat
-
-
-def check_pixels(config, pixels: torch.Tensor) -> None:
-    """Clear errors for pixels a model of this `config` cannot take, before any compute."""
-    if pixels.ndim not in (4, 5):
-        raise ValueError(f"pixel_values must be (B, 3, H, W) or (B, frames, 3, H, W), got shape {tuple(pixels.shape)}")
-    if pixels.shape[-3] != config.vision.n_channels:
-        raise ValueError(f"pixel_values has {pixels.shape[-3]} channels, the model expects {config.vision.n_channels}")
-    if pixels.ndim == 5:
-        if not config.n_frames:
-            raise ValueError("got video pixel_values (5 dims) but this checkpoint has no temporal embeddings")
-        if pixels.shape[1] > config.n_frames:  # NB: the original silently drops the frames past its embeddings
-            raise ValueError(f"got {pixels.shape[1]} video frames; this checkpoint has temporal embeddings for "
-                             f"{config.n_frames} (sample at most {config.n_frames} frames)")
+from ..constants import check_compat
+from ..model import check_pixels
 
 
 def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: int, device):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .constants import IMAGE_EXTS
+from ..constants import IMAGE_EXTS
 from .processor import PILLOW_LIMIT, ImageLoadError, as_pil, open_image, printable, to_rgb
 
 

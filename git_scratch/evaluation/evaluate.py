@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .train import VAL_OFFSET, mean_losses
+from ..data.batches import mean_losses
+from ..data.shapes import VAL_OFFSET
 
 
 @dataclass
@@ -113,9 +114,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .data.datasets import ShapesDataset, load_dataset
-    from .load import load
-    from .processor import Processor
+    from ..data.datasets import ShapesDataset, load_dataset
+    from ..load import load
+    from ..preprocessing.processor import Processor
 
     try:
         model = load(args.checkpoint, device=args.device)

@@ -1,4 +1,4 @@
-"""python -m weights_convert SRC DST  (also: git-scratch convert SRC DST, which runs this file's main).
+"""python -m git_scratch.convert SRC DST  (also: git-scratch convert SRC DST, which runs this file's main).
 
 SRC is a Hugging Face checkpoint directory, or the original GIT's model.pt with --config or --preset.
 """
@@ -13,15 +13,15 @@ from git_scratch.constants import DTYPE_NAMES
 EXAMPLES = """\
 examples:
   # a Hugging Face checkpoint you downloaded (e.g. hf download microsoft/git-base-coco --local-dir git-base-coco)
-  python -m weights_convert git-base-coco ckpt/git-base-coco
+  python -m git_scratch.convert git-base-coco ckpt/git-base-coco
   # half the disk, weights stored as bfloat16
-  python -m weights_convert git-base-coco ckpt/git-base-coco-bf16 --dtype bfloat16
+  python -m git_scratch.convert git-base-coco ckpt/git-base-coco-bf16 --dtype bfloat16
   # back to Hugging Face, loadable with transformers.GitForCausalLM.from_pretrained
-  python -m weights_convert ckpt/git-base-coco hf/git-base-coco --to-hf
+  python -m git_scratch.convert ckpt/git-base-coco hf/git-base-coco --to-hf
   # the original GIT's model.pt (github.com/microsoft/GenerativeImage2Text), its shape from a Hugging Face
   # config.json (tokenizer and preprocessing files beside it are copied too) or from a preset
-  python -m weights_convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --config git-base-coco/config.json
-  python -m weights_convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --preset git-base-coco
+  python -m git_scratch.convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --config git-base-coco/config.json
+  python -m git_scratch.convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --preset git-base-coco
 """
 EXIT_CODES = {  # by the code a failed conversion exits with: 1 here, 2 (with usage errors) in git-scratch
     1: "\nexit codes:\n  0  converted\n  1  the source cannot be converted (the error line says why)\n"
@@ -72,18 +72,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(prog: str = "python -m weights_convert", failed: int = 1) -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m git_scratch.convert", failed: int = 1) -> argparse.ArgumentParser:
     """The converter's parser; `git-scratch convert` builds it with its own name and exit code for failures."""
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a Hugging Face GIT checkpoint, or the original GIT's model.pt, into a git_scratch "
                     "checkpoint directory (or a git_scratch checkpoint back to Hugging Face).",
-        epilog=EXAMPLES.replace("python -m weights_convert", prog) + EXIT_CODES[failed])
+        epilog=EXAMPLES.replace("python -m git_scratch.convert", prog) + EXIT_CODES[failed])
     add_arguments(p)
     return p
 
 
-def main(argv=None, prog: str = "python -m weights_convert", failed: int = 1) -> int:
+def main(argv=None, prog: str = "python -m git_scratch.convert", failed: int = 1) -> int:
     args = build_parser(prog, failed).parse_args(argv)
     return failed if run(args) else 0
 

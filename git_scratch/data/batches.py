@@ -1,0 +1,62 @@
+"""Batches for training and evaluation: (image, prompt, target) examples -> tensors, and their losses.
+
+Shared by the training loop and `git-scratch eval`, so both count the same tokens the same way.
+Shapes: the legend in model.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..loss import hf_loss, original_loss
+from ..model import GIT
+from ..preprocessing.processor import Processor, preprocess
+from ..preprocessing.truncation import example_ids
+
+
+def collate(examples, processor: Processor) -> dict:
+    """(image, prompt, target) triples -> pixel_values (B, 3, H, W), input_ids, attention_mask and
+    need_predict (B, T), right-padded. Images go through the processor's resize and centre crop (training
+    crops them first, in next_share)."""
+    tok = processor.tokenizer
+    pixels, rows = [], []
+    for image, prompt, target in examples:
+        image = image.convert("RGB")
+        pixels.append(preprocess(image, processor.image_config))
+        prompt_ids = tok.encode(prompt)[1:] if prompt else []  # encode() puts [CLS] first
+        rows.append(example_ids(prompt_ids, tok.encode(target)[1:], tok.cls_id, tok.sep_id))
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    need, mask = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (row, predict) in enumerate(rows):
+        ids[i, : len(row)], need[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(predict), 1
+    return {"pixel_values": torch.from_numpy(np.stack(pixels)), "input_ids": ids, "attention_mask": mask,
+            "need_predict": need}
+
+
+def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:
+    """The training loss of one batch. Both modes count the same tokens (need_predict: the target and
+    [SEP]); "hf" is plain cross-entropy over them, "original" the label-smoothed KL."""
+    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]).logits  # (B, T, V)
+    if loss == "hf":
+        labels = batch["input_ids"].masked_fill(batch["need_predict"] == 0, -100)
+        return hf_loss(logits, labels)
+    return original_loss(logits, batch["input_ids"], batch["need_predict"])
+
+
+@torch.no_grad()
+def mean_losses(model: GIT, data, processor: Processor, batch_size: int) -> dict:
+    """Both training losses under teacher forcing, no augmentation, averaged over batches; unreadable rows
+    are left out. Leaves the model in eval mode."""
+    model.eval()
+    totals, n = {"loss_hf": 0.0, "loss_original": 0.0}, 0
+    for start in range(0, len(data), batch_size):
+        items = [x for x in (data[i] for i in range(start, min(start + batch_size, len(data)))) if x is not None]
+        if not items:
+            continue
+        batch = {k: v.to(model.device) for k, v in collate(items, processor).items()}
+        for name in ("hf", "original"):
+            totals[f"loss_{name}"] += batch_loss(model, batch, name).item()
+        n += 1
+    return {k: v / max(n, 1) for k, v in totals.items()}

@@ -1,0 +1,1 @@
+"""Evaluation: caption and VQA metrics, `git-scratch eval` over a dataset, and the demo model's demo."""
