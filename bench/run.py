@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import git_scratch.layers
+import git_scratch.fast
 
 from .machine import OtherLoad, bandwidth_gbs, linear_seconds, machine_info, matmul_gflops, roofline
 from .ties import explain, vision_against_exact
@@ -105,7 +105,7 @@ def vision_flops(model, cfg) -> int:
     from .workloads import pixels
 
     px = pixels(cfg, 1)
-    # NB: with autograd on, layers.Linear takes its plain F.linear path, which the counter knows (it does
+    # NB: with autograd on, fast.Linear takes its plain F.linear path, which the counter knows (it does
     # not count oneDNN's op); the FLOPs are the same either way
     with FlopCounterMode(display=False) as fc, torch.enable_grad():
         model.vision(px[:, 0] if px.ndim == 5 else px)  # one frame of a video
@@ -338,7 +338,7 @@ def parse(argv=None):
                    help="git_scratch's dtype (transformers stays float32); anything but float32 is an experiment "
                    "whose ids usually differ, and then does not count")
     p.add_argument("--linear", default="auto", choices=["auto", "onednn", "mkl"],
-                   help="git_scratch's CPU linear route for 4-512-row inference (layers.Linear): auto = oneDNN "
+                   help="git_scratch's CPU linear route for 4-512-row inference (fast.Linear): auto = oneDNN "
                    "on CPUs with AMX or AVX-512, where it was measured faster; onednn / mkl force one, to measure both")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached random-init checkpoints")
     p.add_argument("--out", type=Path, default=RESULTS, help="results and checkpoint cache (default bench/results)")
@@ -357,8 +357,8 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     if args.linear != "auto":
-        git_scratch.layers._ONEDNN = args.linear == "onednn"
-    args.linear_route = "onednn" if git_scratch.layers._ONEDNN else "mkl"
+        git_scratch.fast.ONEDNN = args.linear == "onednn"
+    args.linear_route = "onednn" if git_scratch.fast.ONEDNN else "mkl"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {

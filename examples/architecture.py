@@ -33,8 +33,7 @@ from git_scratch import GIT, GitConfig, init_weights
 from git_scratch.evaluation import demo
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
-from git_scratch.layers import Linear
-from git_scratch.training.loop import VAL_OFFSET, TrainOptions, train
+from git_scratch.training.loop import TrainOptions, train
 
 SEED = 0
 CHECK_IMAGES = 4  # held-out images on which cached generate must equal the uncached rollout
@@ -49,8 +48,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = Linear(dim, 2 * hidden)
-        self.fc2 = Linear(hidden, dim)
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
         up, gate = self.fc1(x).chunk(2, dim=-1)  # (B, L, hidden) each
@@ -102,7 +101,7 @@ def percent(x: float) -> str:
 def run(args) -> list[dict]:
     processor = shapes.processor()
     data = ShapesDataset(10**7, "both")  # seeds 0.., never repeated in any run this size
-    val = ShapesDataset(args.eval_images, "both", offset=VAL_OFFSET)  # held-out loss
+    val = ShapesDataset(args.eval_images, "both", offset=shapes.VAL_OFFSET)  # held-out loss
     seeds = range(demo.FRESH, demo.FRESH + args.eval_images)  # held-out accuracy
     # bf16 "off": on a CPU, float32 was measured faster than bfloat16 autocast for a model this small
     opts = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=1e-3, warmup=max(1, args.steps // 20),

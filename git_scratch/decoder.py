@@ -72,9 +72,14 @@ class TextBlock(nn.Module):
         self.mlp = MLP(config.dim, config.mlp_dim, config.act)
         self.ln_2 = nn.LayerNorm(config.dim, eps=config.ln_eps)
 
-    def forward(self, x, allowed, kv=None, maps=None) -> torch.Tensor:
+    def forward(self, x, allowed, kv=None) -> torch.Tensor:
         if self.pre:
-            x = x + self.attn(self.ln_1(x), allowed, kv, maps)
+            x = x + self.attn(self.ln_1(x), allowed, kv)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, allowed, kv, maps))
+        x = self.ln_1(x + self.attn(x, allowed, kv))
         return self.ln_2(x + self.mlp(x))
+
+    def keys_values(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values `attn` computes from x (B, L, D), and nothing after them: the image prefill needs
+        only these of the last block (generation/decoders.py). Wired as `forward` reads x above."""
+        return self.attn.keys_values(self.ln_1(x) if self.pre else x)

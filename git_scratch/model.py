@@ -14,6 +14,7 @@ Shape legend, used in every model file:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 
 from .config import GitConfig
 from .decoder import ImageProjection, TextBlock, TextEmbedding
-from .layers import Linear
+from . import record
 from .loss import hf_loss as lm_loss  # next-token cross-entropy, -100 ignored (loss.py)
 from .mask import git_mask, with_padding
 from .vision import VisionEncoder
@@ -66,19 +67,18 @@ class GIT(nn.Module):
         # Pre-LN blocks leave the residual stream un-normalised: one LayerNorm before the head (GPT-2's ln_f).
         self.ln_f = nn.LayerNorm(config.text.dim, eps=config.text.ln_eps) if config.text.norm == "pre" else None
         # NB: the LM head has a bias and is not tied to the word embeddings (unless the config says so).
-        self.lm_head = Linear(config.text.dim, config.text.vocab_size)
+        self.lm_head = nn.Linear(config.text.dim, config.text.vocab_size)
         if config.text.tie_embeddings:
             self.lm_head.weight = self.embed.tok_embed.weight
 
-    def encode_image(self, pixels: torch.Tensor, hidden: list | None = None, maps: list | None = None):
-        """(B, 3, H, W) or video (B, F, 3, H, W) -> image tokens (B, N, D). Run once per image; reuse freely.
-        `hidden`, `maps`: lists that collect the vision encoder's intermediates (VisionEncoder.forward)."""
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) or video (B, F, 3, H, W) -> image tokens (B, N, D). Run once per image; reuse freely."""
         check_pixels(self.config, pixels)
         video = pixels.ndim == 5
         B = pixels.shape[0]
         if video:  # all frames through the encoder as one batch
             pixels = rearrange(pixels, "b f c h w -> (b f) c h w")
-        feats = self.vision(pixels, hidden, maps)  # (B*F, N1, Dv)
+        feats = self.vision(pixels)  # (B*F, N1, Dv)
         if video:
             feats = self.img_proj.add_time(rearrange(feats, "(b f) n d -> b f n d", b=B))
         return self.img_proj(feats)
@@ -90,13 +90,11 @@ class GIT(nn.Module):
         """(L, L) may-attend mask of [image ; text]. Generation takes its rows from here too."""
         return git_mask(n_img, n_txt, device=device)
 
-    def run(self, x, allowed, kv=None, hidden: list | None = None, maps: list | None = None) -> torch.Tensor:
+    def run(self, x, allowed, kv=None) -> torch.Tensor:
         """x (B, L, D) through every decoder block: the one loop that forward and generation share.
-        `kv`: one cache layer per block while generating (cache.py); `hidden`, `maps` collect intermediates."""
+        `kv`: one cache layer per block while generating (generation/cache.py)."""
         for i, block in enumerate(self.blocks):
-            x = block(x, allowed, None if kv is None else kv[i], maps)
-            if hidden is not None:
-                hidden.append(x)
+            x = block(x, allowed, None if kv is None else kv[i])
         return x
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,26 +114,29 @@ class GIT(nn.Module):
             raise ValueError("input_ids is required (start captions with [CLS], the bos id)")
         if (pixel_values is None) == (image is None):
             raise ValueError("give exactly one of pixel_values and image")
-        out = GitOutput(logits=None, hidden_states=[] if output_hidden_states else None,
-                        attentions=[] if output_attentions else None)
-        if image is None:
-            out.vision_hidden_states = [] if output_hidden_states else None
-            out.vision_attentions = [] if output_attentions else None
-            image = self.encode_image(pixel_values, out.vision_hidden_states, out.vision_attentions)
-        B, T = input_ids.shape
-        if image.shape[0] not in (1, B):
-            raise ValueError(f"batch mismatch: {image.shape[0]} images for {B} text rows")
-        img = image.expand(B, -1, -1)  # (B, N, D): one image may serve many prompts
-        N = img.shape[1]
+        encode = image is None
+        want = output_hidden_states or output_attentions  # then record.py keeps the intermediates
+        with record.recording([self.vision.blocks, self.blocks] if encode else [self.blocks], output_hidden_states,
+                              output_attentions) if want else nullcontext() as rec:
+            if encode:
+                image = self.encode_image(pixel_values)
+            B, T = input_ids.shape
+            if image.shape[0] not in (1, B):
+                raise ValueError(f"batch mismatch: {image.shape[0]} images for {B} text rows")
+            img = image.expand(B, -1, -1)  # (B, N, D): one image may serve many prompts
+            N = img.shape[1]
 
-        x = torch.cat([img, self.embed_text(input_ids)], dim=1)  # (B, L, D): [image ; text]
-        allowed = with_padding(self.mask(N, T, device=x.device), N, attention_mask)  # (L, L) or (B, 1, L, L)
-        if out.hidden_states is not None:
-            out.hidden_states.append(x)
-        x = self.run(x, allowed, hidden=out.hidden_states, maps=out.attentions)
-        out.logits = self.head(x[:, N:])  # (B, T, V): only the text positions need logits
-        out.loss = None if labels is None else lm_loss(out.logits, labels)
-        out.image = image
+            x = torch.cat([img, self.embed_text(input_ids)], dim=1)  # (B, L, D): [image ; text]
+            allowed = with_padding(self.mask(N, T, device=x.device), N, attention_mask)  # (L, L) or (B, 1, L, L)
+            x = self.run(x, allowed)
+            logits = self.head(x[:, N:])  # (B, T, V): only the text positions need logits
+        out = GitOutput(logits, None if labels is None else lm_loss(logits, labels), image=image)
+        if output_hidden_states:
+            out.hidden_states = rec.hidden_states(self.blocks)
+            out.vision_hidden_states = rec.hidden_states(self.vision.blocks) if encode else None
+        if output_attentions:
+            out.attentions = rec.attentions(self.blocks)
+            out.vision_attentions = rec.attentions(self.vision.blocks) if encode else None
         return out
 
     @property
@@ -148,6 +149,6 @@ class GIT(nn.Module):
 
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, **kwargs):
         """Token ids as transformers' generate returns them (greedy, beam search, sampling); see generate.py."""
-        from .generation.generate import generate
+        from .generation.generate import generate  # GIT.generate: a convenience, imported when called
 
         return generate(self, pixel_values, input_ids, attention_mask, **kwargs)

@@ -29,8 +29,8 @@ class VisionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.dim, eps=config.ln_eps)
         self.mlp = MLP(config.dim, config.mlp_dim, config.act)
 
-    def forward(self, x, maps=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), maps=maps)
+    def forward(self, x) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -57,9 +57,8 @@ class VisionEncoder(nn.Module):
         grid_pos = F.interpolate(grid_pos, size=(h, w), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, rearrange(grid_pos, "1 d h w -> (h w) d")])
 
-    def forward(self, pixels: torch.Tensor, hidden: list | None = None, maps: list | None = None) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N1, Dv). `hidden`, `maps`: lists that collect each block's input (and the last
-        block's output) and attention probabilities, when given."""
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N1, Dv). Intermediates: record.recording([encoder.blocks])."""
         p = self.config.patch_size
         if pixels.shape[-1] % p or pixels.shape[-2] % p:
             raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
@@ -69,10 +68,6 @@ class VisionEncoder(nn.Module):
         cls = self.cls_token.expand(x.shape[0], 1, -1)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positions(h, w))  # (B, N1, Dv)
         for block in self.blocks:
-            if hidden is not None:
-                hidden.append(x)
-            x = block(x, maps)
-        if hidden is not None:
-            hidden.append(x)
+            x = block(x)
         # NB: ln_post normalises every token, not only the class token as in CLIP's pooled output.
         return self.ln_post(x)

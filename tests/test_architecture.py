@@ -153,8 +153,8 @@ def test_a_narrower_mask_that_keeps_the_git_structure_is_served_by_the_cache(mon
 
 def test_a_block_that_attends_under_another_mask_is_refused(monkeypatch):
     forward = TextBlock.forward
-    monkeypatch.setattr(TextBlock, "forward", lambda self, x, allowed, kv=None, maps=None:
-                        forward(self, x, None if allowed is None else allowed.clone(), kv, maps))
+    monkeypatch.setattr(TextBlock, "forward", lambda self, x, allowed, kv=None:
+                        forward(self, x, None if allowed is None else allowed.clone(), kv))
     model = tiny()
     with pytest.raises(CacheMisuse, match="a decoder block attended under a mask other than the one the model gave "
                                           "it.*generate with use_cache=False"):

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from git_scratch.generation.generate import NEG, Beams, beam_step
+from git_scratch.generation.beam import NEG, Beams, beam_step
 
 EOS = 2
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from git_scratch import GIT, GitConfig, init_weights
-from git_scratch.generation.original import Cached, original_beam_search
+from git_scratch.generation.decoders import Cached
+from git_scratch.generation.original import original_beam_search
 
 EOS, ALPHA = 2, 0.6
 # Scores: the same float32 log-probs through the cache and through the full forward differ by a few ulps
@@ -106,8 +107,9 @@ def every_sequence(model, px, prompt: list[int], max_length: int):
 
 def count_steps(monkeypatch) -> list:
     calls = []
-    feed = Cached.feed
-    monkeypatch.setattr(Cached, "feed", lambda self, *a: calls.append(1) or feed(self, *a))
+    for stage in ("prefill", "decode_step"):  # one model call each
+        run = getattr(Cached, stage)
+        monkeypatch.setattr(Cached, stage, lambda self, *a, run=run: calls.append(1) or run(self, *a))
     return calls
 
 

@@ -25,7 +25,8 @@ from PIL import Image
 
 from _cli_helpers import HFPipeline, build_checkpoint, cli_command, cli_env, photo, records, run_cli
 
-from git_scratch import batch, cli
+from git_scratch import cli
+from git_scratch.cli import batch
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 QUESTIONS = ("what is in the picture?", "how many people are there?")

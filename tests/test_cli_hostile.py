@@ -25,7 +25,8 @@ from PIL import Image
 
 from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records
 
-from git_scratch import batch, cli
+from git_scratch import cli
+from git_scratch.cli import batch
 from git_scratch.load import umask_mode
 
 FAST = ("--max-new-tokens", "8", "--no-progress")

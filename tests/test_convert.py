@@ -293,7 +293,7 @@ def test_command_line_reports_failure_with_exit_code(tiny, tmp_path):
     (tmp_path / "empty").mkdir()
     bad = subprocess.run([sys.executable, "-m", "git_scratch.convert", str(tmp_path / "empty"), str(tmp_path / "b")],
                          capture_output=True, text=True)
-    assert bad.returncode == 1
+    assert bad.returncode == 2  # a failed conversion: 2 from both entry points, as git-scratch convert exits
     assert bad.stderr == f"error: {tmp_path / 'empty'}: no config.json (is this a checkpoint directory?)\n"
 
 

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 import git_scratch
-from git_scratch import cli, demo
+from git_scratch import cli
+from git_scratch.evaluation import demo
 from git_scratch.data import shapes
 
 # A fixed set of held-out seeds (never seen in training, which drew seeds below 1e7): 60 images, about

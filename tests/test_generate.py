@@ -29,7 +29,7 @@ import _gen_helpers as H
 from reference import build
 from git_scratch.generation.cache import KVCache
 from git_scratch.config import TextConfig
-from git_scratch.generation.cache import Cached
+from git_scratch.generation.decoders import Cached
 from git_scratch.mask import git_mask
 
 
@@ -82,6 +82,7 @@ def test_cached_decoding_matches_forward(ckpt, name):
     with torch.no_grad():
         img = m.encode_image(r.pixels(2, seed=1))
         dec = Cached(m, img, 6, m.mask(img.shape[1], 5 + 4))
+        dec.prefill_image()
         logits = [m.head(dec.hidden(ids, torch.zeros(6, 1, dtype=torch.long)))]  # (R, 5, V)
         for i in range(4):
             start = torch.tensor(lengths)[:, None] + i

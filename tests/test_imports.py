@@ -29,6 +29,7 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+MODULE_NAMES = set(MODULES)
 
 
 def room(module: str) -> str:
@@ -53,10 +54,11 @@ def imports(path: Path) -> set[str]:
             base = node.module or ""
             if node.level:  # relative: from .x import y, from . import y
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            # `from a.b import c`: the module a.b.c where c is one, else a.b itself
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULE_NAMES else base for a in node.names]
         else:
             continue
-        found |= set(targets)  # `from a.b import c`: a.b, and a.b.c where c is a module
+        found |= set(targets)
     return {m for m in found if m in MODULES and m != name}
 
 

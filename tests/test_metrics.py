@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from git_scratch import metrics as M
+from git_scratch.evaluation import metrics as M
 
 REFS = {
     1: ["a man riding a horse on a beach", "a person rides a brown horse along the shore",

@@ -17,6 +17,7 @@ from PIL import Image
 
 from git_scratch import GIT, GitConfig, Processor
 from git_scratch.preprocessing.truncation import original_question
+from git_scratch.record import recording
 from git_scratch.preprocessing.processor import original_pixels
 
 # The original's Normalize arguments (inference.py:126-129), written out rather than imported.
@@ -171,8 +172,9 @@ def test_the_vision_encoder_sees_what_the_originals_clip_sees(tmp_path):
         pos = torch.cat([v.pos_embed[:1], grid.reshape(-1, D)])
         x = torch.cat([v.cls_token.expand(1, 1, D), x.flatten(2).transpose(1, 2)], dim=1) + pos
         want = v.ln_pre(x)  # the input of the first block
-        hidden = []
-        v(trimmed, hidden=hidden)
+        with recording([v.blocks], maps=False) as rec:
+            v(trimmed)
+        hidden = rec.hidden_states(v.blocks)
     # The same float32 ops in the same order (conv, interpolate, add, LayerNorm): equal up to the convolution's
     # summation order over a different input size, a few ulps; a one-patch shift or a transposed grid moves
     # entries by O(1).

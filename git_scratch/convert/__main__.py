@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from git_scratch.constants import DTYPE_NAMES
+from git_scratch.constants import DTYPE_NAMES, EXIT_USAGE
 
 EXAMPLES = """\
 examples:
@@ -23,11 +23,10 @@ examples:
   python -m git_scratch.convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --config git-base-coco/config.json
   python -m git_scratch.convert GIT_BASE_COCO/model.pt ckpt/git-base-coco --preset git-base-coco
 """
-EXIT_CODES = {  # by the code a failed conversion exits with: 1 here, 2 (with usage errors) in git-scratch
-    1: "\nexit codes:\n  0  converted\n  1  the source cannot be converted (the error line says why)\n"
-       "  2  usage error\n",
-    2: "\nexit codes:\n  0  converted\n  2  usage error, or the source cannot be converted (the error line says why)\n",
-}
+# A source that cannot be converted exits 2, as a usage error does (the arguments name something unusable),
+# whichever entry point runs this: `git-scratch convert` keeps the git-scratch command's codes.
+EXIT_CODES = ("\nexit codes:\n  0  converted\n"
+              "  2  usage error, or the source cannot be converted (the error line says why)\n")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,15 +47,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert; 0 when done, 1 with one `error: ...` line when the source cannot be converted."""
-    from .convert import ConversionError, convert
+    """Convert; 0 when done, 2 with one `error: ...` line when the source cannot be converted."""
+    from .convert import convert
+    from .rename import ConversionError
 
     try:
         summary = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, overwrite=args.overwrite,
                           trust_pickle=args.trust_pickle, config=args.config, preset=args.preset)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     direction = ("original GIT -> git_scratch" if summary["original"] else
                  "git_scratch -> Hugging Face" if args.to_hf else "Hugging Face -> git_scratch")
     print(f"converted {args.src} -> {args.dst} ({direction}): {summary['tensors']} tensors", file=sys.stderr)
@@ -72,20 +72,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(prog: str = "python -m git_scratch.convert", failed: int = 1) -> argparse.ArgumentParser:
-    """The converter's parser; `git-scratch convert` builds it with its own name and exit code for failures."""
+def build_parser(prog: str = "python -m git_scratch.convert") -> argparse.ArgumentParser:
+    """The converter's parser; `git-scratch convert` builds it with its own name."""
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a Hugging Face GIT checkpoint, or the original GIT's model.pt, into a git_scratch "
                     "checkpoint directory (or a git_scratch checkpoint back to Hugging Face).",
-        epilog=EXAMPLES.replace("python -m git_scratch.convert", prog) + EXIT_CODES[failed])
+        epilog=EXAMPLES.replace("python -m git_scratch.convert", prog) + EXIT_CODES)
     add_arguments(p)
     return p
 
 
-def main(argv=None, prog: str = "python -m git_scratch.convert", failed: int = 1) -> int:
-    args = build_parser(prog, failed).parse_args(argv)
-    return failed if run(args) else 0
+def main(argv=None, prog: str = "python -m git_scratch.convert") -> int:
+    return run(build_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ The model's own blocks run over it: each block's attention gets a cache layer as
 which stores the new keys/values and hands back what to attend over, the image's as `shared`, never copied.
 Prompts are right-padded: row r's new token i goes to slot len_r + i, over the padding; under the causal
 mask a real token in slot s reads slots <= s, all real by then, so no padding mask is needed.
-`Cached` decodes over it; `Uncached`, the reference, runs the full forward: the searches take either.
-Shapes: the legend in model.py.
+decoders.py runs the model over it. Shapes: the legend in model.py.
 """
 
 from __future__ import annotations
@@ -37,10 +36,6 @@ def why_inexact(mask: torch.Tensor, n_img: int) -> str | None:
 
 class CacheMisuse(RuntimeError):
     """A block attended under a mask other than the model's: the cache cannot know what that means."""
-
-
-class ImageDone(Exception):
-    """Raised by the last image layer once it holds its keys/values: the rest of that block is unused."""
 
 
 @dataclass
@@ -71,7 +66,7 @@ class KVCache:
 
     def image_layers(self, allowed) -> list[_ImageLayer]:
         """One `kv` per block while the image tokens run through the decoder alone, under `allowed`."""
-        return [_ImageLayer(self.img[i], allowed, last=i == len(self.img) - 1) for i in range(len(self.img))]
+        return [_ImageLayer(self.img[i], allowed) for i in range(len(self.img))]
 
     def text_layers(self, slots: torch.Tensor, allowed: torch.Tensor) -> list[_TextLayer]:
         """One `kv` per block for text tokens in `slots` (R, n) under mask rows `allowed` (from `positions`)."""
@@ -93,17 +88,17 @@ def _check(allowed, expected) -> None:
 
 
 class _ImageLayer:
-    def __init__(self, store: torch.Tensor, allowed, last: bool):
-        self.store, self.allowed, self.last = store, allowed, last  # store: (2, Bi, H, N, Dh), a view
+    def __init__(self, store: torch.Tensor, allowed):
+        self.store, self.allowed = store, allowed  # store: (2, Bi, H, N, Dh), a view
+
+    def keep(self, k, v) -> None:
+        """The image tokens' keys/values (Bi, H, N, Dh) at this layer, for every later text token to read."""
+        self.store[0].copy_(k)
+        self.store[1].copy_(v)
 
     def update(self, k, v, allowed):
         _check(allowed, self.allowed)
-        self.store[0].copy_(k)
-        self.store[1].copy_(v)
-        if self.last:
-            # Speed, exact under any block wiring: the text reads only the image tokens' keys/values, so
-            # the last block's output for them is never used; stop it once it has handed these over.
-            raise ImageDone
+        self.keep(k, v)
         return k, v, None  # the image tokens attend to each other only: nothing cached before them
 
 
@@ -118,55 +113,3 @@ class _TextLayer:
         self.txt[0][rows, :, self.slots] = k.transpose(1, 2)  # advanced indices first: target is (R, n, H, Dh)
         self.txt[1][rows, :, self.slots] = v.transpose(1, 2)
         return self.txt[0], self.txt[1], (self.img[0], self.img[1])
-
-
-# ---------------------------------------------------------------- the model over the cache, or not
-class Cached:
-    """Decoding over the KV cache (cache.py): the model's own embed_text / run / head, new tokens only."""
-
-    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor):
-        N = image.shape[1]
-        self.model = model
-        self.cache = KVCache.empty(model.config.text, image.shape[0], n_rows, mask, N, image.dtype, image.device)
-        img_mask = None if bool(mask[:N, :N].all()) else mask[:N, :N]  # None: SDPA's fast unmasked path
-        try:  # the image tokens through the decoder alone, once per image: each layer's keys/values stay
-            model.run(image, img_mask, kv=self.cache.image_layers(img_mask))
-        except ImageDone:
-            pass
-
-    def hidden(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """ids (R, n) in text slots start.. (start (R, 1)) -> decoder output (R, n, D); their keys/values stay."""
-        slots, allowed = self.cache.positions(start, ids.shape[1])
-        return self.model.run(self.model.embed_text(ids, start), allowed, kv=self.cache.text_layers(slots, allowed))
-
-    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """As `hidden`, then the logits (R, V) of each row's token `last` (R,) only."""
-        return self.model.head(self.hidden(ids, start)[torch.arange(len(ids), device=ids.device), last])
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.cache.reorder(rows)
-
-
-class Uncached:
-    """The whole sequence through `model.forward` at every step: the reference rollout, and the fallback
-    for a model whose mask the cache cannot serve. Rows hold text slots as the cache does."""
-
-    def __init__(self, model, image: torch.Tensor, n_rows: int, n_slots: int):
-        self.model, self.image = model, image.repeat_interleave(n_rows // image.shape[0], dim=0)
-        self.seq = torch.zeros(n_rows, n_slots, dtype=torch.long, device=image.device)
-
-    def feed(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(len(ids), device=ids.device)
-        self.seq[rows[:, None], start + torch.arange(ids.shape[1], device=ids.device)] = ids
-        end = start[:, 0] + last + 1  # real tokens per row; later slots are padding (masked as keys)
-        T = int(end.max())
-        keep = torch.arange(T, device=ids.device) < end[:, None]
-        return self.model(image=self.image, input_ids=self.seq[:, :T], attention_mask=keep).logits[rows, end - 1]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.seq = self.seq[rows]
-
-
-def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (P, B, ...) -> (P, J, ...): x[p, idx[p, j]]."""
-    return x.gather(1, idx.view(*idx.shape, *[1] * (x.ndim - 2)).expand(*idx.shape, *x.shape[2:]))

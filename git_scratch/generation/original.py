@@ -7,7 +7,7 @@ GeneratorWithBeamSearch.search and BeamHypotheses), written anew over our KV cac
     max_length counts every token ([CLS], prompt, [SEP]); a hypothesis that reaches it ends in [SEP] put
     in place of its last new token, whose log-prob stays in the sum.
 
-It is not transformers' beam search (generate.beam_search); the README lists the differences.
+It is not transformers' beam search (beam.beam_search); the README lists the differences.
 Shapes: the legend in model.py (P prompts, K beams, R = P * K rows, M most new tokens, V vocabulary).
 """
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import Cached, Uncached, take, why_inexact
+from .beam import take
+from .decoders import decoder
 from .options import Generation, GenerationOptions, request
 
 NEG = -1.0e9  # the original's score for the K - 1 copies of the prompt at the start (decoder.py:1119)
@@ -124,19 +125,16 @@ def original_beam_search(model, pixel_values=None, input_ids=None, attention_mas
     P, K = len(ids), num_beams
     R, N, S = P * K, image.shape[1], max_length - 1  # text slots: every token but the last, never fed back
     rows_len = lengths.repeat_interleave(K)  # (R,)
-    mask = model.mask(N, S, device=device)
-    cached = use_cache and not why_inexact(mask, N)
-    dec = Cached(model, image, R, mask) if cached else Uncached(model, image, R, S)
+    dec = decoder(model, image, R, S, use_cache)
     b = OriginalBeams.start(P, K, max_length - int(lengths.min()), o.eos, device)
-    zeros = torch.zeros(R, dtype=torch.long, device=device)
-    logits = dec.feed(ids.repeat_interleave(K, dim=0), zeros[:, None], rows_len - 1)  # (R, V)
+    logits = dec.prefill(ids.repeat_interleave(K, dim=0), rows_len)  # (R, V)
     for t in range(b.tokens.shape[-1]):
         src = original_step(b, logits.float().log_softmax(dim=-1), t, lengths, max_length, o.eos, length_penalty)
         if bool(b.done.all()):
             break
         dec.reorder(src)
         # a finished prompt's rows run on unread (the original pads them); keep them inside the slots
-        logits = dec.feed(b.tokens[:, :, t].reshape(R, 1), (rows_len + t).clamp(max=S - 1)[:, None], zeros)
+        logits = dec.decode_step(b.tokens[:, :, t].reshape(R), (rows_len + t).clamp(max=S - 1))
     n = int(b.best_len.max())
     sequences = torch.cat([shown.to(b.best.dtype), b.best[:, :n]], dim=1)
     return Generation(sequences, b.best_score.float(), b.best_sum, b.best_logprobs[:, :n], b.best_len)

@@ -1,0 +1,65 @@
+"""fast.py, the speed tricks `load` applies: each computes what the model files compute (fast.Linear: the oneDNN
+route for 4-512 inference rows; quick_gelu in place), and applying them changes no parameter."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from git_scratch import GIT, GitConfig, constants, fast, init_weights, layers
+from git_scratch.fast import Linear
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 17, 64, 197, 512, 513])
+def test_linear_equals_f_linear_for_every_row_count(rows):
+    torch.manual_seed(0)
+    lin = Linear(96, 160)
+    x = torch.randn(rows, 96)
+    with torch.no_grad():
+        ours, ref = lin(x), F.linear(x.double(), lin.weight.double(), lin.bias.double())
+    # float32 sums of 96 products in another order: a few ulps of the output's scale (~1e-7 relative)
+    assert ((ours.double() - ref).abs().max() / ref.abs().max()) < 1e-6
+
+
+def test_linear_takes_batched_and_non_contiguous_inputs():
+    torch.manual_seed(0)
+    lin = Linear(32, 48)
+    x = torch.randn(6, 32, 5).transpose(1, 2)  # (6, 5, 32), not contiguous: 30 rows
+    with torch.no_grad():
+        ours = lin(x)
+    ref = F.linear(x, lin.weight, lin.bias)
+    # two float32 sums of 32 products in different orders: a few ulps apart (~1e-7), far inside 1e-5
+    assert ours.shape == (6, 5, 48) and torch.allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_under_autograd_is_nn_linear_and_has_gradients():
+    torch.manual_seed(0)
+    lin = Linear(16, 8)
+    x = torch.randn(10, 16, requires_grad=True)
+    y = lin(x)
+    y.sum().backward()
+    assert torch.equal(y, F.linear(x, lin.weight, lin.bias)) and lin.weight.grad is not None and x.grad is not None
+
+
+def test_quick_gelu_in_place_is_quick_gelu_bit_for_bit():
+    x = torch.randn(4, 197, 64)
+    assert torch.equal(fast.quick_gelu_inplace(x.clone()), layers.quick_gelu(x))
+
+
+def test_apply_changes_no_parameter_and_keeps_the_outputs():
+    torch.manual_seed(0)
+    model = init_weights(GIT(GitConfig.preset("tiny")), std=0.1).eval()
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    px, ids = torch.randn(2, 3, 32, 32), torch.tensor([[1, 5, 9], [1, 4, 4]])
+    with torch.no_grad():
+        ref = model(px, ids).logits
+        fast.apply(model)
+        out = model(px, ids).logits
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == {k: p for k, (p, _) in before.items()}
+    assert all(torch.equal(v, before[k][1]) for k, v in model.state_dict().items())
+    assert isinstance(model.lm_head, fast.Linear) and model.vision.blocks[0].mlp.act is fast.quick_gelu_inplace
+    # the oneDNN route sums in another order: float32 rounding through a few small layers (~1e-6 of the scale)
+    assert ((out - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_the_config_names_exactly_the_activations_layers_implement():
+    assert set(constants.ACTIVATIONS) == set(layers.ACTIVATIONS)
