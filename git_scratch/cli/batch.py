@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IMAGE_EXTS
 from ..preprocessing.processor import printable
+from .options import RunOptions
 from .results import OutputError, ResultsFile, differences, resume_key, run_settings
 
 
@@ -89,8 +90,8 @@ class Sink:
     keep each record, with its line and progress count, for `take`; rank 0 `emit`s every rank's.
     """
 
-    def __init__(self, args, bar, log: ResultsFile | None, settings: dict, hold: bool = False):
-        self.json, self.bar, self.log, self.settings, self.n_failed = args.json, bar, log, settings, 0
+    def __init__(self, json: bool, bar, log: ResultsFile | None, settings: dict, hold: bool = False):
+        self.json, self.bar, self.log, self.settings, self.n_failed = json, bar, log, settings, 0
         self.held = [] if hold else None  # (record, inputs it settles, line to show)
 
     def _save(self, rec: dict) -> None:
@@ -180,15 +181,15 @@ class Streamer:
 class Runner:
     """One loaded model + processor; runs batches of inputs through encode-once, generate-per-prompt."""
 
-    def __init__(self, args, model, processor, sink: Sink, video: bool):
-        self.args, self.model, self.processor, self.sink, self.video = args, model, processor, sink, video
+    def __init__(self, opts: RunOptions, model, processor, sink: Sink):
+        self.opts, self.model, self.processor, self.sink = opts, model, processor, sink
         self.max_pixels = processor.max_pixels  # the decompression-bomb budget, for video frames too
 
     def load(self, item: Item):
         """(3, H, W) pixels of an image, (F, 3, H, W) of a video; raises with the reason on bad input."""
         import torch
 
-        if self.video:
+        if self.opts.video:
             from ..preprocessing.video import sample_frames
 
             frames = sample_frames(item.path, self.model.config.n_frames, self.max_pixels)
@@ -209,7 +210,7 @@ class Runner:
 
         from ..generation.generate import generate
 
-        a, tok = self.args, self.processor.tokenizer
+        a, tok = self.opts, self.processor.tokenizer
         prompt = self.prompt(question)  # (1, T): generate uses it for every row
         printer = Streamer(tok, stream.input, question) if stream else None
         # --seed: draws of their own for this prompt, the same whatever ran before (one row: see run)
@@ -236,9 +237,9 @@ class Runner:
         """Why a question cannot be asked of this model (too long a prompt), or None; before any compute."""
         if question is None:
             return None
-        n, m, limit = len(self.prompt(question)[0]), self.args.max_new_tokens, self.model.config.text.max_positions
-        if self.args.compat == "original":
-            most = self.args.max_length or limit
+        n, m, limit = len(self.prompt(question)[0]), self.opts.max_new_tokens, self.model.config.text.max_positions
+        if self.opts.compat == "original":
+            most = self.opts.max_length or limit
             return None if n < most else (f"the question is {n} tokens long (with [CLS]); --compat original "
                                           f"needs it shorter than max_length {most}")
         if n + m - 1 <= limit:
@@ -252,8 +253,8 @@ class Runner:
         Seeded sampling runs one input at a time: a generator is shared by the rows it samples, and a batch's
         encoding may round differently from one image's, so a sample would depend on its batch."""
         # NB: compat="original" on a VQA checkpoint keeps each image's aspect ratio: sizes differ, one at a time
-        alone = self.args.stream or self.args.seed is not None or self.processor.max_size is not None
-        size = 1 if alone else self.args.batch_size
+        alone = self.opts.stream or self.opts.seed is not None or self.processor.max_size is not None
+        size = 1 if alone else self.opts.batch_size
         bad = {q: why for q in dict.fromkeys(q for _, qs in work for q in qs) if (why := self.question_error(q))}
         batch = []
         for n, (item, questions) in enumerate(work):
@@ -286,7 +287,7 @@ class Runner:
                 image = self.model.encode_image(pixels)  # (B, N, D): the one encoding every prompt reuses
                 for q in dict.fromkeys(q for _, _, qs in batch for q in qs):
                     rows = [i for i, (_, _, qs) in enumerate(batch) if q in qs]
-                    stream = batch[rows[0]][0] if self.args.stream else None
+                    stream = batch[rows[0]][0] if self.opts.stream else None
                     try:
                         for i, rec in zip(rows, self.generate(image[rows], q, stream)):
                             done[i, q] = rec
@@ -301,7 +302,7 @@ class Runner:
         for i, (item, _, qs) in enumerate(batch):  # image-major order, whatever finished
             for q in qs:
                 if (i, q) in done:
-                    self.sink.ok(item, done[i, q], streamed=self.args.stream)
+                    self.sink.ok(item, done[i, q], streamed=self.opts.stream)
         left = [(item, px, [q for q in qs if (i, q) not in done]) for i, (item, px, qs) in enumerate(batch)]
         left = [x for x in left if x[2]]
         if len(left) > 1:
@@ -329,27 +330,27 @@ class SetupError(Exception):
     """The run cannot start (checkpoint, device): one line, exit code 2."""
 
 
-def load_checkpoint(args, video: bool):
+def load_checkpoint(opts: RunOptions):
     """(model, processor) of --checkpoint on --device, or SetupError with one line saying what is wrong."""
     import torch
 
     from ..load import load
     from ..preprocessing.processor import PILLOW_LIMIT, Processor
 
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if opts.device == "cuda" and not torch.cuda.is_available():
         raise SetupError(f"--device cuda: no CUDA device available to this torch ({torch.__version__})")
-    if args.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if opts.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SetupError(f"--device mps: no Apple GPU available to this torch ({torch.__version__})")
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(opts.checkpoint)
     bad = f"cannot load checkpoint: {ckpt}:"
     if not ckpt.is_dir():
         raise SetupError(f"{bad} no such checkpoint directory")
     try:
-        model = load(ckpt, device=args.device, dtype=args.dtype)
+        model = load(ckpt, device=opts.device, dtype=opts.dtype)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if args.max_pixels is None else args.max_pixels,
-                                                  compat=args.compat)
+            processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if opts.max_pixels is None else opts.max_pixels,
+                                                  compat=opts.compat)
         for w in caught:  # e.g. no preprocessing settings: which defaults are used
             print(f"warning: {w.message}", file=sys.stderr)
     except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault
@@ -360,13 +361,13 @@ def load_checkpoint(args, video: bool):
     if tok.vocab_size > cfg.text.vocab_size:
         raise SetupError(f"{bad} the tokenizer has {tok.vocab_size} tokens, the model {cfg.text.vocab_size}: "
                          "tokenizer files of another model?")
-    if video and not cfg.n_frames:
+    if opts.video and not cfg.n_frames:
         raise SetupError(f"{bad} not a video checkpoint (no num_image_with_embedding); use one converted from "
                          "e.g. microsoft/git-base-vatex, or caption single frames with `git-scratch caption`")
     return model, processor
 
 
-def run_inputs(args, video: bool) -> int:
+def run_inputs(opts: RunOptions) -> int:
     """Run every input not already in --output; the exit code.
 
     Under torchrun (distributed.py) every rank runs this. Rank 0 alone opens --output (its lock, what it
@@ -377,50 +378,50 @@ def run_inputs(args, video: bool) -> int:
     from ..training import distributed
     from ..load import resolve_device
 
-    distributed.init(resolve_device(args.device))  # joins torchrun's process group, if launched by it
+    distributed.init(resolve_device(opts.device))  # joins torchrun's process group, if launched by it
     try:
-        return _run_inputs(args, video)
+        return _run_inputs(opts)
     finally:
         distributed.teardown()
 
 
-def _run_inputs(args, video: bool) -> int:
+def _run_inputs(opts: RunOptions) -> int:
     from tqdm import tqdm
 
     from ..training import distributed
 
     main, world = distributed.is_main(), distributed.world()
-    settings = run_settings(args)
+    settings = run_settings(opts)
     log, code, work = None, None, []
     try:
-        if args.stream and world > 1:
+        if opts.stream and world > 1:
             code = EXIT_USAGE
             if main:
                 print("error: --stream prints tokens as they come, from one process: run it without torchrun",
                       file=sys.stderr)
         elif main:
             try:
-                log = ResultsFile(args.output) if args.output else None  # locked until the run ends
+                log = ResultsFile(opts.output) if opts.output else None  # locked until the run ends
             except OutputError as e:
                 print(f"error: {e}", file=sys.stderr)
                 code = EXIT_USAGE
             else:
-                code, work = plan(args, video, log, settings)
+                code, work = plan(opts, log, settings)
         code, work = distributed.broadcast((code, work))
         if code is not None:
             return code
         try:
-            model, processor = load_checkpoint(args, video)
+            model, processor = load_checkpoint(opts)
         except SetupError as e:
             if main:
                 print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         total = sum(len(qs) for _, qs in work)
-        sink = Sink(args, tqdm(total=total, file=sys.stderr, unit="input", dynamic_ncols=True,
-                               disable=args.no_progress or args.stream or total <= 1 or not main), log, settings,
-                    hold=world > 1)
+        sink = Sink(opts.json, tqdm(total=total, file=sys.stderr, unit="input", dynamic_ncols=True,
+                                    disable=not opts.progress or opts.stream or total <= 1 or not main), log,
+                    settings, hold=world > 1)
         try:
-            run_steps(Runner(args, model, processor, sink, video), work)
+            run_steps(Runner(opts, model, processor, sink), work)
         finally:
             sink.close()
     finally:
@@ -432,15 +433,15 @@ def _run_inputs(args, video: bool) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def plan(args, video: bool, log: ResultsFile | None, settings: dict) -> tuple[int | None, list]:
+def plan(opts: RunOptions, log: ResultsFile | None, settings: dict) -> tuple[int | None, list]:
     """(exit code now, or None to run; the work: [(input, its questions not yet in --output)])."""
-    questions = args.question or [None]
-    items = expand(args.inputs, folders_are_inputs=video)
+    questions = opts.questions or [None]
+    items = expand(opts.inputs, folders_are_inputs=opts.video)
     done, other = log.finished(settings) if log else (set(), {})
     stale = [(i, q) for i in items for q in questions if (i.key, q) in other]
-    if stale and not args.recompute:
+    if stale and not opts.recompute:
         item, q = stale[0]
-        print(f"error: --output {args.output} holds {len(stale)} result(s) of these inputs made with other "
+        print(f"error: --output {opts.output} holds {len(stale)} result(s) of these inputs made with other "
               f"settings ({differences(other[item.key, q], settings)}); rerun with those settings, choose "
               "another file, or pass --recompute to compute them again", file=sys.stderr)
         return EXIT_USAGE, []
@@ -448,7 +449,7 @@ def plan(args, video: bool, log: ResultsFile | None, settings: dict) -> tuple[in
     work = [(i, qs) for i, qs in work if qs]
     skipped = len(items) * len(questions) - sum(len(qs) for _, qs in work)
     if skipped:
-        print(f"resuming: {skipped} result(s) already in {args.output}", file=sys.stderr)
+        print(f"resuming: {skipped} result(s) already in {opts.output}", file=sys.stderr)
     return (None if work else EXIT_OK), work
 
 
@@ -458,7 +459,7 @@ def run_steps(runner: Runner, work: list) -> None:
     input order. Every rank takes the same number of steps (an empty share when the work runs out)."""
     from ..training import distributed
 
-    rank, world, size = distributed.rank(), distributed.world(), runner.args.batch_size
+    rank, world, size = distributed.rank(), distributed.world(), runner.opts.batch_size
     if world == 1:
         runner.run(work)
         return

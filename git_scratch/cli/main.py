@@ -5,19 +5,20 @@
     git-scratch video clip.mp4 --checkpoint ckpt/git-base-vatex
     git-scratch convert hf/git-base-coco ckpt/git-base-coco
 
-This file is the parser and its help; batch.py runs the inputs (batches, one encoding per image, resume).
+This file is the parser and its help; options.py reads a batched run's options from it (RunOptions) and
+batch.py runs the inputs (batches, one encoding per image, resume); train.py, evaluate.py and demo.py are
+those commands, each read into its library's options.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 from ..constants import (COMPATS, DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
+from .options import run_options
 
 EXIT_CODES = """\
 exit codes:
@@ -104,7 +105,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-beams", type=_positive(int), metavar="K",
                    help="beam search width (default: 1, greedy; 4 with --compat original)")
     g.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
-    # None = not given: check_args refuses sampling options without --sample, then fills in these defaults
+    # None = not given: run_options (options.py) refuses sampling options without --sample, then fills in these defaults
     g.add_argument("--temperature", type=_positive(float), help="with --sample (default: 1.0)")
     g.add_argument("--top-k", type=int, metavar="K",
                    help="with --sample: keep the K most likely tokens (default: 0, all)")
@@ -173,13 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for the help only: main() hands `convert ...` to the converter's own parser before parsing.
     sub.add_parser("convert", help="convert a Hugging Face or original GIT checkpoint (or back with --to-hf)", add_help=False)
 
-    from ..evaluation.demo import add_parser as add_demo_parser
-    from ..evaluation.evaluate import add_parser as add_eval_parser
-    from ..training.loop import add_parser as add_train_parser
+    from . import demo, evaluate, train  # each imports its library (torch): only once the parser is built
 
-    add_train_parser(sub)
-    add_eval_parser(sub)
-    add_demo_parser(sub)
+    for command in (train, evaluate, demo):
+        command.add_parser(sub)
 
     i = sub.add_parser("init", help="write a randomly initialised checkpoint of a published shape", **fmt,
                        description="Write a randomly initialised git_scratch checkpoint (weights, config, "
@@ -216,65 +214,6 @@ def run_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# Sampling options, None when not given, and what they are when --sample is given without them.
-SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
-
-
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    original = args.compat == "original"
-    if original:  # the original has one search: beams bounded by max_length; no sampling, no streaming
-        for flag, given in (("--max-new-tokens", args.max_new_tokens), ("--sample", args.sample),
-                            ("--stream", args.stream)):
-            if given:
-                p.error(f"{flag} cannot be combined with --compat original, which runs the original GIT's beam "
-                        "search" + (" (bound the length with --max-length)" if flag == "--max-new-tokens" else ""))
-    elif args.max_length is not None:
-        p.error("--max-length is for --compat original (the original counts [CLS], question and [SEP]); "
-                "use --max-new-tokens")
-    args.num_beams = args.num_beams or (4 if original else 1)
-    args.max_new_tokens = None if original else args.max_new_tokens or 20
-    if args.stream and args.num_beams > 1:
-        p.error("--stream needs greedy or --sample decoding: beam search knows its best sequence only at the end")
-    if args.stream and args.json:
-        p.error("--stream prints text; it cannot be combined with --json (use --output for JSON records)")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 0:
-        p.error(f"--top-k must be >= 0, got {args.top_k}")
-    given = [f"--{name.replace('_', '-')}" for name in SAMPLING if getattr(args, name) is not None]
-    if given and not args.sample:
-        one = len(given) == 1
-        p.error(f"{', '.join(given)} {'needs' if one else 'need'} --sample: without it decoding is greedy (or beam "
-                f"search) and {'it' if one else 'they'} would be ignored")
-    for name, default in SAMPLING.items():
-        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
-    if args.sample and args.num_beams > 1:
-        p.error("--sample and --num-beams > 1 cannot be combined")
-    if args.recompute and not args.output:
-        p.error("--recompute needs --output: it recomputes results that file holds")
-    if any(not q.strip() for q in args.question or []):
-        p.error("--question must not be empty")
-    ckpt = Path(args.checkpoint)
-    if ckpt.is_file():
-        p.error(f"--checkpoint {ckpt} is a file; pass the checkpoint directory, the folder that holds config.json "
-                "and model.safetensors")
-    limit = text_positions(ckpt)
-    if original and limit is not None and args.max_length is not None and args.max_length > limit + 1:
-        p.error(f"--max-length {args.max_length} cannot be reached: {ckpt} has {limit} text positions "
-                f"(max_position_embeddings), so at most {limit + 1} tokens with the final [SEP]")
-    if not original and limit is not None and args.max_new_tokens > limit:  # even a bare [CLS] prompt leaves room for only `limit`
-        p.error(f"--max-new-tokens {args.max_new_tokens} cannot be reached: {ckpt} has {limit} text positions "
-                f"(max_position_embeddings), so at most {limit} new tokens after [CLS], fewer after a question")
-
-
-def text_positions(ckpt: Path) -> int | None:
-    """The checkpoint's text positions, read from its config.json; None where that fails (loading says why)."""
-    try:
-        return int(json.loads((ckpt / "config.json").read_text())["text"]["max_positions"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is: stop, keep what is saved, say so."""
 
@@ -288,7 +227,7 @@ def run_convert(argv: list[str]) -> int:
     # here, when the command runs: the dependency goes one way, from the converter to the package.
     from ..convert.__main__ import main as convert_main
 
-    return convert_main(argv, prog="git-scratch convert", failed=EXIT_USAGE)
+    return convert_main(argv, prog="git-scratch convert")
 
 
 def main(argv=None) -> int:
@@ -303,12 +242,12 @@ def main(argv=None) -> int:
         return run_init(args)
     if args.command in ("train", "eval", "demo"):
         return args.run(args)
-    check_args(parser.commands[args.command], args)
+    opts = run_options(parser.commands[args.command], args)
     from .batch import run_inputs
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run_inputs(args, video=args.command == "video")
+        return run_inputs(opts)
     except Terminated:
         print("terminated (SIGTERM); finished results are saved", file=sys.stderr)
         return EXIT_TERMINATED

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
+from .options import RunOptions
 
 RECORD_START = b'{"input": '  # every record's first bytes: json.dumps of a dict whose first key is "input"
 _SAMPLE = 1 << 20  # bytes read from each end of the weights file for the checkpoint fingerprint
@@ -55,15 +56,15 @@ def checkpoint_fingerprint(ckpt) -> str | None:
     return h.hexdigest()[:16]
 
 
-def run_settings(args) -> dict:
+def run_settings(opts: RunOptions) -> dict:
     """The options that change a result. Sampling options count only when sampling, --compat only when not
     the default."""
-    s = {"checkpoint": checkpoint_fingerprint(args.checkpoint), "dtype": args.dtype,
-         "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "sample": None}
-    if args.sample:
-        s["sample"] = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
-    if args.compat != "transformers":  # only then: results written before --compat existed still resume
-        s.update(compat=args.compat, max_length=args.max_length)
+    s = {"checkpoint": checkpoint_fingerprint(opts.checkpoint), "dtype": opts.dtype,
+         "max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams, "sample": None}
+    if opts.sample:
+        s["sample"] = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "seed": opts.seed}
+    if opts.compat != "transformers":  # only then: results written before --compat existed still resume
+        s.update(compat=opts.compat, max_length=opts.max_length)
     return s
 
 

@@ -11,20 +11,40 @@ measures accuracy one way: a caption or an answer counts only if it is exactly t
 
 from __future__ import annotations
 
-import argparse
-import json
-import random
-import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import shapes
+from ..load import load
+from ..preprocessing.processor import Processor
 
 CAPTION_TOKENS = 24  # the longest caption is 16 words, each one token, then [SEP]
 ANSWER_TOKENS = 6  # answers are one or two words
 FRESH = 2 * 10**9  # default seeds start here: past every training and held-out seed (shapes.VAL_OFFSET = 1e9)
+
+
+@dataclass
+class DemoOptions:
+    """What `git-scratch demo` shows (cli/demo.py): `n` fresh shapes images from `seed` on, captioned and
+    questioned by `checkpoint`, as a contact sheet at `out` or as JSON lines."""
+
+    seed: int | None = None  # the first seed; None: FRESH + a random offset, past every training seed
+    n: int = 6  # how many images
+    json: bool = False  # one JSON line per caption and per question instead of the contact sheet
+    out: str = "git-scratch-demo.png"  # the contact sheet
+    checkpoint: str = str(shapes.CHECKPOINT)  # the shipped demo model
+    device: str = "cpu"
+
+
+def prepare(opts: DemoOptions):
+    """(model, processor) of opts.checkpoint; ValueError or OSError says what is wrong."""
+    model = load(opts.checkpoint, device=opts.device)
+    processor = Processor.from_pretrained(opts.checkpoint)
+    if processor.tokenizer is None:
+        raise ValueError(f"{opts.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint")
+    return model, processor
 
 
 @torch.no_grad()
@@ -128,64 +148,3 @@ def contact_sheet(records: list[dict], title: str) -> Image.Image:
                 d.text((x + d.textlength(said, font=font) + 10, ty), f"(truth: {r['truth']})", fill=GREY, font=font)
         y += h
     return sheet
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register `git-scratch demo` on the CLI's subparsers."""
-    p = sub.add_parser("demo", help="caption and question fresh shape images with the shipped demo model",
-                       description="Draw fresh images of the built-in shapes task, caption them and answer every "
-                                   "question about them with the demo model that ships inside the package (no "
-                                   "download), and write a contact sheet PNG: each image, what the model said "
-                                   "(green: exactly right, red: wrong, with the truth), and the accuracies.",
-                       epilog="examples:\n  git-scratch demo                              # 6 fresh images -> "
-                              "git-scratch-demo.png\n  git-scratch demo --seed 7 --n 200 --json      # one JSON "
-                              "line per caption and per question\n  git-scratch demo -c runs/shapes/latest    "
-                              "# another shapes checkpoint\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, help="first seed (default: a random one past every training seed, printed)")
-    p.add_argument("--n", type=int, default=6, help="how many images (default 6)")
-    p.add_argument("--json", action="store_true", help="print one JSON line per caption and per question, no PNG")
-    p.add_argument("--out", default="git-scratch-demo.png", help="the contact sheet (default git-scratch-demo.png)")
-    p.add_argument("--checkpoint", "-c", default=str(shapes.CHECKPOINT), help="default: the shipped demo model")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(run=run_demo)
-    return p
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from ..load import load
-    from ..preprocessing.processor import Processor
-
-    if args.n < 1:
-        print("git-scratch demo: error: --n must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        model = load(args.checkpoint, device=args.device)
-        processor = Processor.from_pretrained(args.checkpoint)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if processor.tokenizer is None:
-        print(f"error: {args.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint", file=sys.stderr)
-        return 2
-    seed = args.seed if args.seed is not None else FRESH + random.randrange(10**9)
-    records = predict(model, processor, range(seed, seed + args.n))
-    s = score(records)
-    summary = (f"captions {s['captions']:.0%} exact ({s['n_captions']}), answers {s['answers']:.0%} exact "
-               f"({s['n_answers']}); seeds {seed}..{seed + args.n - 1}")
-    if args.json:
-        for r in records:
-            print(json.dumps({k: r[k] for k in ("seed", "question", "text", "truth", "n_shapes", "correct")}))
-        print(summary, file=sys.stderr)
-        return 0
-    title = f"git-scratch demo ({Path(args.checkpoint).name}): {summary}"
-    contact_sheet(records, title).save(args.out)
-    for r in records:
-        if r["question"] is None:
-            mark = "ok   " if r["correct"] else "WRONG"
-            print(f"{mark} seed {r['seed']}: {r['text']}" + ("" if r["correct"] else f"   (truth: {r['truth']})"))
-    print(f"{summary}\ncontact sheet: {Path(args.out).resolve()}")
-    return 0

@@ -10,18 +10,35 @@ Results are written COCO-style: captions as [{"image_id", "caption"}], answers a
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from . import metrics
 from ..data.batches import mean_losses
+from ..data.datasets import ShapesDataset, load_dataset
 from ..data.shapes import VAL_OFFSET
+from ..load import load
+from ..preprocessing.processor import Processor
+
+
+@dataclass
+class EvalOptions:
+    """What `git-scratch eval` scores and how: `prepare` loads the checkpoint and data, `evaluate` takes the rest."""
+
+    data: str  # "shapes" (the built-in task), or an annotation file (.jsonl, .csv, COCO .json)
+    checkpoint: str
+    images: str | None = None  # image folder; None: the annotation file's folder
+    results: str | None = None  # a file for the COCO-style captions and answers; None: not written
+    batch_size: int = 16
+    max_new_tokens: int = 20
+    num_beams: int = 1
+    task: str = "both"  # shapes: "caption", "vqa" or "both"
+    shapes_samples: int = 500
+    shapes_offset: int = VAL_OFFSET  # shapes: the first seed (default: unseen in training)
+    device: str = "auto"
+    progress: bool = True
 
 
 @dataclass
@@ -86,54 +103,14 @@ def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True
     return scores, results
 
 
-# ----------------------------------------------------------------------------- command line
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register `git-scratch eval` on the CLI's subparsers."""
-    p = sub.add_parser("eval", help="score a checkpoint: loss, BLEU-4, CIDEr-D, ROUGE-L, VQA accuracy",
-                       description="Evaluate a checkpoint on 'shapes' or an annotation file (.jsonl, .csv, COCO "
-                                   ".json). Prints the scores as one JSON line.",
-                       epilog="examples:\n  git-scratch eval shapes --checkpoint runs/shapes/step-002000\n"
-                              "  git-scratch eval val.jsonl --checkpoint ckpt/ft --results val_results.json\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="'shapes', or an annotation file")
-    p.add_argument("--checkpoint", "-c", required=True)
-    p.add_argument("--images", help="image folder (default: the annotation file's folder)")
-    p.add_argument("--results", metavar="FILE.json", help="write the generated captions / answers, COCO style")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to score")
-    p.add_argument("--shapes-samples", type=int, default=500)
-    p.add_argument("--shapes-offset", type=int, default=VAL_OFFSET, help="shapes: first seed (default: unseen in training)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=run_eval)
-    return p
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    from ..data.datasets import ShapesDataset, load_dataset
-    from ..load import load
-    from ..preprocessing.processor import Processor
-
-    try:
-        model = load(args.checkpoint, device=args.device)
-        processor = Processor.from_pretrained(args.checkpoint)
-        if args.data == "shapes":
-            data = ShapesDataset(args.shapes_samples, args.task, offset=args.shapes_offset)
-        else:
-            data = load_dataset(args.data, args.images)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def prepare(opts: EvalOptions):
+    """(model, processor, data) that `opts` names; ValueError or OSError says what is wrong."""
+    model = load(opts.checkpoint, device=opts.device)
+    processor = Processor.from_pretrained(opts.checkpoint)
+    if opts.data == "shapes":
+        data = ShapesDataset(opts.shapes_samples, opts.task, offset=opts.shapes_offset)
+    else:
+        data = load_dataset(opts.data, opts.images)
     if processor.tokenizer is None:
-        print(f"error: {args.checkpoint} has no tokenizer files", file=sys.stderr)
-        return 2
-    scores, results = evaluate(model, data, processor, args.batch_size, not args.no_progress,
-                               max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
-    if args.results:
-        Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
-    print(json.dumps(scores))
-    return 0
+        raise ValueError(f"{opts.checkpoint} has no tokenizer files")
+    return model, processor, data

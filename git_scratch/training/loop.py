@@ -11,7 +11,8 @@ Both losses read rows cut as the original's get_data cuts them (truncation.examp
 so N + M steps in two runs give bit-identical parameters to N + M in one. The data order is a fresh
 permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
 torch.Generator whose state is saved too. Progress goes to a tqdm bar (loss, lr, examples/s) and to
-metrics.jsonl; curves.png plots the losses at the end.
+metrics.jsonl; curves.png plots the losses at the end. A TrainRun names the rest of a run (the model to start
+from, the data, the run directory) and `prepare` builds it; cli/train.py reads both from the command line.
 
 Under torchrun (distributed.py) the same loop runs on every rank inside DistributedDataParallel:
 `batch_size` is the global micro-batch, every rank draws the same indices and takes its own slice
@@ -21,14 +22,13 @@ whole micro-batch, and rank 0 alone writes checkpoints, metrics.jsonl, curves.pn
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -42,10 +42,10 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoints import STATE, latest_checkpoint, rng_states, save_checkpoint, set_rng_states
 from ..config import GitConfig
-from ..constants import COMPATS, check_compat
+from ..constants import check_compat
 from .curves import plot_curves
 from ..init import init_weights
-from ..load import fast_bf16, load, resolve_device
+from ..load import fast_bf16, load
 from ..model import GIT
 from ..data.batches import batch_loss, collate, mean_losses
 from ..preprocessing.processor import Processor
@@ -90,6 +90,27 @@ class TrainOptions:
         for name in ("steps", "batch_size", "accum", "save_every", "log_every", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainRun:
+    """What a run starts from, learns from and writes to (`git-scratch train`'s options other than
+    TrainOptions'): `prepare` builds its model, processor and data; `train` takes `out` and `resume`."""
+
+    data: str  # "shapes" (the built-in task), or an annotation file (.jsonl, .csv, COCO .json)
+    out: str  # the run directory: checkpoints, metrics.jsonl, curves.png
+    resume: bool = False  # continue from out's latest checkpoint
+    images: str | None = None  # image folder; None: the annotation file's folder
+    init: str | None = None  # a git_scratch checkpoint to fine-tune; None: a random init of `preset`
+    preset: str = "shapes-tiny"
+    tokenizer: str | None = None  # tokenizer files for a random init on your own data
+    task: str = "both"  # shapes: "caption", "vqa" or "both"
+    shapes_samples: int = 100_000  # shapes: dataset size
+    shapes_focus: str = ""  # shapes: ask the questions starting with these words more often...
+    shapes_focus_share: float = 0.0  # ...in this share of the question examples (held-out data never)
+    val: str | None = None  # held-out data: "shapes" (unseen seeds) or an annotation file
+    val_samples: int = 256  # shapes: held-out samples
+    device: str = "auto"  # "auto", "cpu", "cuda", ...: load.resolve_device
 
 
 # ----------------------------------------------------------------------------- the model's training setup
@@ -332,114 +353,28 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     return {"step": step, "loss": loss_value, "skipped": skipped, "checkpoint": saved, "val": held_out}
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- the run's model and data
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register `git-scratch train` on the CLI's subparsers."""
-    p = sub.add_parser("train", help="train or fine-tune on image-text pairs (or the built-in shapes task)",
-                       description="Train GIT with teacher-forced next-token loss. DATA is 'shapes' (the "
-                                   "built-in task, no download), or a .jsonl, .csv or COCO captions .json file.",
-                       epilog="examples:\n  git-scratch train shapes --preset shapes-tiny --out runs/shapes "
-                              "--steps 2000\n  git-scratch train data/train.jsonl --init ckpt/git-base "
-                              "--out runs/ft --lr 5e-5 --compat original\n  git-scratch train shapes --out "
-                              "runs/shapes --resume\n  torchrun --nproc_per_node=4 -m git_scratch.cli train "
-                              "shapes --out runs/ddp --batch-size 64\n\nUnder torchrun every process trains "
-                              "a share of each batch (DistributedDataParallel; NCCL on CUDA, gloo on CPU);\n"
-                              "--batch-size is the global batch, split among the processes, so the same "
-                              "flags train the same\nmodel on any number of them. --out must be on a file "
-                              "system that every process sees.\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="'shapes', or an annotation file (.jsonl, .csv, COCO .json)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl")
-    p.add_argument("--images", help="image folder (default: the annotation file's folder)")
-    p.add_argument("--init", metavar="CKPT", help="start from this git_scratch checkpoint (fine-tuning)")
-    p.add_argument("--preset", default="shapes-tiny", help="shape to initialise randomly when no --init")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer files, for a random init on your own data")
-    p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to learn")
-    p.add_argument("--shapes-samples", type=int, default=100_000, help="shapes: dataset size")
-    p.add_argument("--shapes-focus", metavar="WORDS",
-                   help="shapes: ask the questions starting with WORDS more often (with --shapes-focus-share)")
-    p.add_argument("--shapes-focus-share", type=float, default=0.0, metavar="P",
-                   help="shapes: share of the question examples that ask --shapes-focus where the image has "
-                        "one (default: 0, every question of an image equally likely); held-out data never")
-    p.add_argument("--val", metavar="DATA", help="held-out data for --eval-every: 'shapes' (unseen seeds) or a file")
-    p.add_argument("--val-samples", type=int, default=256, help="shapes: held-out samples")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    p.add_argument("--device", default="auto")
-    for f in fields(TrainOptions):
-        if f.name in ("progress",):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool" or isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            choices = {"loss": LOSSES, "bf16": BF16, "compat": COMPATS}.get(f.name)
-            about = {"batch_size": "examples per micro-batch, all processes together under torchrun ",
-                     "compat": "original: the original GIT's loss, label-smoothed (--loss original) ",
-                     "loss": "default: hf, or original with --compat original"}
-            default = "" if f.default is None else f"(default: {f.default})"
-            p.add_argument(flag, type=str if f.default is None else type(f.default), default=f.default,
-                           choices=choices, help=f"{about.get(f.name, '')}{default}".strip())
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=run_train)
-    return p
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """`git-scratch train`. Under torchrun every rank runs it, and meets the same errors: rank 0 alone says so."""
-    device = distributed.init(resolve_device(args.device))  # joins torchrun's process group, if launched by it
-    try:
-        return _run_train(args, device)
-    finally:
-        distributed.teardown()
-
-
-def _run_train(args: argparse.Namespace, device: torch.device) -> int:
-    main = distributed.is_main()
-    try:
-        model, processor, data, val = _setup(args, device)
-    except (ValueError, OSError) as e:
-        if main:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"},
-                        progress=not args.no_progress)
-    try:
-        train(model, data, processor, opts, args.out, resume=args.resume, val=val)
-    except FileExistsError as e:
-        if main:
-            print(f"error: {e} (--resume)", file=sys.stderr)
-        return 2
-    except ValueError as e:  # a batch size the ranks cannot share, data with no readable example
-        if main:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if main:
-            print(f"interrupted; resume with --resume from {latest_checkpoint(Path(args.out))}", file=sys.stderr)
-        return 130
-    return 0
-
-
-def _setup(args: argparse.Namespace, device: torch.device):
-    """The command line's model (on `device`), processor, training data and held-out data."""
+def prepare(run: TrainRun, device: torch.device, seed: int = 0):
+    """(model on `device`, processor, training data, held-out data or None) of `run`; a random init draws
+    from `seed`. ValueError or OSError says what is wrong (a missing tokenizer, an unreadable data file)."""
     from ..data import shapes
     from ..data.datasets import ShapesDataset, load_dataset
     from .init_checkpoint import default_tokenizer_dir
     from ..preprocessing.processor import ImageConfig
     from ..preprocessing.tokenizer import Tokenizer
 
-    if args.init:
-        model = load(args.init, device=device)
-        processor = Processor.from_pretrained(args.init)
+    if run.init:
+        model = load(run.init, device=device)
+        processor = Processor.from_pretrained(run.init)
     else:
-        cfg = GitConfig.preset(args.preset)
-        model = init_weights(GIT(cfg), generator=torch.Generator().manual_seed(args.seed)).to(device)
-        if args.data == "shapes" and not args.tokenizer:
+        cfg = GitConfig.preset(run.preset)
+        model = init_weights(GIT(cfg), generator=torch.Generator().manual_seed(seed)).to(device)
+        if run.data == "shapes" and not run.tokenizer:
             processor = shapes.processor()
         else:
-            tok_dir = args.tokenizer or default_tokenizer_dir()
+            tok_dir = run.tokenizer or default_tokenizer_dir()
             if tok_dir is None:
                 raise ValueError("pass --tokenizer DIR (no default vocabulary is installed)")
             n = cfg.vision.image_size
@@ -447,16 +382,15 @@ def _setup(args: argparse.Namespace, device: torch.device):
                                   Tokenizer.from_pretrained(tok_dir))
     if processor.tokenizer is None or processor.tokenizer.vocab_size > model.config.text.vocab_size:
         raise ValueError("the tokenizer is missing or has more tokens than the model's vocabulary")
-    if args.data == "shapes":
-        data = ShapesDataset(args.shapes_samples, args.task, focus=args.shapes_focus or "",
-                             focus_share=args.shapes_focus_share)
+    if run.data == "shapes":
+        data = ShapesDataset(run.shapes_samples, run.task, focus=run.shapes_focus, focus_share=run.shapes_focus_share)
     else:
-        data = load_dataset(args.data, args.images)
+        data = load_dataset(run.data, run.images)
         if distributed.is_main():
             print(data.summary(), file=sys.stderr)
     val = None
-    if args.val == "shapes":
-        val = ShapesDataset(args.val_samples, args.task, offset=shapes.VAL_OFFSET)
-    elif args.val:
-        val = load_dataset(args.val, args.images)
+    if run.val == "shapes":
+        val = ShapesDataset(run.val_samples, run.task, offset=shapes.VAL_OFFSET)
+    elif run.val:
+        val = load_dataset(run.val, run.images)
     return model, processor, data, val
