@@ -25,6 +25,8 @@ import torch
 
 import git_scratch.fast
 
+from .device import DTYPES as DEVICE_DTYPES
+from .device import main as device_main
 from .machine import OtherLoad, bandwidth_gbs, linear_seconds, machine_info, matmul_gflops, roofline
 from .ties import explain, vision_against_exact
 from .workloads import QUICK, WORKLOADS, checkpoint, load_ours, load_theirs
@@ -326,7 +328,8 @@ def parse(argv=None):
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES + ("tiny",),
+                   help="git-base, git-large (tiny: a test shape, to try --device quickly)")
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), metavar="W")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per side first (default 1)")
@@ -343,6 +346,19 @@ def parse(argv=None):
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached random-init checkpoints")
     p.add_argument("--out", type=Path, default=RESULTS, help="results and checkpoint cache (default bench/results)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    d = p.add_argument_group("--device: generation and training on one device (bench/device.py), eager and "
+                             "compiled git_scratch beside transformers; CUDA-only parts skipped without CUDA")
+    d.add_argument("--device", default=None, help="cuda or cpu: run bench/device.py's workloads there instead")
+    d.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"], choices=list(DEVICE_DTYPES))
+    d.add_argument("--batches", nargs="+", type=int, default=[1, 64], help="greedy caption batches (default 1 64)")
+    d.add_argument("--new-tokens", type=int, default=20, help="new tokens per caption (default 20)")
+    d.add_argument("--extra-steps", type=int, default=80, help="decode step = (time of new + extra - time of new) / extra")
+    d.add_argument("--beam-batch", type=int, default=64, help="images for beam 4 (default 64)")
+    d.add_argument("--train-batch", type=int, default=32, help="training step batch (default 32)")
+    d.add_argument("--shapes-steps", type=int, default=30, help="shapes training steps timed (default 30)")
+    d.add_argument("--demo-images", type=int, default=200, help="demo model images for bf16 agreement (default 200)")
+    d.add_argument("--device-workloads", dest="device_workloads", nargs="+", default=["beam", "train", "shapes-train"],
+                   choices=["beam", "train", "shapes-train"], help="besides greedy and the decode step")
     a = p.parse_args(argv)
     if a.quick:
         a.shapes, a.workloads, a.repeats = ["git-base"], list(QUICK), 2
@@ -351,6 +367,9 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.device is not None:
+        args.workloads = args.device_workloads
+        return device_main(args, log)
     if args.list:
         for name, w in WORKLOADS.items():
             print(f"{name:16s} {w.title}" + (f"   (target ratio ≤ {w.target})" if w.target else ""))

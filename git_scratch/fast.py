@@ -24,7 +24,9 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+        # (not under torch.compile, which cannot trace this op and picks its own kernels)
+        if ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() \
+                and not torch.compiler.is_compiling():
             if 4 <= x.numel() // x.shape[-1] <= 512:
                 return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
         return super().forward(x)

@@ -10,7 +10,6 @@ output_attentions=True)` reads them from here.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -34,20 +33,18 @@ class Recording:
         return [self.probs[b.attn] for b in blocks]
 
 
-_current: ContextVar[Recording | None] = ContextVar("recording", default=None)
+_active: list[Recording] = []  # the recordings open now, innermost last (a plain list: torch.compile reads it)
 
 
 def wants_maps() -> bool:
     """True inside a recording of attention maps: Attention then computes its softmax explicitly."""
-    rec = _current.get()
-    return rec is not None and rec.maps
+    return bool(_active) and _active[-1].maps
 
 
 def attention(module: nn.Module, probs: torch.Tensor) -> None:
     """Called by Attention with its probabilities; kept only inside a recording of maps."""
-    rec = _current.get()
-    if rec is not None and rec.maps:
-        rec.probs[module] = probs
+    if _active and _active[-1].maps:
+        _active[-1].probs[module] = probs
 
 
 @contextmanager
@@ -63,10 +60,10 @@ def recording(blocks: list, hidden: bool = True, maps: bool = True):
         for bs in blocks:
             handles.append(bs[0].register_forward_pre_hook(lambda m, args: rec.inputs.__setitem__(m, args[0])))
             handles += [b.register_forward_hook(lambda m, args, out: rec.outputs.__setitem__(m, out)) for b in bs]
-    token = _current.set(rec)
+    _active.append(rec)
     try:
         yield rec
     finally:
-        _current.reset(token)
+        _active.remove(rec)
         for h in handles:
             h.remove()

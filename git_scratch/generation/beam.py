@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .options import GenerationOptions
-from .search import no_early_eos
+from .search import CHECK_EVERY, no_early_eos
 
 NEG = -1.0e9  # transformers' "impossible" beam score; the same constant keeps ties and sums bitwise equal
 
@@ -37,7 +37,7 @@ class Beams:
     done_len: torch.Tensor  # (P, K) new tokens, EOS included
     done: torch.Tensor  # (P, K) bool: slot holds a finished hypothesis
     open: torch.Tensor  # (P, 1) bool: a running beam may still beat the worst finished one
-    stop: bool = False
+    stop: torch.Tensor  # () bool, on the device: nothing can change any more
 
     @classmethod
     def start(cls, P: int, K: int, M: int, fill: int, device=None) -> Beams:
@@ -47,7 +47,8 @@ class Beams:
         score[:, 1:] = NEG  # all K beams start as the same prompt: expand only the first at step 0
         return cls(tokens, logprobs, score, tokens.clone(), logprobs.clone(), torch.full((P, K), NEG, device=device),
                    torch.zeros(P, K, dtype=torch.long, device=device),
-                   torch.zeros(P, K, dtype=torch.bool, device=device), torch.ones(P, 1, dtype=torch.bool, device=device))
+                   torch.zeros(P, K, dtype=torch.bool, device=device), torch.ones(P, 1, dtype=torch.bool, device=device),
+                   torch.zeros((), dtype=torch.bool, device=device))
 
 
 def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty: float,
@@ -55,6 +56,8 @@ def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty
     """Advance `b` by new token t given the K beams' next-token log-probs (P*K, V).
 
     Returns the source row of each running beam (P*K,), for reordering the cache. Sets `b.stop`.
+    Once `b.stop`, further steps change no finished hypothesis: every prompt is closed (its new ones get NEG)
+    or holds K finished ones that beat anything still running, so the loop may look at it late.
     `early_stopping`: True stops a prompt once K hypotheses are finished; False stops when the best
     running beam, at its current length, cannot beat the worst finished one; "never" assumes the best
     length is M when length_penalty > 0 (transformers' heuristics, kept exactly).
@@ -96,8 +99,8 @@ def beam_step(b: Beams, logprobs: torch.Tensor, t: int, eos: int, length_penalty
     best_possible = b.score[:, :1] / (best_len**length_penalty)
     worst = torch.where(b.done, b.done_score.min(dim=1, keepdim=True).values, NEG)
     b.open = b.open & (best_possible > worst).any(dim=-1, keepdim=True)
-    full = bool(b.done.all()) and early_stopping is True
-    b.stop = not bool(b.open.any()) or full or bool(ends.all())
+    full = b.done.all() & (early_stopping is True)
+    b.stop = ~b.open.any() | full | ends.all()  # a tensor: the loop looks at it only now and then
     return rows
 
 
@@ -111,7 +114,7 @@ def beam_search(dec, ids, lengths, K: int, o: GenerationOptions) -> Beams:
     for t in range(o.max_new_tokens):
         logprobs = no_early_eos(logits.float().log_softmax(dim=-1), t, o.min_new_tokens, o.eos)
         src = beam_step(b, logprobs, t, o.eos, o.length_penalty, o.early_stopping)
-        if b.stop:
+        if t + 1 == o.max_new_tokens or ((t + 1) % CHECK_EVERY == 0 and bool(b.stop)):  # the only host wait
             break
         dec.reorder(src)
         logits = dec.decode_step(b.tokens[:, :, t].reshape(R), lengths + t)

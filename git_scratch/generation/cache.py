@@ -26,10 +26,11 @@ from ..config import TextConfig
 
 def why_inexact(mask: torch.Tensor, n_img: int) -> str | None:
     """Why a KV cache would decode differently from the full forward under this (L, L) mask, or None."""
-    if mask[:n_img, n_img:].any():
-        return "image tokens attend to text, so their keys/values would change with every new token"
     txt = mask[n_img:, n_img:]
-    if not torch.equal(txt, txt.tril()):
+    img_sees_text, text_sees_later = torch.stack([mask[:n_img, n_img:].any(), (txt & ~txt.tril()).any()]).tolist()
+    if img_sees_text:  # (one host read for both: on a GPU, each read waits for the device)
+        return "image tokens attend to text, so their keys/values would change with every new token"
+    if text_sees_later:
         return "text tokens attend to later text, so earlier tokens' keys/values would change"
     return None
 
@@ -72,13 +73,17 @@ class KVCache:
         """One `kv` per block for text tokens in `slots` (R, n) under mask rows `allowed` (from `positions`)."""
         return [_TextLayer(self.txt[i], self.img[i], slots, allowed) for i in range(len(self.txt))]
 
-    def reorder(self, rows: torch.Tensor) -> None:
+    def reorder(self, rows: torch.Tensor, in_place: bool = False) -> None:
         """Beam re-ranking: row r takes the text keys/values of row rows[r]; the image part is untouched.
-        Gathered into a second buffer that then swaps with the first: one copy and no allocation per step."""
+        Gathered into a second buffer that then swaps with the first: one copy and no allocation per step.
+        `in_place`: copied back instead of swapped, so `txt` stays the same tensor (a captured CUDA graph's)."""
         if self.spare is None:
             self.spare = torch.empty_like(self.txt)
         torch.index_select(self.txt, 2, rows, out=self.spare)
-        self.txt, self.spare = self.spare, self.txt
+        if in_place:
+            self.txt.copy_(self.spare)
+        else:
+            self.txt, self.spare = self.spare, self.txt
 
 
 def _check(allowed, expected) -> None:

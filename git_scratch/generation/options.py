@@ -22,8 +22,9 @@ def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: i
     sequences is left-padded with `pad`, as a tokenizer with padding_side="left" would.
     NB: like transformers, with no attention_mask a prompt's `pad` ids count as padding (unless pad == eos).
     """
-    if input_ids is None:
-        input_ids = torch.full((max(n_images, 1), 1), bos, dtype=torch.long, device=device)
+    if input_ids is None:  # [CLS] per image: known on the host, no look at the device
+        ids = torch.full((max(n_images, 1), 1), bos, dtype=torch.long, device=device)
+        return ids, torch.ones(len(ids), dtype=torch.long, device=device), ids
     if isinstance(input_ids, (list, tuple)):
         seqs = [torch.as_tensor(s, dtype=torch.long, device=device).flatten() for s in input_ids]
         if not seqs or attention_mask is not None:
@@ -69,6 +70,7 @@ class GenerationOptions:
     eos_token_id: int | None = None  # None: the model's
     pad_token_id: int | None = None
     use_cache: bool = True  # False: the whole sequence through forward each step (slow; the reference)
+    compile: bool = False  # the decode step under torch.compile; on CUDA replayed from a CUDA graph (compiled.py)
     compat: str = "transformers"  # "original": the original GIT's beam search instead (beam_original.py)
 
     def __post_init__(self):
@@ -84,6 +86,8 @@ class GenerationOptions:
         if not self.do_sample and self.num_return_sequences > self.num_beams:
             raise ValueError(f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): "
                              "beam search returns at most num_beams sequences (sample with do_sample=True for more)")
+        if self.compile and not self.use_cache:
+            raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if self.do_sample and not (self.temperature > 0 and self.top_k >= 0 and 0 < self.top_p <= 1):
@@ -115,9 +119,10 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
     if shown_rows not in (n_images, 1) and n_images != 1:
         raise ValueError(f"batch mismatch: {n_images} images for {shown_rows} prompts "
                          "(give one prompt per image, one prompt for all images, or one image for all prompts)")
-    if len(lengths) == 0 or int(lengths.min()) == 0:
+    shortest, longest = torch.stack([lengths.min(), lengths.max()]).tolist() if len(lengths) else (0, 0)
+    if shortest == 0:
         raise ValueError("empty prompt: every prompt needs at least one token ([CLS] for a caption)")
-    longest, limit = int(lengths.max()), model.config.text.max_positions
+    limit = model.config.text.max_positions
     if longest + o.max_new_tokens - 1 > limit:
         raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={o.max_new_tokens} needs text position "
                          f"{longest + o.max_new_tokens - 2}; the model has {limit} (max_position_embeddings)")

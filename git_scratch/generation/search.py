@@ -32,14 +32,23 @@ def warp(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> 
     return scores
 
 
+CHECK_EVERY = 8  # steps between looks at "has every row finished?": the only host wait in the loop
+
+
 def search(dec, ids, lengths, o: GenerationOptions, generator=None, on_token=None):
-    """Greedy or sampled tokens for R rows: (new tokens (R, n), token log-probs (R, n), lengths (R,))."""
+    """Greedy or sampled tokens for R rows: (new tokens (R, n), token log-probs (R, n), lengths (R,)).
+
+    The loop decides on the device; the host looks at "every row finished" once every CHECK_EVERY steps
+    (every step when streaming, which reads each token anyway). Steps after the last row finished only
+    pad, and the result is cut at the longest row, so the ids are those of a check at every step.
+    """
     R, dev = ids.shape[0], ids.device
     logits = dec.prefill(ids, lengths)
     new = torch.full((R, o.max_new_tokens), o.pad, dtype=torch.long, device=dev)
     logprobs = torch.zeros(R, o.max_new_tokens, device=dev)
     n_new = torch.zeros(R, dtype=torch.long, device=dev)
     done = torch.zeros(R, dtype=torch.bool, device=dev)
+    every = 1 if on_token is not None else CHECK_EVERY
     for i in range(o.max_new_tokens):
         scores = no_early_eos(logits.float(), i, o.min_new_tokens, o.eos)  # (R, V)
         if o.do_sample:
@@ -54,7 +63,8 @@ def search(dec, ids, lengths, o: GenerationOptions, generator=None, on_token=Non
         done |= tok == o.eos
         if on_token is not None:
             on_token(tok)
-        if done.all() or i + 1 == o.max_new_tokens:
+        if i + 1 == o.max_new_tokens or ((i + 1) % every == 0 and bool(done.all())):
             break
         logits = dec.decode_step(tok, lengths + i)
-    return new[:, : i + 1], logprobs[:, : i + 1], n_new
+    n = int(n_new.max())  # the longest row: where a check at every step would have stopped
+    return new[:, :n], logprobs[:, :n], n_new
