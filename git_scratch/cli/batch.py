@@ -220,7 +220,7 @@ class Runner:
         else:
             search = dict(max_new_tokens=a.max_new_tokens, num_beams=a.num_beams, do_sample=a.sample,
                           temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=generator,
-                          on_token=printer.add if printer else None)
+                          on_token=printer.add if printer else None, compile=a.compile)
         out = generate(self.model, image=image, input_ids=prompt, return_scores=True, **search)
         T, recs = prompt.shape[1], []
         for seq, n, logprob in zip(out.sequences.tolist(), out.lengths.tolist(), out.logprob.tolist()):

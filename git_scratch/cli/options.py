@@ -34,6 +34,7 @@ class RunOptions:
     # running
     device: str = "auto"
     dtype: str = "float32"
+    compile: bool = False  # the decode step compiled: the same ids (generation/compiled.py)
     max_pixels: int | None = None  # None: Pillow's limit
     batch_size: int = 8  # inputs per batch; under torchrun, per process
     # output
@@ -78,6 +79,8 @@ def run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> RunOpti
                 f"search) and {'it' if one else 'they'} would be ignored")
     sampling = {name: default if getattr(args, name) is None else getattr(args, name)
                 for name, default in SAMPLING.items()}
+    if args.compile and original:
+        p.error("--compile compiles transformers' decoding; --compat original runs the original's beam search eagerly")
     if args.sample and num_beams > 1:
         p.error("--sample and --num-beams > 1 cannot be combined")
     if args.recompute and not args.output:
@@ -100,7 +103,7 @@ def run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> RunOpti
         inputs=args.inputs, checkpoint=args.checkpoint, questions=args.question or [],
         video=args.command == "video", compat=args.compat, max_new_tokens=max_new_tokens,
         max_length=args.max_length, num_beams=num_beams, sample=args.sample, **sampling, device=args.device,
-        dtype=args.dtype, max_pixels=args.max_pixels, batch_size=args.batch_size, json=args.json,
+        dtype=args.dtype, compile=args.compile, max_pixels=args.max_pixels, batch_size=args.batch_size, json=args.json,
         output=args.output, recompute=args.recompute, stream=args.stream, progress=not args.no_progress)
 
 
