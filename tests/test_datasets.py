@@ -116,7 +116,8 @@ def test_shapes_both_asks_every_kind_of_question_about_every_number_of_shapes():
     asked = set()
     for i in range(1, len(data), 2):
         seed, question, _ = data.describe(i)
-        asked.add((len(shapes.scene(seed)), " ".join(question.split()[:3])))
+        # "is there an orange ...": the article follows the colour, the question kind is the same
+        asked.add((len(shapes.scene(seed)), " ".join(question.replace("there an ", "there a ").split()[:3])))
     kinds = {"how many shapes", "what color is", "what size is", "what is left", "what shape is", "is there a"}
     assert asked == {(n, k) for n in (1, 2, 3) for k in kinds}
 

@@ -9,7 +9,7 @@
 
 The caption grammar is one rule, so `parse_caption` inverts it exactly:
 
-    caption := item (" left of " item)*        item := "a " SIZE " " COLOR " " KIND
+    caption := item (" left of " item)*        item := ARTICLE " " SIZE " " COLOR " " KIND   (ARTICLE: a, an)
 
 Shapes never overlap, and their centres are at least MIN_GAP px apart left to right, so the order is
 never ambiguous. Sizes and colours are chosen to survive resizing: the small shape spans about two
@@ -129,7 +129,7 @@ def draw(shapes: list[Shape], seed: int) -> Image.Image:
 
 
 def caption(shapes: list[Shape]) -> str:
-    return " left of ".join(f"a {sh.words}" for sh in shapes)
+    return " left of ".join(f"{article(sh.words)} {sh.words}" for sh in shapes)
 
 
 def parse_caption(text: str) -> list[tuple[str, str, str]]:
@@ -137,7 +137,7 @@ def parse_caption(text: str) -> list[tuple[str, str, str]]:
     out = []
     for item in text.split(" left of "):
         words = item.split()
-        if len(words) != 4 or words[0] != "a" or words[1] not in SIZES or words[2] not in COLORS \
+        if len(words) != 4 or words[0] != article(words[1]) or words[1] not in SIZES or words[2] not in COLORS \
                 or words[3] not in KINDS:
             raise ValueError(f"not a shapes caption: {text!r}")
         out.append((words[1], words[2], words[3]))
@@ -164,8 +164,13 @@ def questions(shapes: list[Shape], seed: int) -> list[tuple[str, str]]:
     else:
         color, kind = rng.choice(list(COLORS)), rng.choice(KINDS)
     present = any(sh.color == color and sh.kind == kind for sh in shapes)
-    qa.append((f"is there a {color} {kind}?", "yes" if present else "no"))
+    qa.append((f"is there {article(color)} {color} {kind}?", "yes" if present else "no"))
     return qa
+
+
+def article(words: str) -> str:
+    """"an" before a vowel sound, else "a": "an orange cross", "a small red circle"."""
+    return "an" if words[0] in "aeiou" else "a"
 
 
 def sample(seed: int) -> tuple[Image.Image, str, list[tuple[str, str]]]:

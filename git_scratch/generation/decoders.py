@@ -88,18 +88,14 @@ class Uncached:
         self.seq = self.seq[rows]
 
 
-def decoder(model, image: torch.Tensor, n_rows: int, n_slots: int, use_cache: bool = True, compile: bool = False):
-    """For n_rows rows of n_slots text slots from image (Bi, N, D): `Cached` if `use_cache` and the model's
-    mask allows a cache (cache.why_inexact; if not, a warning says why), else `Uncached`. `compile`: its
-    decode_step compiled, on CUDA captured in a graph (compiled.py)."""
+def decoder(model, image: torch.Tensor, n_rows: int, n_slots: int, use_cache: bool = True, cached=None):
+    """For n_rows rows of n_slots text slots from image (Bi, N, D): a cached decoder if `use_cache` and the
+    model's mask allows a cache (cache.why_inexact; if not, a warning says why), else `Uncached`.
+    `cached(model, image, n_rows, mask)` makes the cached one: `Cached`, or compiled.compiled_decoder."""
     N = image.shape[1]
     mask = model.mask(N, n_slots, device=image.device)
     if use_cache and (why := why_inexact(mask, N)):
         warnings.warn(f"the model's mask does not allow a KV cache ({why}); decoding without one, slower")
-    if use_cache and not why and compile:
-        from .compiled import compiled_decoder  # a speed trick, loaded only when asked for
-
-        return compiled_decoder(model, image, n_rows, mask)
     if use_cache and not why:
-        return Cached(model, image, n_rows, mask)
+        return (cached or Cached)(model, image, n_rows, mask)
     return Uncached(model, image, n_rows, n_slots)

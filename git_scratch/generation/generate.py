@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from .beam import beam_search
+from .compiled import compiled_decoder
 from .decoders import decoder
 from .options import Generation, GenerationOptions, request
 from .original import original_generate
@@ -49,7 +50,8 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     K = o.num_beams if o.num_beams > 1 else o.num_return_sequences  # rows per prompt, in repeat_interleave order
     ids, lengths = ids.repeat_interleave(K, dim=0), lengths.repeat_interleave(K)
     # text slots: the prompt, then every new token but the last, which is never fed back
-    dec = decoder(model, image, len(ids), ids.shape[1] + o.max_new_tokens - 1, o.use_cache, o.compile)
+    dec = decoder(model, image, len(ids), ids.shape[1] + o.max_new_tokens - 1, o.use_cache,
+                  compiled_decoder if o.compile else None)
 
     if o.num_beams == 1:
         new, token_logprobs, n_new = search(dec, ids, lengths, o, generator, on_token)
