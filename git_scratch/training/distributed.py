@@ -32,6 +32,9 @@ def init(device: torch.device) -> torch.device:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)  # NB: "cuda" without an index now means this rank's GPU
     if not dist.is_initialized():
+        # Before the group exists: its functions bind `group=group.WORLD` at import, and DDP (via torch._dynamo)
+        # imports it later, pinning the group past teardown(): gloo's threads then abort at interpreter exit
+        import torch.distributed.nn.functional  # noqa: F401
         dist.init_process_group("nccl" if cuda else "gloo")
     return device
 
