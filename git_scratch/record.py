@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `_active.remove` must never compare recordings' tensors
 class Recording:
     """What one `recording` kept, by module: read it with `hidden_states` and `attentions`."""
 

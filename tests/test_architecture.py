@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from git_scratch import GIT, GitConfig, init_weights, load, save
+from git_scratch import GIT, GitConfig, init_weights, load, record, save
 from git_scratch.generation.cache import CacheMisuse
 from git_scratch.decoder import TextBlock
 from git_scratch.layers import MLP
@@ -187,3 +187,15 @@ def test_a_pre_norm_checkpoint_saves_and_loads_but_is_refused_by_the_hugging_fac
                                               "decoder blocks"):
         convert(tmp_path / "pre", tmp_path / "hf", to_hf=True)
     assert not (tmp_path / "hf").exists()
+
+
+def test_an_outer_recording_keeps_recording_after_forward_opens_and_closes_its_own():
+    model = tiny()
+    px, ids = pixels(model, 1), torch.tensor([[1, 5, 9]])
+    with record.recording([model.blocks]) as outer:
+        model(px, ids, output_attentions=True)  # forward's own recording: the same modules, the same tensors
+        last = model(px, torch.tensor([[1, 4]]))  # after it closed, the outer one is the open one again
+    L = model.config.vision.n_tokens + 2  # the last call: image tokens + 2 text tokens
+    assert last.logits.shape[1] == 2
+    assert outer.attentions(model.blocks)[0].shape[-2:] == (L, L)
+    assert outer.hidden_states(model.blocks)[-1].shape[1] == L

@@ -41,6 +41,8 @@ def search(dec, ids, lengths, o: GenerationOptions, generator=None, on_token=Non
     The loop decides on the device; the host looks at "every row finished" once every CHECK_EVERY steps
     (every step when streaming, which reads each token anyway). Steps after the last row finished only
     pad, and the result is cut at the longest row, so the ids are those of a check at every step.
+    NB: sampling draws from `generator` in those steps too, so after the call it stands up to
+    CHECK_EVERY - 1 draws further on than a loop that looked every step would leave it.
     """
     R, dev = ids.shape[0], ids.device
     logits = dec.prefill(ids, lengths)
