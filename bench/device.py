@@ -31,7 +31,7 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device, repeats: int) -> tuple[float, object]:
-    """(median seconds, the first timed run's output), one warm-up first."""
+    """(median seconds of `repeats` runs, the output of the warm-up run before them)."""
     out = fn()
     times = []
     for _ in range(repeats):
