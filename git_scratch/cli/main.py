@@ -13,12 +13,11 @@ those commands, each read into its library's options.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 
-from ..constants import (COMPATS, DTYPE_NAMES, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE)
+from ..constants import COMPATS, DTYPE_NAMES, EXIT_OK, EXIT_USAGE
 from .options import run_options
+from .stops import run_stoppable
 
 EXIT_CODES = """\
 exit codes:
@@ -74,6 +73,9 @@ examples:
 """,
 }
 
+
+# What a stop that escapes a command leaves (train says more itself once it trains: the checkpoint to resume).
+STOPPED = {"train": "nothing trained yet", "eval": "nothing written", "demo": "nothing written"}
 
 # ---------------------------------------------------------------- the command line
 def _positive(kind):
@@ -217,14 +219,6 @@ def run_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: stop, keep what is saved, say so."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
 def run_convert(argv: list[str]) -> int:
     # convert/ sits above the model (it builds one to check shapes): the command line imports it only
     # here, when the command runs: the dependency goes one way, from the converter to the package.
@@ -244,24 +238,8 @@ def main(argv=None) -> int:
     if args.command == "init":
         return run_init(args)
     if args.command in ("train", "eval", "demo"):
-        return args.run(args)
+        return run_stoppable(lambda: args.run(args), saved=STOPPED[args.command])
     opts = run_options(parser.commands[args.command], args)
     from .batch import run_inputs
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return run_inputs(opts)
-    except Terminated:
-        print("terminated (SIGTERM); finished results are saved", file=sys.stderr)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print("interrupted; finished results are saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader of stdout went away (`| head -1`): stop quietly, as command-line tools do. Point
-        # stdout at /dev/null so that the interpreter's last flush does not fail a second time.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
+    return run_stoppable(lambda: run_inputs(opts))
