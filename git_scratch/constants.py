@@ -17,6 +17,9 @@ VIDEO_EXTS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg",
 
 # A checkpoint's text files, copied by `convert` and `init` beside the weights.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# A training run directory's pointer file: it names (one line) the run's last complete step-NNNNNN checkpoint.
+LATEST = "latest"
+
 # Image preprocessing settings: CLIPImageProcessor's own file, and transformers 5's GitProcessor file
 # that nests the same keys under "image_processor". The first found is used.
 PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from . import fast
 from .config import GitConfig
-from .constants import DTYPE_NAMES
+from .constants import DTYPE_NAMES, LATEST
 from .model import GIT
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # "float32" -> torch.float32, ...
@@ -54,13 +54,35 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def checkpoint_dir(path) -> Path:
+    """The checkpoint directory `path` names: itself, or, for a training run's `latest` file or the run
+    directory that holds one, the step-NNNNNN checkpoint that file names. So `-c runs/x/latest` and
+    `-c runs/x` load the run's last complete checkpoint. ValueError where `latest` names no directory."""
+    path = Path(path)
+    if path.name == LATEST and path.is_file():
+        pointer = path
+    elif path.is_dir() and not (path / "config.json").exists() and (path / LATEST).is_file():
+        pointer = path / LATEST
+    else:
+        return path  # a checkpoint directory, or nothing that resolves (the loaders say what is missing)
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{pointer}: cannot read the run's latest checkpoint name ({e})") from None
+    target = pointer.parent / name
+    if not name or "/" in name or not target.is_dir():
+        raise ValueError(f"{pointer} names {name!r}, which is not a checkpoint directory beside it")
+    return target
+
+
 def load(path, device=None, dtype=None) -> GIT:
     """The model of a converted checkpoint directory, in eval mode, with the speed tricks of fast.py.
 
     device: "cpu", "cuda", "mps", "auto" or None (= auto). dtype: torch dtype, "float32", "bfloat16",
-    "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32).
+    "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32). `path` may also be a
+    training run directory or its `latest` file (checkpoint_dir).
     """
-    path = Path(path)
+    path = checkpoint_dir(path)
     cfg_path, weights = path / "config.json", path / "model.safetensors"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path}: no config.json (is this a git_scratch checkpoint directory?)")

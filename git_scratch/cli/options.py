@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..load import checkpoint_dir
+
 
 @dataclass
 class RunOptions:
@@ -87,7 +89,10 @@ def run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> RunOpti
         p.error("--recompute needs --output: it recomputes results that file holds")
     if any(not q.strip() for q in args.question or []):
         p.error("--question must not be empty")
-    ckpt = Path(args.checkpoint)
+    try:
+        ckpt = checkpoint_dir(args.checkpoint)  # a training run directory or its `latest`: the checkpoint named
+    except ValueError as e:
+        p.error(f"--checkpoint: {e}")
     if ckpt.is_file():
         p.error(f"--checkpoint {ckpt} is a file; pass the checkpoint directory, the folder that holds config.json "
                 "and model.safetensors")
@@ -100,7 +105,7 @@ def run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> RunOpti
         p.error(f"--max-new-tokens {max_new_tokens} cannot be reached: {ckpt} has {limit} text positions "
                 f"(max_position_embeddings), so at most {limit} new tokens after [CLS], fewer after a question")
     return RunOptions(
-        inputs=args.inputs, checkpoint=args.checkpoint, questions=args.question or [],
+        inputs=args.inputs, checkpoint=str(ckpt), questions=args.question or [],
         video=args.command == "video", compat=args.compat, max_new_tokens=max_new_tokens,
         max_length=args.max_length, num_beams=num_beams, sample=args.sample, **sampling, device=args.device,
         dtype=args.dtype, compile=args.compile, max_pixels=args.max_pixels, batch_size=args.batch_size, json=args.json,
