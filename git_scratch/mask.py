@@ -33,3 +33,33 @@ def with_padding(allowed: torch.Tensor, n_img: int, text_keep: torch.Tensor | No
     B = text_keep.shape[0]
     keep = torch.cat([torch.ones(B, n_img, dtype=torch.bool, device=text_keep.device), text_keep.bool()], dim=1)
     return allowed & keep[:, None, None, :]  # (B, 1, L, S)
+
+
+def show(n_img: int, n_txt: int) -> str:
+    """The mask of n_img image and n_txt text tokens as the picture above, printed and returned: one row per
+    query, one column per key, '#' may attend, '.' may not, a '|' between the image and the text.
+
+        >>> _ = show(2, 3)
+             i0 i1 | t0 t1 t2
+         i0   #  # |  .  .  .
+         i1   #  # |  .  .  .
+        -----------+---------
+         t0   #  # |  #  .  .
+         t1   #  # |  #  #  .
+         t2   #  # |  #  #  #
+    """
+    if n_img < 0 or n_txt < 0:
+        raise ValueError(f"token counts must be >= 0, got {n_img} image, {n_txt} text")
+    allowed = git_mask(n_img, n_txt)
+    names = [f"i{j}" for j in range(n_img)] + [f"t{j}" for j in range(n_txt)]
+    w = max((len(n) for n in names), default=2) + 1  # one column's width
+    cells = [f"{n:>{w}}" for n in names]
+    lines = [" " * w + " " + "".join(cells[:n_img]) + " |" + "".join(cells[n_img:])]
+    for q, name in enumerate(names):
+        if q == n_img and n_img:
+            lines.append("-" * (w + 1 + w * n_img) + "-+" + "-" * (w * n_txt))
+        marks = [f"{'#' if a else '.':>{w}}" for a in allowed[q].tolist()]
+        lines.append(f"{name:>{w}} " + "".join(marks[:n_img]) + " |" + "".join(marks[n_img:]))
+    text = "\n".join(lines)
+    print(text)
+    return text

@@ -50,3 +50,22 @@ def test_the_image_changes_every_text_logit(reference):
     with torch.no_grad():
         a, b = r.ours(px, ids).logits, r.ours(px + 0.5, ids).logits  # an offset: the pre-LayerNorm removes pure scaling
     assert not torch.isclose(a, b, atol=1e-4).all(dim=-1).any()
+
+
+def test_show_draws_the_mask_cell_for_cell(capsys):
+    from git_scratch import mask
+
+    text = mask.show(3, 4)
+    assert capsys.readouterr().out == text + "\n"
+    rows = [line for line in text.splitlines()[1:] if not line.startswith("-")]
+    drawn = torch.tensor([[c == "#" for c in line.replace("|", "").split()[1:]] for line in rows])
+    assert torch.equal(drawn, mask.git_mask(3, 4))
+
+
+def test_show_docstring_is_its_output(capsys):
+    import doctest
+
+    from git_scratch import mask
+
+    result = doctest.testmod(mask)
+    assert result.attempted == 1 and result.failed == 0
