@@ -288,6 +288,19 @@ class Processor:
             warnings.warn(no_preprocessing_settings(path), stacklevel=2)
         return cls(cfg, tok, max_pixels, str(path))
 
+    def resized_shape(self, h: int, w: int) -> tuple[int, int] | None:
+        """(h, w) this processor resizes an h x w image to, before any crop; None: it does not resize."""
+        if self.compat == "transformers":
+            cfg = self.image_config
+            return resize_shape(h, w, cfg.size) if cfg.do_resize else None
+        return original_resize_shape(h, w, self.crop_size, self.max_size)
+
+    def check_size(self, im: Image.Image, name=None) -> None:
+        """Refuse, without resizing it, an image this processor's resize would blow past the pixel budget
+        (check_resize: ImageLoadError naming `name` when it is a path, else ValueError). What datasets
+        read for training and evaluation passes through here, so they refuse what `caption` refuses."""
+        check_resize(im, self.resized_shape(im.height, im.width), self.max_pixels, name)
+
     def preprocess_image(self, im: Image.Image, name=None) -> np.ndarray:
         """One upright RGB image -> (3, H, W) float32 by this processor's recipe; `name` (a path) for errors."""
         if self.compat == "transformers":
