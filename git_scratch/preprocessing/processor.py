@@ -303,13 +303,9 @@ class Processor:
 
     def preprocess_image(self, im: Image.Image, name=None) -> np.ndarray:
         """One upright RGB image -> (3, H, W) float32 by this processor's recipe; `name` (a path) for errors."""
+        self.check_size(im, name)
         if self.compat == "transformers":
-            cfg = self.image_config
-            check_resize(im, resize_shape(im.height, im.width, cfg.size) if cfg.do_resize else None,
-                         self.max_pixels, name)
-            return preprocess(im, cfg)
-        shape = original_resize_shape(im.height, im.width, self.crop_size, self.max_size)
-        check_resize(im, shape, self.max_pixels, name)
+            return preprocess(im, self.image_config)
         x = original_pixels(im, self.crop_size, self.max_size)  # (3, h, w)
         if self.patch_size:
             # NB: the original's patch convolution (stride = kernel, no padding) never reads the bottom and
