@@ -76,7 +76,7 @@ def test_demo_writes_a_contact_sheet(tmp_path, capsys):
 
 def test_demo_refuses_a_bad_count(capsys):
     assert cli.main(["demo", "--n", "0"]) == 2
-    assert capsys.readouterr().err == "git-scratch demo: error: --n must be at least 1\n"
+    assert capsys.readouterr().err == "error: --n must be at least 1, got 0\n"
 
 
 def test_demo_names_a_checkpoint_without_a_tokenizer(tmp_path, capsys):

@@ -1,4 +1,10 @@
-"""`git-scratch demo`: its parser, and the command as a function of DemoOptions (evaluation/demo.py)."""
+"""`git-scratch demo`: its parser, and the command as a function of DemoOptions (evaluation/demo.py).
+
+Usage errors are one line naming the flag, exit 2, before the model loads; so is an --out the demo may not
+write (preflight.py): the sheet is written whole at the end, and only a PNG the demo wrote (its Software
+text, demo.SOFTWARE) is ever replaced. Records are printed batch by batch as they are computed and only
+their counts are kept, so --n has no bound; the sheet draws the first demo.SHEET_IMAGES images.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from pathlib import Path
 
 from ..constants import EXIT_OK, EXIT_USAGE
 from ..data import shapes
-from ..evaluation.demo import FRESH, DemoOptions, contact_sheet, predict, prepare, score
+from ..evaluation.demo import (FRESH, SHEET_IMAGES, DemoOptions, Tally, contact_sheet, is_contact_sheet, png_info,
+                               predictions, prepare)
+from .preflight import WholeFile, check_device, checkpoint_files
 
 EPILOG = """\
 examples:
@@ -29,12 +37,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "download), and write a contact sheet PNG: each image, what the model said "
                                    "(green: exactly right, red: wrong, with the truth), and the accuracies.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, help="first seed (default: a random one past every training seed, printed)")
-    p.add_argument("--n", type=int, default=6, help="how many images (default 6)")
-    p.add_argument("--json", action="store_true", help="print one JSON line per caption and per question, no PNG")
-    p.add_argument("--out", default="git-scratch-demo.png", help="the contact sheet (default git-scratch-demo.png)")
+    p.add_argument("--seed", type=int,
+                   help="first seed, 0 or more (default: a random one past every training seed, printed)")
+    p.add_argument("--n", type=int, default=6,
+                   help=f"how many images (default 6); the sheet shows the first {SHEET_IMAGES}, the accuracies "
+                        "count all")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON line per caption and per question, as they are computed; no PNG")
+    p.add_argument("--out", default="git-scratch-demo.png",
+                   help="the contact sheet (default git-scratch-demo.png): a new file, or a sheet the demo wrote "
+                        "before (any other file is refused and left as it was)")
     p.add_argument("--checkpoint", "-c", default=str(shapes.CHECKPOINT), help="default: the shipped demo model")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
     p.set_defaults(run=run_demo)
     return p
 
@@ -46,29 +60,55 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def demo_command(opts: DemoOptions) -> int:
     """Run the demo as `git-scratch demo` does: a contact sheet (or JSON lines) and the accuracies; the exit code."""
-    if opts.n < 1:
-        print("git-scratch demo: error: --n must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     try:
+        out = check(opts)
         model, processor = prepare(opts)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     seed = opts.seed if opts.seed is not None else FRESH + random.randrange(10**9)
-    records = predict(model, processor, range(seed, seed + opts.n))
-    s = score(records)
+    tally, shown = Tally(), []  # shown: the records the sheet draws
+    for records in predictions(model, processor, range(seed, seed + opts.n)):
+        tally.add(records)
+        for r in records:
+            if opts.json:
+                print(json.dumps({k: r[k] for k in ("seed", "question", "text", "truth", "n_shapes", "correct")}))
+            elif r["question"] is None:
+                mark = "ok   " if r["correct"] else "WRONG"
+                print(f"{mark} seed {r['seed']}: {r['text']}" + ("" if r["correct"] else f"   (truth: {r['truth']})"))
+        sys.stdout.flush()  # a batch at a time: a long run shows its progress, and keeps none of it
+        if not opts.json:
+            shown += [r for r in records if r["seed"] < seed + SHEET_IMAGES]
+    s = tally.score()
     summary = (f"captions {s['captions']:.0%} exact ({s['n_captions']}), answers {s['answers']:.0%} exact "
                f"({s['n_answers']}); seeds {seed}..{seed + opts.n - 1}")
     if opts.json:
-        for r in records:
-            print(json.dumps({k: r[k] for k in ("seed", "question", "text", "truth", "n_shapes", "correct")}))
         print(summary, file=sys.stderr)
         return EXIT_OK
     title = f"git-scratch demo ({Path(opts.checkpoint).name}): {summary}"
-    contact_sheet(records, title).save(opts.out)
-    for r in records:
-        if r["question"] is None:
-            mark = "ok   " if r["correct"] else "WRONG"
-            print(f"{mark} seed {r['seed']}: {r['text']}" + ("" if r["correct"] else f"   (truth: {r['truth']})"))
-    print(f"{summary}\ncontact sheet: {Path(opts.out).resolve()}")
+    if opts.n > SHEET_IMAGES:
+        partial = f"the sheet shows the first {SHEET_IMAGES} of {opts.n} images; the accuracies count all {opts.n}"
+        title += "\n" + partial
+        print(partial, file=sys.stderr)
+    try:
+        written = out.write(lambda f: contact_sheet(shown, title).save(f, format="PNG", pnginfo=png_info()))
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{summary}\ncontact sheet: {written}")
     return EXIT_OK
+
+
+def check(opts: DemoOptions) -> WholeFile | None:
+    """ValueError naming the flag for options that cannot run, before the model loads; -> the checked --out
+    file (None with --json, which writes none)."""
+    if opts.n < 1:
+        raise ValueError(f"--n must be at least 1, got {opts.n}")
+    if opts.seed is not None and opts.seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {opts.seed}")
+    check_device(opts.device)
+    if opts.json:
+        return None
+    out = WholeFile(opts.out, "--out", is_contact_sheet, checkpoint_files(opts.checkpoint))
+    out.check()
+    return out

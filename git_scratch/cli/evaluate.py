@@ -1,4 +1,9 @@
-"""`git-scratch eval`: its parser, and the command as a function of EvalOptions (evaluation/evaluate.py)."""
+"""`git-scratch eval`: its parser, and the command as a function of EvalOptions (evaluation/evaluate.py).
+
+Every usage error is one line naming the flag, exit 2, before the checkpoint is loaded; so is a --results
+file that may not be written (preflight.py): it is written whole at the end, and only a file an earlier
+eval wrote (its first key is "git_scratch", RESULTS_MARK) is ever replaced.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,13 @@ from pathlib import Path
 from ..constants import EXIT_OK, EXIT_USAGE
 from ..data.shapes import VAL_OFFSET
 from ..evaluation.evaluate import EvalOptions, evaluate, prepare
+from ..load import checkpoint_dir
+from .options import text_positions
+from .preflight import WholeFile, check_device, checkpoint_files
+
+# The first bytes of every results file eval writes (json.dumps, indent 1, "git_scratch" its first key):
+# how a rerun knows a file it may replace.
+RESULTS_MARK = b'{\n "git_scratch": {\n  "command": "eval"'
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -24,15 +36,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("data", help="'shapes', or an annotation file")
     p.add_argument("--checkpoint", "-c", required=True)
     p.add_argument("--images", help="image folder (default: the annotation file's folder)")
-    p.add_argument("--results", metavar="FILE.json", help="write the generated captions / answers, COCO style")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--results", metavar="FILE.json",
+                   help="write the generated captions / answers, COCO style, whole at the end: a new file, or "
+                        "one an earlier eval wrote (any other file is refused and left as it was)")
+    p.add_argument("--batch-size", type=int, default=16, help="at least 1 (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=20,
+                   help="at least 1, at most the model's text positions (default 20)")
+    p.add_argument("--num-beams", type=int, default=1, help="at least 1 (default 1: greedy)")
     p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to score")
     p.add_argument("--shapes-samples", type=int, default=500)
     p.add_argument("--shapes-offset", type=int, default=VAL_OFFSET,
                    help="shapes: first seed (default: unseen in training)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_eval)
     return p
@@ -47,13 +62,49 @@ def run_eval(args: argparse.Namespace) -> int:
 def eval_command(opts: EvalOptions) -> int:
     """Score as `git-scratch eval` does: the scores as one JSON line on stdout; the exit code."""
     try:
+        results_file = check(opts)
         model, processor, data = prepare(opts)
+        scores, results = evaluate(model, data, processor, opts.batch_size, opts.progress,
+                                   max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams)
+        if results_file:
+            mark = {"command": "eval", "checkpoint": str(checkpoint_dir(opts.checkpoint).resolve()),
+                    "data": opts.data}
+            text = json.dumps({"git_scratch": mark, **results}, indent=1) + "\n"
+            results_file.write(lambda f: f.write(text.encode("utf-8")))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    scores, results = evaluate(model, data, processor, opts.batch_size, opts.progress,
-                               max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams)
-    if opts.results:
-        Path(opts.results).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(scores))
     return EXIT_OK
+
+
+def check(opts: EvalOptions) -> WholeFile | None:
+    """ValueError naming the flag for options that cannot run, before anything is loaded; -> the checked
+    --results file, or None."""
+    for flag, value, least in (("--batch-size", opts.batch_size, 1), ("--max-new-tokens", opts.max_new_tokens, 1),
+                               ("--num-beams", opts.num_beams, 1), ("--shapes-samples", opts.shapes_samples, 1),
+                               ("--shapes-offset", opts.shapes_offset, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    check_device(opts.device)
+    ckpt = checkpoint_dir(opts.checkpoint)  # a run directory or its `latest`: the checkpoint it names
+    limit = text_positions(ckpt)  # None where there is no config.json (loading says what is wrong)
+    if limit is not None and opts.max_new_tokens > limit:
+        raise ValueError(f"--max-new-tokens {opts.max_new_tokens} cannot be reached: {ckpt} has {limit} text "
+                         f"positions (max_position_embeddings), so at most {limit} new tokens after [CLS], fewer "
+                         "after a question")
+    if opts.results is None:
+        return None
+    inputs = checkpoint_files(ckpt) + (() if opts.data == "shapes" else (Path(opts.data),))
+    results = WholeFile(opts.results, "--results", is_results_file, inputs)
+    results.check()
+    return results
+
+
+def is_results_file(path: Path) -> bool:
+    """True for a results file `git-scratch eval` wrote (it starts with RESULTS_MARK)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(RESULTS_MARK)) == RESULTS_MARK
+    except OSError:  # unreadable: not known to be ours, so refused
+        return False

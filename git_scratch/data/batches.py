@@ -45,10 +45,25 @@ def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:
     return original_loss(logits, batch["input_ids"], batch["need_predict"])
 
 
+def check_tokenizer(processor: Processor, model: GIT, name: str) -> None:
+    """ValueError unless `processor` has a tokenizer whose every id the model can embed and predict (a
+    larger one, another model's tokenizer files, would index past tok_embed and lm_head). `name`: the
+    checkpoint or run the message names."""
+    tok, vocab = processor.tokenizer, model.config.text.vocab_size
+    if tok is None:
+        raise ValueError(f"{name}: no tokenizer.json or vocab.txt, so ids cannot become text")
+    if tok.vocab_size > vocab:
+        raise ValueError(f"{name}: the tokenizer has {tok.vocab_size} tokens, the model {vocab}: tokenizer files "
+                         "of another model?")
+
+
 @torch.no_grad()
 def mean_losses(model: GIT, data, processor: Processor, batch_size: int) -> dict:
     """Both training losses under teacher forcing, no augmentation, averaged over batches; unreadable rows
-    are left out. Leaves the model in eval mode."""
+    are left out. Leaves the model in eval mode. ValueError when no example could be read: no data is an
+    error, never a loss of 0."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     model.eval()
     totals, n = {"loss_hf": 0.0, "loss_original": 0.0}, 0
     for start in range(0, len(data), batch_size):
@@ -59,4 +74,6 @@ def mean_losses(model: GIT, data, processor: Processor, batch_size: int) -> dict
         for name in ("hf", "original"):
             totals[f"loss_{name}"] += batch_loss(model, batch, name).item()
         n += 1
-    return {k: v / max(n, 1) for k, v in totals.items()}
+    if not n:
+        raise ValueError(f"no readable example in {getattr(data, 'source', '') or 'the data'}")
+    return {k: v / n for k, v in totals.items()}

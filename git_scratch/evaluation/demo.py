@@ -6,23 +6,29 @@
           ─▶ a contact sheet PNG, or one JSON line per record (--json), and the exact-match accuracies
 
 `predict` and `score` are what the test of the shipped checkpoint and examples/ use too, so everyone
-measures accuracy one way: a caption or an answer counts only if it is exactly the truth.
+measures accuracy one way: a caption or an answer counts only if it is exactly the truth. A long run
+streams: `predictions` yields each batch's records, `Tally` keeps only counts of them, and the contact
+sheet draws at most SHEET_IMAGES images (a taller PNG is one Pillow refuses to open).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from ..data import shapes
+from ..data.batches import check_tokenizer
 from ..load import load
 from ..preprocessing.processor import Processor
 
 CAPTION_TOKENS = 24  # the longest caption is 16 words, each one token, then [SEP]
 ANSWER_TOKENS = 6  # answers are one or two words
 FRESH = 2 * 10**9  # default seeds start here: past every training and held-out seed (shapes.VAL_OFFSET = 1e9)
+SHEET_IMAGES = 100  # the most images a contact sheet draws: about 23,000 px tall; the accuracies count every one
+SOFTWARE = "git-scratch demo"  # the contact sheet's PNG Software text: how a rerun knows a sheet it may replace
 
 
 @dataclass
@@ -44,17 +50,23 @@ def prepare(opts: DemoOptions):
     processor = Processor.from_pretrained(opts.checkpoint)
     if processor.tokenizer is None:
         raise ValueError(f"{opts.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint")
+    check_tokenizer(processor, model, opts.checkpoint)
     return model, processor
 
 
-@torch.no_grad()
 def predict(model, processor, seeds, batch_size: int = 64) -> list[dict]:
     """For each seed: its caption record, then one record per question, in order."""
+    return [r for records in predictions(model, processor, seeds, batch_size) for r in records]
+
+
+@torch.no_grad()
+def predictions(model, processor, seeds, batch_size: int = 64):
+    """predict's records, one list per batch of `batch_size` seeds, as each batch is done."""
     model.eval()
     tok = processor.tokenizer
-    records = []
     seeds = list(seeds)
     for start in range(0, len(seeds), batch_size):
+        records = []
         chunk = seeds[start: start + batch_size]
         samples = [shapes.sample(s) for s in chunk]
         pixels = torch.from_numpy(processor.pixel_values([im for im, _, _ in samples])).to(model.device)
@@ -70,7 +82,7 @@ def predict(model, processor, seeds, batch_size: int = 64) -> list[dict]:
             n = len(shapes.scene(seed))
             records.append(_record(seed, None, captions[i], truth, n))
             records += [_record(seed, q, text, a, n) for q, a, text in answers_of.get(i, [])]
-    return records
+        yield records
 
 
 def _texts(model, tok, image, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
@@ -87,17 +99,36 @@ def _record(seed: int, question: str | None, text: str, truth: str, n_shapes: in
 def score(records: list[dict]) -> dict:
     """Exact-match accuracies: {"captions": share, "answers": share, "n_captions", "n_answers",
     "by_shapes": {n: {"captions", "answers"}}} (shares in 0..1)."""
+    tally = Tally()
+    tally.add(records)
+    return tally.score()
 
-    def share(rs):
-        return sum(r["correct"] for r in rs) / len(rs) if rs else float("nan")
 
-    caps = [r for r in records if r["question"] is None]
-    ans = [r for r in records if r["question"] is not None]
-    by = {n: {"captions": share([r for r in caps if r["n_shapes"] == n]),
-              "answers": share([r for r in ans if r["n_shapes"] == n])}
-          for n in sorted({r["n_shapes"] for r in records})}
-    return {"captions": share(caps), "answers": share(ans), "n_captions": len(caps), "n_answers": len(ans),
-            "by_shapes": by}
+class Tally:
+    """The counts `score` needs, added batch by batch: a long run keeps no records to score them."""
+
+    def __init__(self):
+        self.seen, self.right = Counter(), Counter()  # (kind, n_shapes) -> records, exactly right ones
+
+    def add(self, records: list[dict]) -> None:
+        for r in records:
+            key = ("captions" if r["question"] is None else "answers", r["n_shapes"])
+            self.seen[key] += 1
+            self.right[key] += r["correct"]
+
+    def score(self) -> dict:
+        """score() of every record added."""
+
+        def share(keys):
+            seen = sum(self.seen[k] for k in keys)
+            return sum(self.right[k] for k in keys) / seen if seen else float("nan")
+
+        kinds = {kind: [k for k in self.seen if k[0] == kind] for kind in ("captions", "answers")}
+        by = {n: {kind: share([(kind, n)]) for kind in kinds}
+              for n in sorted({n for _, n in self.seen})}
+        return {"captions": share(kinds["captions"]), "answers": share(kinds["answers"]),
+                "n_captions": sum(self.seen[k] for k in kinds["captions"]),
+                "n_answers": sum(self.seen[k] for k in kinds["answers"]), "by_shapes": by}
 
 
 # ----------------------------------------------------------------------------- the contact sheet
@@ -113,9 +144,25 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def png_info() -> PngImagePlugin.PngInfo:
+    """The contact sheet's PNG text: Software = SOFTWARE, the mark of a sheet the demo may replace."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    return info
+
+
+def is_contact_sheet(path) -> bool:
+    """True for a PNG the demo wrote (its Software text is SOFTWARE)."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
+    except Exception:  # noqa: BLE001 -- anything Pillow cannot open (or calls a bomb) is not ours
+        return False
+
+
 def contact_sheet(records: list[dict], title: str) -> Image.Image:
     """One row per image: the image, its generated caption and answers (green exact, red wrong, with the
-    truth beside a wrong one)."""
+    truth beside a wrong one). `title`: one line or several."""
     font, bold = _font(14), _font(16)
     line, side, text_w = 18, shapes.SIZE * SCALE, 720
     by_seed: dict[int, list[dict]] = {}
@@ -125,10 +172,12 @@ def contact_sheet(records: list[dict], title: str) -> Image.Image:
         return 1 + len(rs) + sum(r["question"] is None and not r["correct"] for r in rs)
 
     heights = [max(side, line * lines(rs)) + 16 for rs in by_seed.values()]
-    sheet = Image.new("RGB", (side + text_w + 24, 44 + sum(heights)), "white")
+    titles = title.split("\n")
+    y = 40 + 20 * (len(titles) - 1)  # below the title
+    sheet = Image.new("RGB", (side + text_w + 24, y + 4 + sum(heights)), "white")
     d = ImageDraw.Draw(sheet)
-    d.text((12, 10), title, fill=BLACK, font=bold)
-    y = 40
+    for i, text in enumerate(titles):
+        d.text((12, 10 + 20 * i), text, fill=BLACK, font=bold)
     for (seed, rs), h in zip(by_seed.items(), heights):
         image, _, _ = shapes.sample(seed)
         sheet.paste(image.resize((side, side), Image.Resampling.NEAREST), (12, y))

@@ -5,7 +5,8 @@
                └─▶ generate once per group ─▶ BLEU-4, CIDEr-D, ROUGE-L, distinct captions / VQA accuracy
 
 Results are written COCO-style: captions as [{"image_id", "caption"}], answers as
-[{"question_id", "image_id", "question", "answer"}].
+[{"question_id", "image_id", "question", "answer"}]. Evaluating nothing is an error, never a score: data
+with no row, or none whose image can be read, is a ValueError.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from ..data.batches import mean_losses
+from ..data.batches import check_tokenizer, mean_losses
 from ..data.datasets import ShapesDataset, load_dataset
 from ..data.shapes import VAL_OFFSET
+from ..generation.options import GenerationOptions
 from ..load import load
 from ..preprocessing.processor import Processor
 
@@ -81,12 +83,20 @@ def generate_all(model, data, processor, todo: list[Group], batch_size: int, pro
 
 def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True, **options) -> tuple[dict, dict]:
     """-> (scores, results): scores has the losses and, for captions, bleu4 / cider_d / rouge_l / distinct,
-    for VQA vqa_accuracy; results the COCO-style lists {"captions": [...], "answers": [...]}."""
-    model.eval()
-    scores = mean_losses(model, data, processor, batch_size)
+    for VQA vqa_accuracy; results the COCO-style lists {"captions": [...], "answers": [...]}.
+    ValueError, before any compute where it can be, for no readable example or a question too long to answer."""
     todo = groups(data)
+    nothing = f"no readable example in {getattr(data, 'source', '') or 'the data'}"
+    if not todo:
+        raise ValueError(nothing)
+    check_room(model, processor, todo, options.get("max_new_tokens", GenerationOptions.max_new_tokens),
+               getattr(data, "source", ""))
+    model.eval()
+    scores = mean_losses(model, data, processor, batch_size)  # ValueError when every image is unreadable
     texts = generate_all(model, data, processor, todo, batch_size, progress, **options)
     done = [(g, t) for g, t in zip(todo, texts) if t is not None]
+    if not done:  # an image that went unreadable between the losses and generation
+        raise ValueError(nothing)
     captions = [(g, t) for g, t in done if not g.prompt]
     answers = [(g, t) for g, t in done if g.prompt]
     if captions:
@@ -103,14 +113,24 @@ def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True
     return scores, results
 
 
+def check_room(model, processor, todo: list[Group], max_new_tokens: int, source: str = "") -> None:
+    """ValueError unless the longest prompt ([CLS] + question) and `max_new_tokens` fit the model's text
+    positions: said before any compute, not by generate after the losses."""
+    n = max(len(processor.tokenizer.encode(g.prompt)) if g.prompt else 1 for g in todo)
+    limit = model.config.text.max_positions
+    if n + max_new_tokens - 1 > limit:
+        raise ValueError(f"{source + ': ' if source else ''}the longest prompt is {n} tokens ([CLS] + question); "
+                         f"with max_new_tokens {max_new_tokens} it needs {n + max_new_tokens - 1} text positions, "
+                         f"the model has {limit} (max_position_embeddings)")
+
+
 def prepare(opts: EvalOptions):
     """(model, processor, data) that `opts` names; ValueError or OSError says what is wrong."""
-    model = load(opts.checkpoint, device=opts.device)
     processor = Processor.from_pretrained(opts.checkpoint)
     if opts.data == "shapes":
         data = ShapesDataset(opts.shapes_samples, opts.task, offset=opts.shapes_offset)
-    else:
-        data = load_dataset(opts.data, opts.images)
-    if processor.tokenizer is None:
-        raise ValueError(f"{opts.checkpoint} has no tokenizer files")
+    else:  # read before the model loads, so a bad file is said at once; images checked as caption checks them
+        data = load_dataset(opts.data, opts.images, processor=processor)
+    model = load(opts.checkpoint, device=opts.device)
+    check_tokenizer(processor, model, opts.checkpoint)
     return model, processor, data
