@@ -17,7 +17,7 @@ from git_scratch import GitConfig
 from git_scratch.cli.main import main
 from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
-from git_scratch.training.checkpoints import latest_checkpoint
+from git_scratch.training.checkpoints import RunError, latest_checkpoint
 from git_scratch.data.batches import batch_loss, collate
 from git_scratch.training.loop import (CROP_SCALE, TrainOptions, lr_factor, param_groups,
                                random_resized_crop, train)
@@ -88,8 +88,7 @@ def test_killed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
     def dies_mid_write(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"\x80\x02partial")  # a few bytes, then the process "dies"
+        f.write(b"\x80\x02partial")  # a few bytes into the file it is handed, then the process "dies"
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dies_mid_write)
@@ -247,7 +246,7 @@ def test_cli_reports_bad_data_files_without_a_traceback(tmp_path, capsys):
 
 def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
     train(new_model(), ShapesDataset(20), shapes.processor(), replace(OPTS, steps=1), tmp_path)
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a run"):
         train(new_model(), ShapesDataset(20), shapes.processor(), replace(OPTS, steps=1), tmp_path)
 
 

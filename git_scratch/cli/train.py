@@ -1,21 +1,29 @@
 """`git-scratch train`: its parser, and the command as a function of a TrainRun and TrainOptions.
 
-    argv ─▶ parser ─▶ run_train: the namespace read once, as TrainRun + TrainOptions (training/loop.py)
-         ─▶ train_command: join torchrun's group ─▶ prepare ─▶ train ─▶ an exit code (constants.py)
+    argv ─▶ parser ─▶ run_train: the namespace read once, as TrainRun + TrainOptions (training/loop.py),
+         every value checked ─▶ train_command: --device checked ─▶ join torchrun's group ─▶ open --out
+         (checkpoints.RunDir: checked, locked, the checkpoint to resume, its settings compared)
+         ─▶ prepare ─▶ train ─▶ an exit code (constants.py)
+
+Every failure is one `error:` line and an exit code, as EPILOG lists them, found before the model is
+built where it can be. Under torchrun every rank meets the same errors and rank 0 alone says them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from dataclasses import fields
-from pathlib import Path
+from dataclasses import asdict, fields
 
-from ..constants import COMPATS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+import torch
+
+from ..constants import COMPATS, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..load import resolve_device
 from ..training import distributed
-from ..training.checkpoints import latest_checkpoint
-from ..training.loop import BF16, LOSSES, TrainOptions, TrainRun, prepare, train
+from ..training.checkpoints import RunDir, RunError, check_resume, latest_checkpoint
+from ..training.loop import BF16, LOSSES, Diverged, TrainOptions, TrainRun, prepare, run_record, train
+from .stops import stopped_code, stopped_name
 
 EPILOG = """\
 examples:
@@ -27,6 +35,30 @@ examples:
 Under torchrun every process trains a share of each batch (DistributedDataParallel; NCCL on CUDA, gloo on CPU);
 --batch-size is the global batch, split among the processes, so the same flags train the same
 model on any number of them. --out must be on a file system that every process sees.
+
+--out: a new run needs a directory that holds no run yet (created if missing); one run at a time writes
+it (a lock). A checkpoint, step-NNNNNN/, is complete once it holds config.json, model.safetensors and
+state.pt; --keep counts complete checkpoints, and nothing else in --out is ever removed.
+
+--resume continues from the newest complete checkpoint in --out whose files load, whatever `latest`
+names; a warning names each newer folder passed over (incomplete, truncated, corrupt). With no complete
+checkpoint it starts from step 0, and says so; when none loads it stops, naming the files. The settings
+that define the run must stay as they were: DATA, --images, --init, --preset, --tokenizer, --task,
+--shapes-*, --batch-size, --accum, --seed, --compat, --loss, --freeze-vision, --augment (another value is
+refused, listing each as old -> new). The others (--steps, --lr, --min-lr, --warmup, --weight-decay,
+--clip, --bf16, --grad-checkpointing, --save-every, --keep, --log-every, --eval-every, --val, --device)
+apply from the resumed step on, and are listed on stderr.
+
+exit codes:
+  0    trained to --steps
+  1    training diverged: the loss, gradient norm or a weight stopped being finite; the line names the
+       step, which was neither applied nor saved, and the last (finite) checkpoint, kept: resume it with
+       a lower --lr
+  2    usage error: a bad value, --device not available, an --out that is a file, cannot be written,
+       holds a run (without --resume) or is in use by another run, a checkpoint that cannot be resumed,
+       settings a resume cannot change, unreadable data, a full disk (the last checkpoint is kept)
+  130  interrupted (Ctrl-C): resume with --resume from the checkpoint the line names
+  143  terminated (SIGTERM), handled as Ctrl-C
 """
 # The help of TrainOptions' flags that need more than their default (the rest are named by the field).
 ABOUT = {"batch_size": "examples per micro-batch, all processes together under torchrun ",
@@ -55,8 +87,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "one (default: 0, every question of an image equally likely); held-out data never")
     p.add_argument("--val", metavar="DATA", help="held-out data for --eval-every: 'shapes' (unseen seeds) or a file")
     p.add_argument("--val-samples", type=int, default=256, help="shapes: held-out samples")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run directory's newest complete checkpoint (see below)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     for f in fields(TrainOptions):
         if f.name == "progress":  # --no-progress, below
             continue
@@ -75,44 +108,91 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     """`git-scratch train` from its parsed command line: the one place the namespace is read."""
-    run = TrainRun(**{f.name: getattr(args, f.name) for f in fields(TrainRun)})
     try:
+        run = TrainRun(**{f.name: getattr(args, f.name) for f in fields(TrainRun)})
         opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"},
                             progress=not args.no_progress)
-    except ValueError as e:  # --steps 0, --compat original with --loss hf
-        print(f"git-scratch train: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except ValueError as e:  # --steps 0, --lr nan, --out "", --compat original with --loss hf
+        return _error(e)
     return train_command(run, opts)
+
+
+def check_device(name: str) -> torch.device:
+    """--device as a torch.device; ValueError, before any model is built, for a name torch does not know or
+    a device this machine lacks."""
+    if name in (None, "auto"):
+        return resolve_device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {name}: no CUDA device available to this torch ({torch.__version__})")
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+        return device
+    if device.type == "mps":
+        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    else:  # xpu and the like: the backend module says
+        backend = getattr(torch, device.type, None)
+        ok = callable(getattr(backend, "is_available", None)) and backend.is_available()
+    if not ok:
+        raise ValueError(f"--device {name}: not available on this machine")
+    return device
 
 
 def train_command(run: TrainRun, opts: TrainOptions) -> int:
     """Train as `git-scratch train` does; its exit code. Under torchrun every rank runs it, and meets the same
     errors: rank 0 alone says so."""
-    device = distributed.init(resolve_device(run.device))  # joins torchrun's process group, if launched by it
+    try:
+        device = check_device(run.device)
+    except ValueError as e:
+        return _error(e)
+    device = distributed.init(device)  # joins torchrun's process group, if launched by it
     try:
         return _train(run, opts, device)
     finally:
         distributed.teardown()
 
 
-def _train(run: TrainRun, opts: TrainOptions, device) -> int:
-    def error(message: str) -> int:
-        if distributed.is_main():
-            print(message, file=sys.stderr)
-        return EXIT_USAGE
+def _speaks() -> bool:
+    """Rank 0, or a plain run: also before torchrun's group is joined, when every rank says it is rank 0."""
+    return distributed.is_main() and os.environ.get("RANK", "0") == "0"
 
+
+def _error(e, code: int = EXIT_USAGE) -> int:
+    if _speaks():
+        print(f"error: {e}", file=sys.stderr)
+    return code
+
+
+def _train(run: TrainRun, opts: TrainOptions, device) -> int:
     try:
+        out = RunDir(run.out, run.resume)  # before any compute: a bad --out, a locked one, what to resume
+    except RunError as e:
+        return _error(e)
+    record = run_record(run)
+    try:
+        if out.start is not None:
+            note = check_resume(out.start, out.state, {**asdict(opts), **record})
+            if note and _speaks():
+                print(note, file=sys.stderr)
         model, processor, data, val = prepare(run, device, opts.seed)
-    except (ValueError, OSError) as e:
-        return error(f"error: {e}")
-    try:
-        train(model, data, processor, opts, run.out, resume=run.resume, val=val)
-    except FileExistsError as e:
-        return error(f"error: {e} (--resume)")
-    except ValueError as e:  # a batch size the ranks cannot share, data with no readable example
-        return error(f"error: {e}")
-    except KeyboardInterrupt:
-        if distributed.is_main():
-            print(f"interrupted; resume with --resume from {latest_checkpoint(Path(run.out))}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        train(model, data, processor, opts, out, val=val, record=record)
+    except Diverged as e:
+        return _error(e, EXIT_FAILED)
+    except (RunError, ValueError, OSError) as e:  # a full disk, data with no readable example, shares, files
+        return _error(e)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stops.Terminated)
+        if _speaks():
+            ckpt = latest_checkpoint(out.path)
+            then = f"resume with --resume from {ckpt}" if ckpt else "no checkpoint was saved yet"
+            print(f"{stopped_name(e)}; {then}", file=sys.stderr)
+        return stopped_code(e)
+    finally:
+        out.close()
     return EXIT_OK

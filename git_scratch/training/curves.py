@@ -1,8 +1,14 @@
-"""curves.png: the training and held-out losses of a run, drawn with Pillow (no plotting library)."""
+"""curves.png: the training and held-out losses of a run, drawn with Pillow (no plotting library).
+
+Only finite numbers are drawn: a value logged as null (a diverged step), NaN or Infinity (an older
+metrics.jsonl), a line cut short by a kill and any row not of ours are passed over, so the plot never
+fails on what a failed run left.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -18,20 +24,29 @@ TICKS = 5
 
 
 def read_series(metrics: Path) -> dict[str, list[tuple[int, float]]]:
-    """{key: [(step, value), ...]} by step; a step logged twice (a run resumed from an earlier checkpoint
-    repeats the steps after it) keeps its last value."""
+    """{key: [(step, value), ...]} by step, finite values only; a step logged twice (a run resumed from an
+    earlier checkpoint repeats the steps after it) keeps its last value."""
     by_key: dict[str, dict[int, float]] = {k: {} for k in SERIES}
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
             row = json.loads(line)
-            for k in SERIES:
-                if k in row:
-                    by_key[k][row["step"]] = row[k]
+        except ValueError:  # a line cut short by a kill, or not ours
+            continue
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            continue
+        for k in SERIES:
+            v = row.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                by_key[k][step] = float(v)
+            elif k in row:  # null or NaN: a diverged step has no value to draw
+                by_key[k].pop(step, None)
     return {k: sorted(v.items()) for k, v in by_key.items() if v}
 
 
 def plot_curves(metrics: Path, png: Path) -> Path | None:
-    """Draw every series of `metrics` (a metrics.jsonl) against the step into `png`; None if it is empty."""
+    """Draw every series of `metrics` (a metrics.jsonl) against the step into `png`; None if there is
+    nothing to draw (no file, no finite value)."""
     if not metrics.is_file():
         return None
     series = read_series(metrics)
@@ -42,6 +57,8 @@ def plot_curves(metrics: Path, png: Path) -> Path | None:
     y_lo, y_hi = min(y for _, y in points), max(y for _, y in points)
     pad = 0.05 * (y_hi - y_lo) or 0.5
     y_lo, y_hi = y_lo - pad, y_hi + pad
+    if not math.isfinite(y_hi - y_lo):  # values near the float range's ends: no scale to draw them on
+        return None
 
     def at(x: float, y: float) -> tuple[float, float]:
         return (LEFT + (WIDTH - LEFT - RIGHT) * x / x_max,

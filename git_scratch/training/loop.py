@@ -10,8 +10,13 @@ Both losses read rows cut as the original's get_data cuts them (truncation.examp
 `resume` restores every piece of state (weights, optimizer, scheduler, step, RNG states, data position),
 so N + M steps in two runs give bit-identical parameters to N + M in one. The data order is a fresh
 permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
-torch.Generator whose state is saved too. Progress goes to a tqdm bar (loss, lr, examples/s) and to
-metrics.jsonl; curves.png plots the losses at the end. A TrainRun names the rest of a run (the model to start
+torch.Generator whose state is saved too. A resume starts from the newest complete checkpoint that
+loads, and refuses settings that would make it another run (checkpoints.check_resume says which); the
+lr schedule, --steps and the like are applied from the resumed step on (reschedule).
+
+A loss, gradient norm or weight that stops being finite ends the run (Diverged) before that step is
+applied or saved, so every checkpoint on disk is finite. Progress goes to a tqdm bar (loss, lr,
+examples/s) and to metrics.jsonl, strict JSON (null, never NaN); curves.png plots the losses at the end. A TrainRun names the rest of a run (the model to start
 from, the data, the run directory) and `prepare` builds it; cli/train.py reads both from the command line.
 
 Under torchrun (distributed.py) the same loop runs on every rank inside DistributedDataParallel:
@@ -22,6 +27,7 @@ whole micro-batch, and rank 0 alone writes checkpoints, metrics.jsonl, curves.pn
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -29,18 +35,16 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoints import STATE, latest_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .checkpoints import RunDir, RunError, check_resume, flag, rng_states, save_checkpoint, set_rng_states
 from ..config import GitConfig
 from ..constants import check_compat
 from .curves import plot_curves
@@ -79,6 +83,7 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self):
+        """ValueError naming the flag (the field's name as `git-scratch train` spells it) of a bad value."""
         check_compat(self.compat)
         if self.compat == "original" and self.loss == "hf":
             raise ValueError("compat 'original' trains with the original's loss; it cannot take loss 'hf'")
@@ -88,8 +93,21 @@ class TrainOptions:
         if self.bf16 not in BF16:
             raise ValueError(f"bf16 must be auto, on or off, got {self.bf16!r}")
         for name in ("steps", "batch_size", "accum", "save_every", "log_every", "keep"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            _check(self, name, lambda v: v >= 1, "must be >= 1")
+        _check(self, "eval_every", lambda v: v >= 0, "must be >= 0 (0: only at the end)")
+        _check(self, "warmup", lambda v: v >= 0, "must be >= 0")
+        _check(self, "seed", lambda v: 0 <= v < 2**32, "must be between 0 and 2**32 - 1")
+        _check(self, "lr", lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+        _check(self, "min_lr", lambda v: math.isfinite(v) and 0 <= v <= self.lr,
+               f"must be between 0 and --lr ({self.lr})")
+        _check(self, "weight_decay", lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
+        _check(self, "clip", lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0 (0: no clipping)")
+
+
+def _check(options, name: str, ok, must: str) -> None:
+    value = getattr(options, name)
+    if not ok(value):
+        raise ValueError(f"{flag(name)} {must}, got {value}")
 
 
 @dataclass
@@ -111,6 +129,31 @@ class TrainRun:
     val: str | None = None  # held-out data: "shapes" (unseen seeds) or an annotation file
     val_samples: int = 256  # shapes: held-out samples
     device: str = "auto"  # "auto", "cpu", "cuda", ...: load.resolve_device
+
+    def __post_init__(self):
+        if str(self.out) == "":
+            raise ValueError("--out is empty: name a run directory")
+        _check(self, "shapes_samples", lambda v: v >= 1, "must be >= 1")
+        _check(self, "val_samples", lambda v: v >= 1, "must be >= 1")
+        _check(self, "shapes_focus_share", lambda v: 0 <= v <= 1, "must be between 0 and 1")
+
+
+def run_record(run: TrainRun) -> dict:
+    """What a checkpoint keeps of its TrainRun (state "run"), for checkpoints.check_resume: paths resolved,
+    so that another spelling of the same file is the same run; None where the run does not use it."""
+    def where(path):
+        return os.path.realpath(path) if path else None
+
+    shapes = run.data == "shapes"
+    return {"data": "shapes" if shapes else where(run.data), "images": None if shapes else where(run.images),
+            "init": where(run.init), "preset": None if run.init else run.preset,
+            "tokenizer": None if run.init else where(run.tokenizer),
+            "task": run.task if shapes or run.val == "shapes" else None,
+            "shapes_samples": run.shapes_samples if shapes else None,
+            "shapes_focus": run.shapes_focus if shapes else None,
+            "shapes_focus_share": run.shapes_focus_share if shapes else None,
+            "val": run.val if run.val in (None, "shapes") else where(run.val),
+            "val_samples": run.val_samples if run.val == "shapes" else None, "device": run.device}
 
 
 # ----------------------------------------------------------------------------- the model's training setup
@@ -238,33 +281,83 @@ def next_share(data, sampler: Sampler, k: int, g: torch.Generator | None, size: 
 # ----------------------------------------------------------------------------- the loop
 
 
+class Diverged(Exception):
+    """A loss, gradient norm or weight that is not finite: training stopped before that step was applied
+    or saved, and the checkpoints on disk are those of finite steps."""
+
+
 def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resume: bool = False,
-          stop_at: int | None = None, val=None) -> dict:
+          stop_at: int | None = None, val=None, record: dict | None = None) -> dict:
     """Train `model` in place on `data` (dataset[i] -> (image, prompt, target) or None) for opts.steps
-    optimizer steps, checkpointing into `out`. resume: continue from out's latest checkpoint, weights
-    included. stop_at: stop (with a checkpoint) after this step, as if the run were cut there; the
-    schedule still spans opts.steps. val: a held-out dataset whose losses are logged every
-    opts.eval_every steps and at the end. Returns {"step", "loss" (the last step's), "skipped",
-    "checkpoint", "val" (the last held-out losses, or None)}.
+    optimizer steps, checkpointing into `out`. resume: continue from out's newest complete checkpoint,
+    weights included (checkpoints.RunDir says which, and check_resume which settings may change).
+    stop_at: stop (with a checkpoint) after this step, as if the run were cut there; the schedule still
+    spans opts.steps. val: a held-out dataset whose losses are logged every opts.eval_every steps and at
+    the end. record: the run's own settings (run_record), kept in each checkpoint for a later resume.
+    Returns {"step", "loss" (the last step's), "skipped", "checkpoint", "val" (the last held-out losses,
+    or None)}.
+
+    `out` is a run directory's path, or a checkpoints.RunDir the caller opened (and whose resume it
+    checked), as the command line does to refuse a bad one before any compute; then `resume` is the
+    RunDir's. Errors: checkpoints.RunError (the run directory, a full disk), Diverged (a non-finite loss,
+    gradient norm or weight), ValueError (data with no readable example, weights that do not fit).
 
     Under torchrun every rank calls this with the same arguments (and `out` on a file system they all
     see); opts.batch_size is the global micro-batch and must divide among the ranks."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, RunDir):
+        return _train(model, data, processor, opts, out, stop_at, val, record)
+    run = RunDir(out, resume)
+    try:
+        if run.start is not None:
+            note = check_resume(run.start, run.state, {**asdict(opts), **(record or {})})
+            if note and distributed.is_main():
+                print(note, file=sys.stderr)
+        return _train(model, data, processor, opts, run, stop_at, val, record)
+    finally:
+        run.close()
+
+
+def reschedule(optimizer, scheduler, opts: TrainOptions, old: dict) -> None:
+    """Apply a resumed run's new lr, min_lr, warm-up, steps and weight decay from the restored step on: the
+    restored optimizer and scheduler hold the old run's."""
+    if all(old.get(k) == getattr(opts, k) for k in ("lr", "min_lr", "warmup", "steps", "weight_decay")):
+        return  # nothing to change: the restored state stands as saved, and resume stays bit for bit
+    optimizer.param_groups[0]["weight_decay"] = opts.weight_decay  # param_groups: the first group decays
+    factor = lr_factor(scheduler.last_epoch, opts.warmup, opts.steps, opts.min_lr / opts.lr)
+    scheduler.base_lrs = [opts.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = opts.lr, opts.lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _json(row: dict) -> str:
+    """One line of strict JSON: a number that is not finite is null (NaN and Infinity are not JSON)."""
+    return json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()},
+                      allow_nan=False)
+
+
+def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunDir, stop_at, val, record) -> dict:
+    out, start, state = run.path, run.start, run.state
     device, main, world = model.device, distributed.is_main(), distributed.world()
     if opts.batch_size % world:
         raise ValueError(f"the batch size ({opts.batch_size}) is global under torchrun: it must divide among "
                          f"the {world} ranks")
+    if val is not None and len(val) == 0:  # every row refused: known now, not after the training
+        raise ValueError(f"held-out data (--val): {getattr(val, 'source', '') or 'it'} has no usable example")
     g = torch.Generator().manual_seed(opts.seed)
     step, position = 0, 0
-    start = latest_checkpoint(out)
-    if start is not None and not resume:
-        raise FileExistsError(f"{out} already holds a run (at {start.name}); resume it or choose another directory")
-    if resume and start is None:
-        print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
     if start is not None:
-        state = torch.load(start / STATE, weights_only=False)  # our own file: optimizer state, RNG tuples
-        model.load_state_dict(load_file(start / "model.safetensors", device=str(device)))
+        try:
+            model.load_state_dict(run.weights)
+        except RuntimeError as e:
+            raise ValueError(f"{start}: its weights do not fit this model (another --preset or --init?): "
+                             f"{_one_line(e)}") from None
+        run.weights = None  # loaded: the memory is the model's again
         step, position = state["step"], state["position"]
     if opts.freeze_vision:
         freeze_vision(model)
@@ -274,8 +367,13 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, opts.warmup, opts.steps, opts.min_lr / opts.lr))
     if start is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:  # another set of trainable parameters
+            raise ValueError(f"{start}: its optimizer state does not fit this model's trainable parameters "
+                             f"({_one_line(e)})") from None
         scheduler.load_state_dict(state["scheduler"])
+        reschedule(optimizer, scheduler, opts, state.get("options", {}))
         set_rng_states(state["rng"], g)
     sampler = Sampler(len(data), opts.seed, position)
     bf16 = opts.bf16 == "on" or (opts.bf16 == "auto" and fast_bf16(device))
@@ -286,7 +384,27 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     if world > 1:  # its constructor copies rank 0's weights to every rank; backward averages gradients
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    metrics = open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8")  # rank 0 alone logs
+    try:
+        metrics = open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8")  # rank 0 alone logs
+    except OSError as e:
+        raise RunError(f"cannot write {out / 'metrics.jsonl'}: {e.strerror or e}") from None
+    unlogged = None  # under torchrun, rank 0's failed metrics write, told to every rank at the next save
+
+    def log(row: dict) -> None:
+        nonlocal unlogged
+        try:
+            metrics.write(_json(row) + "\n")
+            metrics.flush()
+        except OSError as e:
+            unlogged = (f"no space left on device writing {out / 'metrics.jsonl'}" if e.errno == errno.ENOSPC
+                        else f"cannot write {out / 'metrics.jsonl'}: {e.strerror or e}")
+            if world == 1:
+                raise RunError(unlogged) from None
+
+    def kept() -> str:
+        return (f"the last checkpoint, {saved}, is kept" if saved is not None
+                else "no checkpoint had been saved yet")
+
     bar = tqdm(total=opts.steps, initial=step, disable=not (opts.progress and main), desc="train",
                dynamic_ncols=True)
     loss_value, saved, t0, seen, held_out = float("nan"), start, time.perf_counter(), 0, None
@@ -312,8 +430,13 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
                 total += loss.item() / world
             total = distributed.all_sum(total)  # the micro-batches' token means, as one process has them
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            norm = nn.utils.clip_grad_norm_(params, opts.clip if opts.clip > 0 else float("inf"))
+            norm = nn.utils.clip_grad_norm_(params, opts.clip if opts.clip > 0 else float("inf")).item()
             lr = optimizer.param_groups[0]["lr"]
+            # the same on every rank (all_sum, DDP's averaged gradients): every rank stops here together
+            if not (math.isfinite(total) and math.isfinite(norm)):
+                log({"step": step + 1, "loss": total, "lr": lr, "grad_norm": norm})
+                raise Diverged(f"training diverged at step {step + 1}: loss {total}, gradient norm {norm} (lr "
+                               f"{lr:.3g}); the step was not applied and {kept()}; resume it with a lower --lr")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -324,22 +447,33 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
             if step % opts.log_every == 0 or step == end:
-                metrics.write(json.dumps({"step": step, "loss": total, "lr": lr, "grad_norm": norm.item(),
-                                          "examples_per_s": rate}) + "\n")
-                metrics.flush()
+                log({"step": step, "loss": total, "lr": lr, "grad_norm": norm, "examples_per_s": rate})
+            if step % opts.save_every == 0 or step == end:
+                if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+                    raise Diverged(f"training diverged at step {step}: a weight is no longer finite; "
+                                   f"the step was not saved and {kept()}; resume it with a lower --lr")
+                error = unlogged
+                if main and not error:  # the state is the same on every rank: sampler, g and optimizer move in step
+                    state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts),
+                             "run": record}
+                    try:
+                        save_checkpoint(out, model, processor, state, opts.keep)
+                    except RunError as e:
+                        error = str(e)
+                error = distributed.broadcast(error)  # no rank goes on (or returns) before the checkpoint is whole
+                if error:
+                    raise RunError(f"{error}; {kept()}")
+                saved = out / f"step-{step:06d}"
+            # after the save: held-out data that fails loses no training
             if val is not None and ((opts.eval_every and step % opts.eval_every == 0) or step == end):
                 # every rank computes the same held-out losses: no rank idles in a collective meanwhile
-                held_out = mean_losses(model, val, processor, opts.batch_size)  # no RNG drawn: resume stays exact
+                try:
+                    held_out = mean_losses(model, val, processor, opts.batch_size)  # no RNG drawn: resume stays exact
+                except ValueError as e:  # no readable example
+                    raise ValueError(f"held-out data (--val): {e}; {kept()}") from None
                 model.train()
-                metrics.write(json.dumps({"step": step, **{f"val_{k}": v for k, v in held_out.items()}}) + "\n")
-                metrics.flush()
-            if step % opts.save_every == 0 or step == end:
-                if main:  # the state is the same on every rank: sampler, g and optimizer move in step
-                    state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts)}
-                    save_checkpoint(out, model, processor, state, opts.keep)
-                distributed.barrier()  # no rank goes on (or returns) before the checkpoint is whole
-                saved = latest_checkpoint(out)
+                log({"step": step, **{f"val_{k}": v for k, v in held_out.items()}})
     finally:
         bar.close()
         metrics.close()
@@ -347,7 +481,10 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
     if world > 1:  # each rank met its own unreadable images; a row counts once however many ranks did
         skipped = len(set().union(*distributed.all_gather({s.where for s in getattr(data, "skipped", [])})))
     if main:
-        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        try:
+            plot_curves(out / "metrics.jsonl", out / "curves.png")
+        except OSError as e:  # the run itself is saved: a missing plot is worth a word, not a failure
+            print(f"warning: cannot write {out / 'curves.png'}: {e.strerror or e}", file=sys.stderr)
         print(f"trained to step {step}; loss {loss_value:.4f}; {skipped} examples skipped; "
               f"checkpoint {saved}", file=sys.stderr)
     return {"step": step, "loss": loss_value, "skipped": skipped, "checkpoint": saved, "val": held_out}
