@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .options import RunOptions
+from .preflight import check_device
 from .items import Item, Sink, Streamer, expand  # noqa: F401 (expand: batch.expand in tests)
 from .results import OutputError, ResultsFile, differences, run_settings
 
@@ -176,15 +177,14 @@ class SetupError(Exception):
 
 def load_checkpoint(opts: RunOptions):
     """(model, processor) of --checkpoint on --device, or SetupError with one line saying what is wrong."""
-    import torch
-
+    from ..data.batches import check_tokenizer
     from ..load import load
     from ..preprocessing.processor import PILLOW_LIMIT, Processor
 
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        raise SetupError(f"--device cuda: no CUDA device available to this torch ({torch.__version__})")
-    if opts.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise SetupError(f"--device mps: no Apple GPU available to this torch ({torch.__version__})")
+    try:
+        check_device(opts.device)
+    except ValueError as e:
+        raise SetupError(str(e)) from None
     ckpt = Path(opts.checkpoint)
     bad = f"cannot load checkpoint: {ckpt}:"
     if not ckpt.is_dir():
@@ -199,12 +199,11 @@ def load_checkpoint(opts: RunOptions):
             print(f"warning: {w.message}", file=sys.stderr)
     except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault
         raise SetupError(f"cannot load checkpoint: {' '.join(str(e).split()) or type(e).__name__}") from None
-    tok, cfg = processor.tokenizer, model.config
-    if tok is None:
-        raise SetupError(f"{bad} no tokenizer.json or vocab.txt, so generated ids cannot become text")
-    if tok.vocab_size > cfg.text.vocab_size:
-        raise SetupError(f"{bad} the tokenizer has {tok.vocab_size} tokens, the model {cfg.text.vocab_size}: "
-                         "tokenizer files of another model?")
+    cfg = model.config
+    try:
+        check_tokenizer(processor, cfg.text.vocab_size, "the checkpoint")
+    except ValueError as e:
+        raise SetupError(f"{bad} {str(e).removeprefix('the checkpoint: ')}") from None
     if opts.video and not cfg.n_frames:
         raise SetupError(f"{bad} not a video checkpoint (no num_image_with_embedding); use one converted from "
                          "e.g. microsoft/git-base-vatex, or caption single frames with `git-scratch caption`")

@@ -18,30 +18,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+import torch
+
 from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
-from ..load import checkpoint_dir, umask_mode
+from ..load import checkpoint_dir, resolve_device, umask_mode
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
-def check_device(device: str) -> None:
-    """ValueError naming --device unless this torch can run on `device`."""
-    import torch
-
-    if device == "auto":
-        return
+def check_device(name: str) -> torch.device:
+    """--device as a torch.device ("auto": the best there is); ValueError naming --device, before any model
+    is built, for a name torch does not know or a device this machine lacks."""
+    if name in (None, "auto"):
+        return resolve_device(name)
     try:
-        kind = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"--device {device!r}: not a device; use {DEVICES}") from None
-    if kind.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device available to this torch ({torch.__version__})")
-    if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if kind.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {device}: no Apple GPU available to this torch ({torch.__version__})")
-    if kind.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {device}: not supported here; use {DEVICES}")
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {name!r}: not a device; use {DEVICES}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {name}: no CUDA device available to this torch ({torch.__version__})")
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+        return device
+    if device.type == "mps":
+        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    else:  # xpu and the like: the backend module says
+        backend = getattr(torch, device.type, None)
+        ok = callable(getattr(backend, "is_available", None)) and backend.is_available()
+    if not ok:
+        raise ValueError(f"--device {name}: not available on this machine")
+    return device
 
 
 def checkpoint_files(checkpoint) -> tuple[Path, ...]:

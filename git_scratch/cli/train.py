@@ -2,7 +2,7 @@
 
     argv ─▶ parser ─▶ run_train: the namespace read once, as TrainRun + TrainOptions (training/loop.py),
          every value checked ─▶ train_command: --device checked ─▶ join torchrun's group ─▶ open --out
-         (checkpoints.RunDir: checked, locked, the checkpoint to resume, its settings compared)
+         (rundir.RunDir: checked, locked, the checkpoint to resume, its settings compared)
          ─▶ prepare ─▶ train ─▶ an exit code (constants.py)
 
 Every failure is one `error:` line and an exit code, as EPILOG lists them, found before the model is
@@ -16,13 +16,12 @@ import os
 import sys
 from dataclasses import asdict, fields
 
-import torch
-
 from ..constants import COMPATS, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from ..load import resolve_device
 from ..training import distributed
-from ..training.checkpoints import RunDir, RunError, check_resume, latest_checkpoint
+from ..training.checkpoints import RunError, latest_checkpoint
+from ..training.rundir import RunDir, check_resume
 from ..training.loop import BF16, LOSSES, Diverged, TrainOptions, TrainRun, prepare, run_record, train
+from .preflight import check_device
 from .stops import stopped_code, stopped_name
 
 EPILOG = """\
@@ -115,34 +114,6 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as e:  # --steps 0, --lr nan, --out "", --compat original with --loss hf
         return _error(e)
     return train_command(run, opts)
-
-
-def check_device(name: str) -> torch.device:
-    """--device as a torch.device; ValueError, before any model is built, for a name torch does not know or
-    a device this machine lacks."""
-    if name in (None, "auto"):
-        return resolve_device(name)
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"--device {name}: no CUDA device available to this torch ({torch.__version__})")
-        if device.index is not None and device.index >= n:
-            raise ValueError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
-        return device
-    if device.type == "mps":
-        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    else:  # xpu and the like: the backend module says
-        backend = getattr(torch, device.type, None)
-        ok = callable(getattr(backend, "is_available", None)) and backend.is_available()
-    if not ok:
-        raise ValueError(f"--device {name}: not available on this machine")
-    return device
 
 
 def train_command(run: TrainRun, opts: TrainOptions) -> int:

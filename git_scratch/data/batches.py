@@ -45,11 +45,12 @@ def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:
     return original_loss(logits, batch["input_ids"], batch["need_predict"])
 
 
-def check_tokenizer(processor: Processor, model: GIT, name: str) -> None:
+def check_tokenizer(processor: Processor, vocab_size: int, name: str) -> None:
     """ValueError unless `processor` has a tokenizer whose every id the model can embed and predict (a
-    larger one, another model's tokenizer files, would index past tok_embed and lm_head). `name`: the
+    larger one, another model's tokenizer files, would index past tok_embed and lm_head). vocab_size: the
+    model's (config.text.vocab_size). `name`: the
     checkpoint or run the message names."""
-    tok, vocab = processor.tokenizer, model.config.text.vocab_size
+    tok, vocab = processor.tokenizer, vocab_size
     if tok is None:
         raise ValueError(f"{name}: no tokenizer.json or vocab.txt, so ids cannot become text")
     if tok.vocab_size > vocab:

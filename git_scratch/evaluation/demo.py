@@ -50,7 +50,7 @@ def prepare(opts: DemoOptions):
     processor = Processor.from_pretrained(opts.checkpoint)
     if processor.tokenizer is None:
         raise ValueError(f"{opts.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint")
-    check_tokenizer(processor, model, opts.checkpoint)
+    check_tokenizer(processor, model.config.text.vocab_size, opts.checkpoint)
     return model, processor
 
 

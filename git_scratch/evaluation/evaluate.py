@@ -132,5 +132,5 @@ def prepare(opts: EvalOptions):
     else:  # read before the model loads, so a bad file is said at once; images checked as caption checks them
         data = load_dataset(opts.data, opts.images, processor=processor)
     model = load(opts.checkpoint, device=opts.device)
-    check_tokenizer(processor, model, opts.checkpoint)
+    check_tokenizer(processor, model.config.text.vocab_size, opts.checkpoint)
     return model, processor, data

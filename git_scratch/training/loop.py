@@ -11,7 +11,7 @@ Both losses read rows cut as the original's get_data cuts them (truncation.examp
 so N + M steps in two runs give bit-identical parameters to N + M in one. The data order is a fresh
 permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
 torch.Generator whose state is saved too. A resume starts from the newest complete checkpoint that
-loads, and refuses settings that would make it another run (checkpoints.check_resume says which); the
+loads, and refuses settings that would make it another run (rundir.check_resume says which); the
 lr schedule, --steps and the like are applied from the resumed step on (reschedule).
 
 A loss, gradient norm or weight that stops being finite ends the run (Diverged) before that step is
@@ -44,14 +44,15 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoints import RunDir, RunError, check_resume, flag, rng_states, save_checkpoint, set_rng_states
+from .checkpoints import RunError, rng_states, save_checkpoint, set_rng_states
+from .rundir import RunDir, check_resume, flag
 from ..config import GitConfig
 from ..constants import check_compat
 from .curves import plot_curves
 from ..init import init_weights
 from ..load import fast_bf16, load
 from ..model import GIT
-from ..data.batches import batch_loss, collate, mean_losses
+from ..data.batches import batch_loss, check_tokenizer, collate, mean_losses
 from ..preprocessing.processor import Processor
 
 LOSSES = ("hf", "original")
@@ -139,7 +140,7 @@ class TrainRun:
 
 
 def run_record(run: TrainRun) -> dict:
-    """What a checkpoint keeps of its TrainRun (state "run"), for checkpoints.check_resume: paths resolved,
+    """What a checkpoint keeps of its TrainRun (state "run"), for rundir.check_resume: paths resolved,
     so that another spelling of the same file is the same run; None where the run does not use it."""
     def where(path):
         return os.path.realpath(path) if path else None
@@ -290,14 +291,14 @@ def train(model: GIT, data, processor: Processor, opts: TrainOptions, out, resum
           stop_at: int | None = None, val=None, record: dict | None = None) -> dict:
     """Train `model` in place on `data` (dataset[i] -> (image, prompt, target) or None) for opts.steps
     optimizer steps, checkpointing into `out`. resume: continue from out's newest complete checkpoint,
-    weights included (checkpoints.RunDir says which, and check_resume which settings may change).
+    weights included (rundir.RunDir says which, and check_resume which settings may change).
     stop_at: stop (with a checkpoint) after this step, as if the run were cut there; the schedule still
     spans opts.steps. val: a held-out dataset whose losses are logged every opts.eval_every steps and at
     the end. record: the run's own settings (run_record), kept in each checkpoint for a later resume.
     Returns {"step", "loss" (the last step's), "skipped", "checkpoint", "val" (the last held-out losses,
     or None)}.
 
-    `out` is a run directory's path, or a checkpoints.RunDir the caller opened (and whose resume it
+    `out` is a run directory's path, or a rundir.RunDir the caller opened (and whose resume it
     checked), as the command line does to refuse a bad one before any compute; then `resume` is the
     RunDir's. Errors: checkpoints.RunError (the run directory, a full disk), Diverged (a non-finite loss,
     gradient norm or weight), ValueError (data with no readable example, weights that do not fit).
@@ -517,17 +518,17 @@ def prepare(run: TrainRun, device: torch.device, seed: int = 0):
             n = cfg.vision.image_size
             processor = Processor(ImageConfig(size={"shortest_edge": n}, crop_size={"height": n, "width": n}),
                                   Tokenizer.from_pretrained(tok_dir))
-    if processor.tokenizer is None or processor.tokenizer.vocab_size > model.config.text.vocab_size:
-        raise ValueError("the tokenizer is missing or has more tokens than the model's vocabulary")
+    check_tokenizer(processor, model.config.text.vocab_size, run.init or run.tokenizer or "the tokenizer")
+    speaks = distributed.is_main()  # the load-time skip lines once, not once per rank
     if run.data == "shapes":
         data = ShapesDataset(run.shapes_samples, run.task, focus=run.shapes_focus, focus_share=run.shapes_focus_share)
-    else:
-        data = load_dataset(run.data, run.images)
-        if distributed.is_main():
+    else:  # images checked as caption checks them (an extreme aspect ratio is skipped, not resized)
+        data = load_dataset(run.data, run.images, processor=processor, report=speaks)
+        if speaks:
             print(data.summary(), file=sys.stderr)
     val = None
     if run.val == "shapes":
         val = ShapesDataset(run.val_samples, run.task, offset=shapes.VAL_OFFSET)
     elif run.val:
-        val = load_dataset(run.val, run.images)
+        val = load_dataset(run.val, run.images, processor=processor, report=speaks)
     return model, processor, data, val
