@@ -65,7 +65,7 @@ def test_caption_names_every_drawn_shape_left_to_right(seed):
     xs = [sh.centre[0] for sh in drawn]
     assert xs == sorted(xs) and min(np.diff(xs), default=shapes.MIN_GAP) >= shapes.MIN_GAP
     for (size, colour, kind), sh in zip(parsed, drawn):
-        # inside the margin that the training crop never cuts (train.random_resized_crop)
+        # inside the margin that the training crop never cuts (training/feed.py random_resized_crop)
         assert shapes.MARGIN <= min(sh.x, sh.y) and max(sh.x, sh.y) + sh.side <= shapes.SIZE - shapes.MARGIN
         assert colour_at(a, *sh.centre if kind != "triangle" else (sh.centre[0], sh.y + 0.75 * sh.side)) == colour
         assert kind_seen(a, sh) == kind

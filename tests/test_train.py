@@ -19,8 +19,8 @@ from git_scratch.data import shapes
 from git_scratch.data.datasets import ShapesDataset
 from git_scratch.training.checkpoints import RunError, latest_checkpoint
 from git_scratch.data.batches import batch_loss, collate
-from git_scratch.training.loop import (CROP_SCALE, TrainOptions, lr_factor, param_groups,
-                               random_resized_crop, train)
+from git_scratch.training.feed import CROP_SCALE, random_resized_crop
+from git_scratch.training.loop import TrainOptions, lr_factor, param_groups, train
 
 OPTS = TrainOptions(steps=4, batch_size=4, accum=2, lr=1e-3, warmup=1, save_every=2, log_every=1,
                     bf16="off", progress=False)

@@ -314,14 +314,14 @@ def test_held_out_data_with_no_usable_row_is_refused_before_training(tmp_path, c
 def test_ctrl_c_says_which_checkpoint_to_resume_and_exits_130(tmp_path, capsys, monkeypatch):
     calls = []
 
-    def collate(examples, processor):
+    def stack(rows, pad_id):
         calls.append(1)
         if len(calls) == 3:  # in step 3, after step 2's checkpoint
             raise KeyboardInterrupt
-        return real(examples, processor)
+        return real(rows, pad_id)
 
-    real = loop.collate
-    monkeypatch.setattr(loop, "collate", collate)
+    real = loop.stack
+    monkeypatch.setattr(loop, "stack", stack)
     out = tmp_path / "run"
     rc, _, err = main(capsys, *train_args(out, steps=5))
     assert rc == 130 and "Traceback" not in err

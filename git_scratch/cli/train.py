@@ -20,6 +20,7 @@ from ..constants import COMPATS, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..training import distributed
 from ..training.checkpoints import RunError, latest_checkpoint
 from ..training.rundir import RunDir, check_resume
+from ..training.feed import default_workers
 from ..training.loop import BF16, LOSSES, Diverged, TrainOptions, TrainRun, prepare, run_record, train
 from .preflight import check_device
 from .stops import stopped_code, stopped_name
@@ -62,7 +63,11 @@ exit codes:
 # The help of TrainOptions' flags that need more than their default (the rest are named by the field).
 ABOUT = {"batch_size": "examples per micro-batch, all processes together under torchrun ",
          "compat": "original: the original GIT's loss, label-smoothed (--loss original) ",
-         "loss": "default: hf, or original with --compat original"}
+         "loss": "default: hf, or original with --compat original",
+         "workers": "processes that read, crop and preprocess examples ahead of the training step; the same "
+                    "batches, losses and resume for any number (0: in the training process) "}
+# The command line's defaults where they are not TrainOptions' (a library call reads in its own process).
+DEFAULTS = {"workers": default_workers()}  # one a core, one core left for the training step, at most 8
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -97,8 +102,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             choices = {"loss": LOSSES, "bf16": BF16, "compat": COMPATS}.get(f.name)
-            default = "" if f.default is None else f"(default: {f.default})"
-            p.add_argument(flag, type=str if f.default is None else type(f.default), default=f.default,
+            value = DEFAULTS.get(f.name, f.default)
+            default = "" if value is None else f"(default: {value})"
+            p.add_argument(flag, type=str if f.default is None else type(f.default), default=value,
                            choices=choices, help=f"{ABOUT.get(f.name, '')}{default}".strip())
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_train)

@@ -18,21 +18,29 @@ from ..preprocessing.truncation import example_ids
 def collate(examples, processor: Processor) -> dict:
     """(image, prompt, target) triples -> pixel_values (B, 3, H, W), input_ids, attention_mask and
     need_predict (B, T), right-padded. Images go through the processor's resize and centre crop (training
-    crops them first, in next_share)."""
+    crops them first, in training/feed.py)."""
+    return stack([example_arrays(*x, processor) for x in examples], processor.tokenizer.pad_id)
+
+
+def example_arrays(image, prompt: str, target: str, processor: Processor) -> tuple[np.ndarray, list, list]:
+    """One example as collate reads it: (pixels (3, H, W) float32, ids, need_predict), before padding. Training's
+    worker processes make these, so the loop's own process only stacks them."""
     tok = processor.tokenizer
-    pixels, rows = [], []
-    for image, prompt, target in examples:
-        image = image.convert("RGB")
-        pixels.append(preprocess(image, processor.image_config))
-        prompt_ids = tok.encode(prompt)[1:] if prompt else []  # encode() puts [CLS] first
-        rows.append(example_ids(prompt_ids, tok.encode(target)[1:], tok.cls_id, tok.sep_id))
-    T = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    pixels = preprocess(image.convert("RGB"), processor.image_config)
+    prompt_ids = tok.encode(prompt)[1:] if prompt else []  # encode() puts [CLS] first
+    ids, predict = example_ids(prompt_ids, tok.encode(target)[1:], tok.cls_id, tok.sep_id)
+    return pixels, ids, predict
+
+
+def stack(rows: list[tuple[np.ndarray, list, list]], pad_id: int) -> dict:
+    """example_arrays rows -> the batch dict of collate, right-padded with pad_id."""
+    T = max(len(ids) for _, ids, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     need, mask = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (row, predict) in enumerate(rows):
+    for i, (_, row, predict) in enumerate(rows):
         ids[i, : len(row)], need[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(predict), 1
-    return {"pixel_values": torch.from_numpy(np.stack(pixels)), "input_ids": ids, "attention_mask": mask,
-            "need_predict": need}
+    return {"pixel_values": torch.from_numpy(np.stack([x for x, _, _ in rows])), "input_ids": ids,
+            "attention_mask": mask, "need_predict": need}
 
 
 def batch_loss(model: GIT, batch: dict, loss: str) -> torch.Tensor:

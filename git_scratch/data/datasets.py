@@ -66,17 +66,28 @@ class Dataset:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, str, str] | None:
+        item, why = self.read(i)
+        if why is not None:
+            self.note(why)
+        return item
+
+    def read(self, i: int) -> tuple[tuple[Image.Image, str, str] | None, Skipped | None]:
+        """(row i's item, None), or (None, why it was skipped): what `dataset[i]` gives, with nothing
+        recorded or printed; training's worker processes read so, and the loop's process notes the skip."""
         r = self.records[i]
         try:
             image = as_pil(r.image, PILLOW_LIMIT if self.processor is None else self.processor.max_pixels)
             if self.processor is not None:
                 self.processor.check_size(image, r.image)  # before anyone resizes it
-            return image, r.prompt, r.target
+            return (image, r.prompt, r.target), None
         except (ImageLoadError, OSError, ValueError) as e:
-            # NB: reported whatever `report` was: under torchrun each rank meets only its own images.
-            if r.where not in {s.where for s in self.skipped}:  # once per row, however many epochs
-                skip(self.skipped, r.where, f"unreadable image: {e}")
-            return None
+            return None, Skipped(r.where, f"unreadable image: {e}")
+
+    def note(self, why: Skipped) -> None:
+        """Count and report a skipped row, once per row however many epochs (reported whatever `report`
+        was: under torchrun each rank meets only its own images)."""
+        if why.where not in {s.where for s in self.skipped}:
+            skip(self.skipped, why.where, why.reason)
 
     def describe(self, i: int) -> tuple[object, str, str]:
         """(image id, prompt, target) of row i, without reading the image."""
@@ -301,6 +312,10 @@ class ShapesDataset:
     def __getitem__(self, i: int) -> tuple[Image.Image, str, str]:
         image, caption, qa = shapes.sample(self.offset + i)
         return (image, *self._text(i, caption, qa))
+
+    def read(self, i: int) -> tuple[tuple[Image.Image, str, str], None]:
+        """(item i, None): as Dataset.read, for a dataset that never skips."""
+        return self[i], None
 
     def describe(self, i: int) -> tuple[object, str, str]:
         """(seed, prompt, target) of item i."""

@@ -120,14 +120,13 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def rng_states(g: torch.Generator) -> dict:
-    return {"augment": g.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state(),
+def rng_states() -> dict:
+    """The global random states (dropout draws from torch's); crops draw from their own (feed.py)."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def set_rng_states(states: dict, g: torch.Generator) -> None:
-    g.set_state(states["augment"])
+def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])

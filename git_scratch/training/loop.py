@@ -8,9 +8,9 @@ Both losses read rows cut as the original's get_data cuts them (truncation.examp
 40 wordpieces keeps its last 38); compat="original" picks the original's loss.
 
 `resume` restores every piece of state (weights, optimizer, scheduler, step, RNG states, data position),
-so N + M steps in two runs give bit-identical parameters to N + M in one. The data order is a fresh
-permutation per epoch, drawn from `seed` and the epoch number; augmentation draws from one
-torch.Generator whose state is saved too. A resume starts from the newest complete checkpoint that
+so N + M steps in two runs give bit-identical parameters to N + M in one. The examples come from feed.py:
+a fresh permutation per epoch, drawn from `seed` and the epoch number, and each example's crop from a
+generator of its own position, so that `workers` processes reading ahead change nothing but the speed. A resume starts from the newest complete checkpoint that
 loads, and refuses settings that would make it another run (rundir.check_resume says which); the
 lr schedule, --steps and the like are applied from the resumed step on (reschedule).
 
@@ -20,8 +20,8 @@ examples/s) and to metrics.jsonl, strict JSON (null, never NaN); curves.png plot
 from, the data, the run directory) and `prepare` builds it; cli/train.py reads both from the command line.
 
 Under torchrun (distributed.py) the same loop runs on every rank inside DistributedDataParallel:
-`batch_size` is the global micro-batch, every rank draws the same indices and takes its own slice
-(next_share), each rank's loss is weighed so that the averaged gradient is the exact token mean of the
+`batch_size` is the global micro-batch, every rank steps through the same positions and takes its own
+slice (Feed.next_share), each rank's loss is weighed so that the averaged gradient is the exact token mean of the
 whole micro-batch, and rank 0 alone writes checkpoints, metrics.jsonl, curves.png and the progress bar.
 """
 
@@ -37,7 +37,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoints import RunError, rng_states, save_checkpoint, set_rng_states
+from .feed import Feed
 from .rundir import RunDir, check_resume, flag
 from ..config import GitConfig
 from ..constants import check_compat
@@ -52,12 +52,11 @@ from .curves import plot_curves
 from ..init import init_weights
 from ..load import fast_bf16, load
 from ..model import GIT
-from ..data.batches import batch_loss, check_tokenizer, collate, mean_losses
+from ..data.batches import batch_loss, check_tokenizer, mean_losses, stack
 from ..preprocessing.processor import Processor
 
 LOSSES = ("hf", "original")
 BF16 = ("auto", "on", "off")
-CROP_SCALE = (0.8, 1.0)  # the original's random resized crop: 80-100% of the area, square, bicubic
 
 
 @dataclass
@@ -81,6 +80,7 @@ class TrainOptions:
     keep: int = 2  # checkpoints kept
     log_every: int = 10
     eval_every: int = 0  # steps between held-out losses (with `val`); 0 = only at the end
+    workers: int = 0  # processes reading examples ahead (feed.py); 0: read in the loop's process. Same results.
     progress: bool = True
 
     def __post_init__(self):
@@ -96,6 +96,7 @@ class TrainOptions:
         for name in ("steps", "batch_size", "accum", "save_every", "log_every", "keep"):
             _check(self, name, lambda v: v >= 1, "must be >= 1")
         _check(self, "eval_every", lambda v: v >= 0, "must be >= 0 (0: only at the end)")
+        _check(self, "workers", lambda v: v >= 0, "must be >= 0 (0: read in the training process)")
         _check(self, "warmup", lambda v: v >= 0, "must be >= 0")
         _check(self, "seed", lambda v: 0 <= v < 2**32, "must be between 0 and 2**32 - 1")
         _check(self, "lr", lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
@@ -200,85 +201,6 @@ def freeze_vision(model: GIT) -> None:
         p.requires_grad_(False)
 
 
-# ----------------------------------------------------------------------------- batches
-
-
-def random_resized_crop(im: Image.Image, size: int, g: torch.Generator) -> Image.Image:
-    """The original's training augmentation, torchvision's RandomResizedCrop with aspect ratio 1: a square
-    of a random CROP_SCALE fraction of the area at a random place (up to 10 tries for one that fits, then
-    the centred square of the short side), resized to size x size with bicubic."""
-    x, y, side = crop_box(*im.size, g)
-    return im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BICUBIC)
-
-
-def crop_box(W: int, H: int, g: torch.Generator) -> tuple[int, int, int]:
-    """(x, y, side) of random_resized_crop's square in a W x H image; needs the size only, not the pixels."""
-    for _ in range(10):
-        scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand((), generator=g).item()
-        side = round(math.sqrt(scale * W * H))
-        if 0 < side <= min(W, H):
-            y = torch.randint(0, H - side + 1, (), generator=g).item()
-            x = torch.randint(0, W - side + 1, (), generator=g).item()
-            return x, y, side
-    side = min(W, H)  # an image too far from square for the area asked
-    return (W - side) // 2, (H - side) // 2, side
-
-
-class Sampler:
-    """Indices of a dataset, a fresh permutation each epoch (from seed and epoch), and a position that
-    saves and restores."""
-
-    def __init__(self, n: int, seed: int, position: int = 0):
-        if n < 1:
-            raise ValueError("the dataset is empty")
-        self.n, self.seed, self.position = n, seed, position
-        self._epoch, self._order = -1, None
-
-    def next(self) -> int:
-        epoch, i = divmod(self.position, self.n)
-        if self._epoch != epoch:
-            self._epoch = epoch
-            self._order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-        self.position += 1
-        return self._order[i].item()
-
-
-def next_share(data, sampler: Sampler, k: int, g: torch.Generator | None, size: int) -> list:
-    """This rank's share of the next k readable examples (all k in a plain run), in sampler order:
-    (image, prompt, target), the image cropped by random_resized_crop when `g` is given. Unreadable
-    examples (dataset[i] is None, reported by the dataset) are passed over.
-
-    Every rank draws the same k indices, so the sampler position (saved in checkpoints) is the same on
-    every rank. Each rank reads only its slice, and the ranks swap the sizes of what they read (None:
-    unreadable), so all agree on which k examples are taken, the ones one process would take, and
-    rank r keeps the r-th slice of them. Every rank draws every example's crop from `g`, in order,
-    cropping only its own: g stays in step on all ranks, and crops as one process's would.
-    """
-    rank, world = distributed.rank(), distributed.world()
-    taken, read, misses = [], {}, 0  # taken: (index, (W, H)) of the readable examples, in sampler order
-    while len(taken) < k:
-        ids = [sampler.next() for _ in range(k - len(taken))]  # never more than still needed
-        mine = ids[rank * len(ids) // world : (rank + 1) * len(ids) // world]
-        read.update((i, data[i]) for i in mine)
-        found = [(i, None if read[i] is None else read[i][0].size) for i in mine]
-        found = [x for part in distributed.all_gather(found) for x in part]  # every rank's, in sampler order
-        taken += [(i, wh) for i, wh in found if wh is not None]
-        misses += sum(wh is None for _, wh in found)
-        if misses > len(data):
-            raise ValueError("no readable example in a whole pass over the data")
-    lo, hi = rank * k // world, (rank + 1) * k // world
-    out = []
-    for j, (i, wh) in enumerate(taken):
-        if lo <= j < hi:
-            image, prompt, target = read[i] if i in read else data[i]  # read elsewhere: a miss moved the slices
-            if g is not None:
-                image = random_resized_crop(image.convert("RGB"), size, g)
-            out.append((image, prompt, target))
-        elif g is not None:
-            crop_box(*wh, g)  # another rank's example: draw its crop all the same, to keep g in step
-    return out
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -350,7 +272,6 @@ def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunD
                          f"the {world} ranks")
     if val is not None and len(val) == 0:  # every row refused: known now, not after the training
         raise ValueError(f"held-out data (--val): {getattr(val, 'source', '') or 'it'} has no usable example")
-    g = torch.Generator().manual_seed(opts.seed)
     step, position = 0, 0
     if start is not None:
         try:
@@ -375,8 +296,10 @@ def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunD
                              f"({_one_line(e)})") from None
         scheduler.load_state_dict(state["scheduler"])
         reschedule(optimizer, scheduler, opts, state.get("options", {}))
-        set_rng_states(state["rng"], g)
-    sampler = Sampler(len(data), opts.seed, position)
+        set_rng_states(state["rng"])
+    feed = Feed(data, processor, opts.seed, opts.augment, model.config.vision.image_size, opts.batch_size,
+                position, opts.workers)
+    pin = device.type == "cuda"  # page-locked batches copy to the GPU while it works
     bf16 = opts.bf16 == "on" or (opts.bf16 == "auto" and fast_bf16(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
@@ -414,14 +337,13 @@ def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunD
         while step < end:
             total = 0.0
             for i in range(opts.accum):
-                examples = next_share(data, sampler, opts.batch_size, g if opts.augment else None,
-                                      model.config.vision.image_size)
-                batch = collate(examples, processor)  # cropped already, if augmenting
-                batch = {k: v.to(device) for k, v in batch.items()}
+                batch = stack(feed.next_share(), processor.tokenizer.pad_id)  # cropped already, if augmenting
                 # Each rank's loss is a mean over its own predicted tokens (both losses count need_predict
                 # past [CLS]); weighed by its tokens over the mean rank's, DDP's mean over the ranks is
-                # the exact token mean of the whole micro-batch. share is 1.0 in a plain run.
+                # the exact token mean of the whole micro-batch. share is 1.0 in a plain run. (Counted on
+                # the host copy: no wait for the device.)
                 tokens = batch["need_predict"][:, 1:].sum().item()
+                batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items()}
                 share = tokens * world / distributed.all_sum(tokens)
                 last = i == opts.accum - 1
                 with net.no_sync() if world > 1 and not last else nullcontext():  # average once per step
@@ -454,9 +376,9 @@ def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunD
                     raise Diverged(f"training diverged at step {step}: a weight is no longer finite; "
                                    f"the step was not saved and {kept()}; resume it with a lower --lr")
                 error = unlogged
-                if main and not error:  # the state is the same on every rank: sampler, g and optimizer move in step
-                    state = {"step": step, "position": sampler.position, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": rng_states(g), "options": asdict(opts),
+                if main and not error:  # the state is the same on every rank: the feed and optimizer move in step
+                    state = {"step": step, "position": feed.position, "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "rng": rng_states(), "options": asdict(opts),
                              "run": record}
                     try:
                         save_checkpoint(out, model, processor, state, opts.keep)
@@ -476,6 +398,7 @@ def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunD
                 model.train()
                 log({"step": step, **{f"val_{k}": v for k, v in held_out.items()}})
     finally:
+        feed.close()
         bar.close()
         metrics.close()
     skipped = len(getattr(data, "skipped", []))
