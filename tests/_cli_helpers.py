@@ -134,3 +134,24 @@ def run_cli(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProces
 
 def records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def in_process(capsys, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `git-scratch ARGS` run in this process; argparse's usage errors included."""
+    from git_scratch import cli
+
+    capsys.readouterr()
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error(err: str) -> str:
+    """The one `error:` line of stderr (asserting there is exactly one, and no traceback)."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -23,9 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records
+from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records, in_process as main
 
-from git_scratch import cli
 from git_scratch.cli import batch
 from git_scratch.load import umask_mode
 
@@ -47,16 +46,6 @@ def ckpt(pair):
 @pytest.fixture(scope="module")
 def hf_ckpt(pair):
     return pair[0]
-
-
-def main(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = cli.main([str(a) for a in args])
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def error_lines(err: str) -> list[str]:

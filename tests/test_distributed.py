@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from _cli_helpers import cli_env, records
+from _cli_helpers import cli_env, records, in_process
 from _train_helpers import one_thread  # noqa: F401 (an autouse fixture)
 from git_scratch.cli.main import main
 from git_scratch.data import shapes
@@ -40,13 +40,6 @@ def torchrun(*args, timeout: float = 60) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "git_scratch.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cli_env())
-
-
-def in_process(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def weights(ckpt) -> dict:

@@ -24,7 +24,7 @@ from _train_helpers import mini_config, new_model, one_thread  # noqa: F401 (an 
 
 import git_scratch.evaluation.demo as demo_lib
 import git_scratch.evaluation.evaluate as eval_lib
-from git_scratch import cli
+from _cli_helpers import in_process as main, one_error
 from git_scratch.cli import demo as demo_cli
 from git_scratch.cli.preflight import WholeFile
 from git_scratch.data import shapes
@@ -35,24 +35,6 @@ from git_scratch.preprocessing.processor import Processor
 
 CKPT = shapes.CHECKPOINT
 EVAL = ("eval", "shapes", "-c", CKPT, "--shapes-samples", "2", "--max-new-tokens", "4", "--no-progress")
-
-
-def main(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = cli.main([str(a) for a in args])
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error(err: str) -> str:
-    """The one `error:` line of a refusal (and no traceback)."""
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def digest(path: Path) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _cli_helpers import cli_command, cli_env
+from _cli_helpers import cli_command, cli_env, in_process as main, one_error
 from _train_helpers import one_thread  # noqa: F401 (an autouse fixture)
 from git_scratch import cli
 from git_scratch.data import shapes
@@ -39,24 +39,6 @@ RUN = ("--batch-size", "2", "--bf16", "off", "--save-every", "1", "--keep", "5",
 
 def train_args(out, *extra, steps=2) -> list:
     return ["train", "shapes", "--out", out, "--steps", steps, *RUN, *extra]
-
-
-def main(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = cli.main([str(a) for a in args])
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error(err: str) -> str:
-    """The one `error:` line of stderr (asserting there is exactly one, and no traceback)."""
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def hashes(root: Path) -> dict[str, str]:
