@@ -65,9 +65,10 @@ ABOUT = {"batch_size": "examples per micro-batch, all processes together under t
          "compat": "original: the original GIT's loss, label-smoothed (--loss original) ",
          "loss": "default: hf, or original with --compat original",
          "workers": "processes that read, crop and preprocess examples ahead of the training step; the same "
-                    "batches, losses and resume for any number (0: in the training process) "}
-# The command line's defaults where they are not TrainOptions' (a library call reads in its own process).
-DEFAULTS = {"workers": default_workers()}  # one a core, one core left for the training step, at most 8
+                    "batches, losses and resume for any number (0: in the training process; default: on a GPU one a core "
+                    "but one, at most 8; on the CPU 0, as the step uses every core) "}
+# The command line's defaults where they are not TrainOptions': --workers follows --device (feed.default_workers).
+DEFAULTS = {"workers": None}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -115,8 +116,10 @@ def run_train(args: argparse.Namespace) -> int:
     """`git-scratch train` from its parsed command line: the one place the namespace is read."""
     try:
         run = TrainRun(**{f.name: getattr(args, f.name) for f in fields(TrainRun)})
-        opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"},
-                            progress=not args.no_progress)
+        given = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if f.name != "progress"}
+        if given["workers"] is None:
+            given["workers"] = default_workers(args.device)
+        opts = TrainOptions(**given, progress=not args.no_progress)
     except ValueError as e:  # --steps 0, --lr nan, --out "", --compat original with --loss hf
         return _error(e)
     return train_command(run, opts)

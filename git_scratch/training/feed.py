@@ -122,8 +122,13 @@ class Ahead(torch.utils.data.Sampler):
         return predicted(self.start, self.k, self.rank, self.world)
 
 
-def default_workers() -> int:
-    """Worker processes for this machine: one core per worker, one left for the loop, at most 8."""
+def default_workers(device: str) -> int:
+    """Worker processes for training on `device` (a --device name): on a GPU one a core, one core left for
+    the loop, at most 8; on the CPU none, as the step itself uses every core (2-core AMD EPYC, shapes-tiny,
+    batch 32: 133 examples/s with no worker, 125-130 with one)."""
+    gpu = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not gpu:  # the CPU (or Apple's GPU, sharing the CPU's cores)
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
