@@ -16,21 +16,27 @@ from pathlib import Path
 
 import torch
 
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "f16c")
+# int8 (git_scratch/quantize.py): VNNI's int8 dot products, which fbgemm's kernels use where they exist
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "f16c", "avx512_vnni",
+             "avx_vnni", "amx_int8")
 
 
 def cpu_info() -> dict:
-    """CPU model and the flags that matter for matmul speed (AVX2 / AVX-512 / AMX bf16)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """CPU model, family/model numbers (a bare "AMD EPYC" names no generation: 25/1 is Zen 3, 25/17 Zen 4) and
+    the flags that matter for matmul speed (AVX2 / AVX-512 / AMX bf16, VNNI int8)."""
+    model, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith(("cpu family", "model\t")) and line.split(":")[0].strip() not in ids:
+                ids[line.split(":")[0].strip()] = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+    family_model = f"{ids['cpu family']}/{ids['model']}" if len(ids) == 2 else None
+    return {"model": model, "family_model": family_model, "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 def machine_info() -> dict:

@@ -9,7 +9,8 @@ activations, caches, the interpreter), identical overheads on both sides, and `e
 workload added on top of the loaded model. Without clear_refs (not Linux) it falls back to ru_maxrss,
 which also counts loading.
 
-    python -m bench.memory HF_DIR OUR_DIR WORKLOAD ours|theirs [--threads 2] [--ours-dtype float32]   # prints one JSON line
+    python -m bench.memory HF_DIR OUR_DIR WORKLOAD ours|theirs [--threads 2] [--ours-dtype float32] [--mode int8]
+    # prints one JSON line; --mode: git_scratch in one of workloads.MODES instead of --ours-dtype
 """
 
 from __future__ import annotations
@@ -40,14 +41,18 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(hf_dir: Path, our_dir: Path, workload: str, side: str, ours_dtype: str = "float32") -> dict:
+def measure(hf_dir: Path, our_dir: Path, workload: str, side: str, ours_dtype: str = "float32",
+            mode: str | None = None) -> dict:
     import transformers  # noqa: F401  (imported on both sides so the baselines match)
 
     import git_scratch
-    from bench.workloads import WORKLOADS, load_ours, load_theirs
+    from bench.workloads import WORKLOADS, load_mode, load_ours, load_theirs
 
     w = WORKLOADS[workload]
-    model = load_ours(our_dir, ours_dtype) if side == "ours" else load_theirs(hf_dir)
+    if side == "ours":
+        model = load_mode(our_dir, mode) if mode else load_ours(our_dir, ours_dtype)
+    else:
+        model = load_theirs(hf_dir)
     inputs = w.inputs(git_scratch.GitConfig.from_json(our_dir / "config.json"))
     fn = w.ours if side == "ours" else w.theirs
     before = _status_kib("VmRSS")
@@ -73,9 +78,10 @@ def main(argv=None) -> None:
     p.add_argument("side", choices=["ours", "theirs"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ours-dtype", default="float32")
+    p.add_argument("--mode", default=None, help="git_scratch in this mode of workloads.MODES (int8, bfloat16)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    print(json.dumps(measure(a.hf_dir, a.our_dir, a.workload, a.side, a.ours_dtype)))
+    print(json.dumps(measure(a.hf_dir, a.our_dir, a.workload, a.side, a.ours_dtype, a.mode)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from .device import DTYPES as DEVICE_DTYPES
 from .device import main as device_main
 from .machine import OtherLoad, bandwidth_gbs, linear_seconds, machine_info, matmul_gflops, roofline
 from .ties import explain, vision_against_exact
-from .workloads import QUICK, WORKLOADS, checkpoint, load_ours, load_theirs
+from .modes import modes_markdown, rows_agreement, takes_modes
+from .workloads import MODES, QUICK, WORKLOADS, checkpoint, load_mode, load_ours, load_theirs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = ("git-base", "git-large")
@@ -41,6 +42,7 @@ EXAMPLES = """examples:
   python -m bench --list                        # the workloads and their targets
   python -m bench --no-memory --no-roofline     # timings only
   python -m bench --quick --ours-dtype bfloat16  # experiment: our side in bf16 (ids may differ: does not count)
+  python -m bench --quick --modes int8 bfloat16  # git_scratch's int8 and bf16 modes as columns beside float32
 
 workloads: """ + ", ".join(WORKLOADS)
 
@@ -53,10 +55,12 @@ def summary(ts: list[float]) -> dict:
     return {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "runs": ts}
 
 
-def time_pair(w, models: dict, inputs: dict, warmup: int, repeats: int) -> dict:
-    """Alternating timed runs of both sides; the first output of each side is kept for the comparison."""
-    fns = {"ours": w.ours, "theirs": w.theirs}
-    first, times = {}, {"ours": [], "theirs": []}
+def time_pair(w, models: dict, inputs: dict, warmup: int, repeats: int, modes=()) -> dict:
+    """Alternating timed runs of both sides, and of git_scratch in each of `modes` (workloads.MODES: a side of
+    its own, models[mode], timed in the same alternation); the first output of each is kept for the comparisons."""
+    fns = {"ours": w.ours, **{m: w.ours for m in modes}, "theirs": w.theirs}
+    sides = list(fns)
+    first, times = {}, {side: [] for side in sides}
 
     def run(side):
         t0 = time.perf_counter()
@@ -67,30 +71,36 @@ def time_pair(w, models: dict, inputs: dict, warmup: int, repeats: int) -> dict:
 
     ctx = contextlib.nullcontext() if w.grad else torch.inference_mode()
     with ctx:
-        for side in ("ours", "theirs"):
+        for side in sides:
             for _ in range(warmup):
                 run(side)
         for r in range(repeats):
-            for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
+            for side in sides if r % 2 == 0 else sides[::-1]:
                 times[side].append(run(side))
-                log(f"    {side:6s} {times[side][-1]:8.3f} s")
+                log(f"    {side:8s} {times[side][-1]:8.3f} s")
     if w.exact:
         ok, detail = vision_against_exact(models, inputs, first["ours"], first["theirs"])
     else:
         ok, detail = w.same(first["ours"], first["theirs"])
     if not ok and w.gen:  # ids differ: a real difference, or a near-tie decided by fp32 rounding? (ties.py)
         ok, detail = explain(models, inputs, first["ours"], first["theirs"], w.gen["new"], w.gen.get("beams", 1))
-    res = {side: summary(times[side]) for side in times}
+    res = {side: summary(times[side]) for side in ("ours", "theirs")}
     res["ratio"] = res["ours"]["median"] / res["theirs"]["median"]
     res["same"], res["same_detail"] = ok, detail
+    if modes:
+        res["modes"] = {m: {**summary(times[m]), "ratio": statistics.median(times[m]) / res["theirs"]["median"],
+                            **rows_agreement(first[m], first["ours"])} for m in modes}
     return res
 
 
-def peak_memory(hf_dir: Path, our_dir: Path, workload: str, threads: int, ours_dtype: str) -> dict:
+def peak_memory(hf_dir: Path, our_dir: Path, workload: str, threads: int, ours_dtype: str, modes=()) -> dict:
+    """{"ours": ..., "theirs": ..., and each of `modes`: ...}, each from a child process (memory.py)."""
     out = {}
-    for side in ("ours", "theirs"):
-        cmd = [sys.executable, "-m", "bench.memory", str(hf_dir), str(our_dir), workload, side, "--threads", str(threads),
-               "--ours-dtype", ours_dtype]
+    for side in ("ours", "theirs", *modes):
+        cmd = [sys.executable, "-m", "bench.memory", str(hf_dir), str(our_dir), workload,
+               side if side in ("ours", "theirs") else "ours", "--threads", str(threads), "--ours-dtype", ours_dtype]
+        if side not in ("ours", "theirs"):
+            cmd += ["--mode", side]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         if p.returncode:
             log(f"    memory child failed ({side}): {p.stderr.strip().splitlines()[-1:]}")
@@ -204,6 +214,7 @@ def run_shape(shape: str, args, roof: dict | None, out: dict) -> None:
         hf_dir, our_dir = checkpoint(shape, video, args.out / "checkpoints", rebuild=args.rebuild, log=log)
         log(f"loading {shape}{' (video)' if video else ''} ...")
         models = {"ours": load_ours(our_dir, args.ours_dtype), "theirs": load_theirs(hf_dir)}
+        models.update({m: load_mode(our_dir, m) for m in args.modes})
         cfg = models["ours"].config
         vision_gflop = vision_flops(models["ours"], cfg) / 1e9 if roof is not None else None
         for name in group:
@@ -211,11 +222,14 @@ def run_shape(shape: str, args, roof: dict | None, out: dict) -> None:
             log(f"[{shape}] {name}: {w.title}")
             inputs = w.inputs(cfg)
             load = OtherLoad()
-            r = time_pair(w, models, inputs, args.warmup, args.repeats)
+            modes = args.modes if takes_modes(w) else ()
+            r = time_pair(w, models, inputs, args.warmup, args.repeats, modes)
             r["other_load"] = load.fraction()
             log(f"    ratio {r['ratio']:.3f}   outputs: {r['same_detail']}   other processes' CPU: {_pct(r['other_load'])}")
+            for m, mr in r.get("modes", {}).items():
+                log(f"    {m}: ratio {mr['ratio']:.3f}, {mr['detail']}")
             if args.memory:
-                r["memory"] = peak_memory(hf_dir, our_dir, name, args.threads, args.ours_dtype)
+                r["memory"] = peak_memory(hf_dir, our_dir, name, args.threads, args.ours_dtype, modes)
                 log(f"    peak memory: {r['memory']}")
             res[name] = r
             if roof is not None and w.gen:
@@ -251,7 +265,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     cpu = m["cpu"]
     lines = [
-        f"Machine: {cpu['model']}, {m['cores']} cores, {m['threads']} torch threads, {m['memory_gib']} GiB RAM, "
+        f"Machine: {cpu['model']}{' (family/model ' + cpu['family_model'] + ')' if cpu.get('family_model') else ''}, "
+        f"{m['cores']} cores, {m['threads']} torch threads, {m['memory_gib']} GiB RAM, "
         f"flags {' '.join(cpu['flags']) or '—'}; GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
         f"transformers {m['transformers']}, Python {m['python']}. {report['date']}. Other processes used "
         f"{_pct(report.get('other_load'))} of the CPU during the run.",
@@ -318,7 +333,7 @@ def markdown(report: dict) -> str:
                     f"| {d['floor_ms']:.1f} ms at {d['read_gbs']:.1f} GB/s | {d['ours_ms']:.1f} ms = {d['ours_over_floor']:.2f}× "
                     f"| {d['theirs_ms']:.1f} ms = {d['theirs_over_floor']:.2f}× |"
                 )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + modes_markdown(report)
 
 
 def parse(argv=None):
@@ -340,6 +355,10 @@ def parse(argv=None):
     p.add_argument("--ours-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="git_scratch's dtype (transformers stays float32); anything but float32 is an experiment "
                    "whose ids usually differ, and then does not count")
+    p.add_argument("--modes", nargs="*", default=[], choices=list(MODES),
+                   help="git_scratch in these modes too, each timed beside float32 in the same alternation: int8 "
+                   "(load(quantize='int8')), bfloat16 (load(dtype='bfloat16')); their ids are reported as rows "
+                   "identical to float32 git_scratch's (bench/modes.py; agreement at scale: python -m bench.quantize)")
     p.add_argument("--linear", default="auto", choices=["auto", "onednn", "mkl"],
                    help="git_scratch's CPU linear route for 4-512-row inference (fast.Linear): auto = oneDNN "
                    "on CPUs with AMX or AVX-512, where it was measured faster; onednn / mkl force one, to measure both")

@@ -64,10 +64,18 @@ def checkpoint(shape: str, video: bool, root: Path, rebuild: bool = False, log=p
     return hf_dir, our_dir
 
 
-def load_ours(our_dir: Path, dtype=None):
+# git_scratch's other modes (`python -m bench --modes`): load's arguments for each, beside the float32 default
+MODES = {"int8": {"quantize": "int8"}, "bfloat16": {"dtype": "bfloat16"}}
+
+
+def load_ours(our_dir: Path, dtype=None, quantize=None):
     import git_scratch
 
-    return git_scratch.load(our_dir, device="cpu", dtype=dtype)
+    return git_scratch.load(our_dir, device="cpu", dtype=dtype, quantize=quantize)
+
+
+def load_mode(our_dir: Path, mode: str):
+    return load_ours(our_dir, **MODES[mode])
 
 
 def quiet_transformers() -> None:

@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import fast
+from . import fast, quantize as quantizing
 from .config import GitConfig
 from .constants import DTYPE_NAMES, LATEST
 from .model import GIT
@@ -75,13 +75,16 @@ def checkpoint_dir(path) -> Path:
     return target
 
 
-def load(path, device=None, dtype=None) -> GIT:
+def load(path, device=None, dtype=None, quantize=None) -> GIT:
     """The model of a converted checkpoint directory, in eval mode, with the speed tricks of fast.py.
 
     device: "cpu", "cuda", "mps", "auto" or None (= auto). dtype: torch dtype, "float32", "bfloat16",
-    "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32). `path` may also be a
-    training run directory or its `latest` file (checkpoint_dir).
+    "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32). quantize: None (the
+    weights as stored) or "int8": the decoder blocks' Linears and the LM head in int8, CPU only (quantize.py;
+    device None/"auto" then means the CPU). `path` may also be a training run directory or its `latest` file
+    (checkpoint_dir).
     """
+    quantizing.check_mode(quantize)  # a bad mode fails before any reading
     path = checkpoint_dir(path)
     cfg_path, weights = path / "config.json", path / "model.safetensors"
     if not cfg_path.is_file():
@@ -99,7 +102,7 @@ def load(path, device=None, dtype=None) -> GIT:
     cfg = GitConfig.from_json(cfg_path)
     if not weights.is_file():
         raise FileNotFoundError(f"{path}: no model.safetensors")
-    dev = resolve_device(device)
+    dev = resolve_device("cpu" if quantize and device in (None, "auto") else device)  # int8 runs on the CPU only
     dt = resolve_dtype(dtype, dev)
     try:
         state = load_file(weights, device=str(dev) if dev.type != "mps" else "cpu")
@@ -113,7 +116,8 @@ def load(path, device=None, dtype=None) -> GIT:
         raise ValueError(f"{weights}: does not match its config.json: {e}") from None
     if cfg.text.tie_embeddings:
         model.lm_head.weight = model.embed.tok_embed.weight
-    return fast.apply(model.to(device=dev, dtype=dt).eval())
+    model = fast.apply(model.to(device=dev, dtype=dt).eval())
+    return model if quantize is None else quantizing.quantize(model, quantize)
 
 
 def umask_mode(directory: bool = False) -> int:
