@@ -27,6 +27,9 @@ PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 # Weight dtypes by name, as the command line and config files spell them (torch.<name>).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
+# Weight quantisations `load(quantize=...)` and --quantize offer (quantize.py).
+QUANTIZE_MODES = ("int8",)
+
 # Whose numbers to reproduce: transformers' GIT (its processor and generation), or microsoft/GenerativeImage2Text's
 # own code (its preprocessing, question truncation and generation). The first is the default.
 COMPATS = ("transformers", "original")

@@ -46,7 +46,9 @@ import weakref
 import torch
 from torch import nn
 
-MODES = ("int8",)
+from .constants import QUANTIZE_MODES
+
+MODES = QUANTIZE_MODES
 REDUCE_RANGE = True  # 7-bit activations: fbgemm's AVX2 kernel saturates its int16 sums with 8 (NB above)
 
 _PACKED: dict[int, tuple[object, int]] = {}  # Int8Linear.key -> (fbgemm's packed weights, out_features)

@@ -210,3 +210,35 @@ def test_the_bench_counts_rows_and_tokens_before_a_difference():
     assert (r["rows_same"], r["rows"], r["tokens_same_share"]) == (1, 2, 6 / 8)
     # a list of outputs (five questions, one call each) counts row by row too
     assert rows_agreement([mode[:1], mode[1:]], [ours[:1], ours[1:]])["rows_same"] == 1
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_caption_records_int8_and_a_resume_in_another_mode_is_refused(tmp_path, capsys):
+    import json
+
+    from _cli_helpers import in_process
+    from git_scratch.data import shapes
+
+    image, out = tmp_path / "a.png", tmp_path / "out.jsonl"
+    shapes.sample(7)[0].save(image)
+    args = ("caption", image, "-c", shapes.CHECKPOINT, "-o", out, "--no-progress", "--max-new-tokens", "6")
+    rc, _, err = in_process(capsys, *args, "--quantize", "int8")
+    assert rc == 0, err
+    assert json.loads(out.read_text())["settings"]["quantize"] == "int8"
+    before = out.read_bytes()
+    rc, _, err = in_process(capsys, *args)  # float32 now: the file holds int8 results
+    assert rc == 2 and "quantize" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+
+
+def test_demo_runs_in_int8(capsys):
+    import json
+
+    from _cli_helpers import in_process
+
+    rc, out, err = in_process(capsys, "demo", "--quantize", "int8", "--n", "2", "--seed", "2000000000", "--json")
+    assert rc == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert {r["seed"] for r in records} == {2000000000, 2000000001} and all(r["text"] for r in records)

@@ -190,7 +190,7 @@ def load_checkpoint(opts: RunOptions):
     if not ckpt.is_dir():
         raise SetupError(f"{bad} no such checkpoint directory")
     try:
-        model = load(ckpt, device=opts.device, dtype=opts.dtype)
+        model = load(ckpt, device=opts.device, dtype=opts.dtype, quantize=opts.quantize)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if opts.max_pixels is None else opts.max_pixels,

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..constants import EXIT_OK, EXIT_USAGE
+from ..constants import EXIT_OK, EXIT_USAGE, QUANTIZE_MODES
 from ..data import shapes
 from ..evaluation.demo import (FRESH, SHEET_IMAGES, DemoOptions, Tally, contact_sheet, is_contact_sheet, png_info,
                                predictions, prepare)
@@ -48,6 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="the contact sheet (default git-scratch-demo.png): a new file, or a sheet the demo wrote "
                         "before (any other file is refused and left as it was)")
     p.add_argument("--checkpoint", "-c", default=str(shapes.CHECKPOINT), help="default: the shipped demo model")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: the decoder and LM head in int8 (CPU only)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
     p.set_defaults(run=run_demo)
     return p

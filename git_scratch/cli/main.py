@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..constants import COMPATS, DTYPE_NAMES, EXIT_OK, EXIT_USAGE
+from ..constants import COMPATS, DTYPE_NAMES, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES
 from .options import run_options
 from .stops import run_stoppable
 
@@ -117,6 +117,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
     r.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
                    help="default: float32; auto: bfloat16 where the hardware is fast at it")
+    r.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="int8: the decoder and LM head with int8 weights (per-channel scales, CPU only): a decode "
+                        "step ~3x faster; ids may differ from float32's now and then (the README's Speed section "
+                        "measures how often); results record it in their settings")
     r.add_argument("--compile", action="store_true",
                    help="compile the decode step (torch.compile; on CUDA a captured CUDA graph): the same ids, "
                         "faster steps after a one-off compile per batch shape; worth it for many inputs")

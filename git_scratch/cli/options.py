@@ -36,6 +36,7 @@ class RunOptions:
     # running
     device: str = "auto"
     dtype: str = "float32"
+    quantize: str | None = None  # "int8": the decoder and LM head in int8 (quantize.py), CPU only
     compile: bool = False  # the decode step compiled: the same ids (generation/compiled.py)
     max_pixels: int | None = None  # None: Pillow's limit
     batch_size: int = 8  # inputs per batch; under torchrun, per process
@@ -108,7 +109,7 @@ def run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> RunOpti
         inputs=args.inputs, checkpoint=str(ckpt), questions=args.question or [],
         video=args.command == "video", compat=args.compat, max_new_tokens=max_new_tokens,
         max_length=args.max_length, num_beams=num_beams, sample=args.sample, **sampling, device=args.device,
-        dtype=args.dtype, compile=args.compile, max_pixels=args.max_pixels, batch_size=args.batch_size, json=args.json,
+        dtype=args.dtype, quantize=args.quantize, compile=args.compile, max_pixels=args.max_pixels, batch_size=args.batch_size, json=args.json,
         output=args.output, recompute=args.recompute, stream=args.stream, progress=not args.no_progress)
 
 

@@ -65,6 +65,8 @@ def run_settings(opts: RunOptions) -> dict:
         s["sample"] = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "seed": opts.seed}
     if opts.compat != "transformers":  # only then: results written before --compat existed still resume
         s.update(compat=opts.compat, max_length=opts.max_length)
+    if opts.quantize:  # likewise: a resume never mixes int8 results with float ones
+        s["quantize"] = opts.quantize
     return s
 
 

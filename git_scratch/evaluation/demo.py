@@ -42,11 +42,12 @@ class DemoOptions:
     out: str = "git-scratch-demo.png"  # the contact sheet
     checkpoint: str = str(shapes.CHECKPOINT)  # the shipped demo model
     device: str = "cpu"
+    quantize: str | None = None  # "int8": the decoder and LM head in int8 (quantize.py)
 
 
 def prepare(opts: DemoOptions):
     """(model, processor) of opts.checkpoint; ValueError or OSError says what is wrong."""
-    model = load(opts.checkpoint, device=opts.device)
+    model = load(opts.checkpoint, device=opts.device, quantize=opts.quantize)
     processor = Processor.from_pretrained(opts.checkpoint)
     if processor.tokenizer is None:
         raise ValueError(f"{opts.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint")
