@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "git_scratch"
-FLOORS = {"cli": 4, "training": 3, "evaluation": 3, "convert": 3, "data": 2, "generation": 1, "preprocessing": 1}
+FLOORS = {"cli": 5, "serve": 4, "training": 3, "evaluation": 3, "convert": 3, "export": 3, "explain": 3, "data": 2,
+          "generation": 1, "preprocessing": 1}
 ALLOWED_UP = {("git_scratch.model", "git_scratch.generation.generate")}  # GIT.generate, imported when called
 
 

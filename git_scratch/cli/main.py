@@ -183,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for the help only: main() hands `convert ...` to the converter's own parser before parsing.
     sub.add_parser("convert", help="convert a Hugging Face or original GIT checkpoint (or back with --to-hf)", add_help=False)
 
-    from . import demo, evaluate, train  # each imports its library (torch): only once the parser is built
+    # Each command's module registers its parser; their libraries (torch, onnxruntime, the web stack) load
+    # only when the command runs.
+    from . import classify, demo, evaluate, explain, export_onnx, serve, train
 
-    for command in (train, evaluate, demo):
+    for command in (train, evaluate, demo, classify, explain, export_onnx, serve):
         command.add_parser(sub)
 
     i = sub.add_parser("init", help="write a randomly initialised checkpoint of a published shape", **fmt,
@@ -241,8 +243,8 @@ def main(argv=None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "init":
         return run_init(args)
-    if args.command in ("train", "eval", "demo"):
-        return run_stoppable(lambda: args.run(args), saved=STOPPED[args.command])
+    if hasattr(args, "run"):  # a command with its own module: train, eval, demo, classify, explain, ...
+        return run_stoppable(lambda: args.run(args), saved=STOPPED.get(args.command, "nothing written"))
     opts = run_options(parser.commands[args.command], args)
     from .batch import run_inputs
 
