@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..evaluation.records import results
 from .options import RunOptions
 from .preflight import check_device
 from .items import Item, Sink, Streamer, expand  # noqa: F401 (expand: batch.expand in tests)
@@ -67,13 +68,7 @@ class Runner:
                           temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=generator,
                           on_token=printer.add if printer else None, compile=a.compile)
         out = generate(self.model, image=image, input_ids=prompt, return_scores=True, **search)
-        T, recs = prompt.shape[1], []
-        for seq, n, logprob in zip(out.sequences.tolist(), out.lengths.tolist(), out.logprob.tolist()):
-            new = seq[T : T + n]  # finished rows are padded after their EOS: cut there
-            # score: mean log-probability per new token, whatever the search (for beams at the CLI's
-            # length_penalty 1 this is also transformers' sequences_scores)
-            recs.append({"question": question, "text": tok.decode(new), "ids": seq[: T + n],
-                         "score": logprob / max(n, 1)})
+        recs = results(tok, out, [prompt.shape[1]] * len(image), [question] * len(image))
         if printer:
             printer.end(recs[0]["text"])
         return recs
@@ -178,6 +173,7 @@ class SetupError(Exception):
 def load_checkpoint(opts: RunOptions):
     """(model, processor) of --checkpoint on --device, or SetupError with one line saying what is wrong."""
     from ..data.batches import check_tokenizer
+    from ..export.runtime import OnnxGIT, is_export
     from ..load import load
     from ..preprocessing.processor import PILLOW_LIMIT, Processor
 
@@ -189,17 +185,32 @@ def load_checkpoint(opts: RunOptions):
     bad = f"cannot load checkpoint: {ckpt}:"
     if not ckpt.is_dir():
         raise SetupError(f"{bad} no such checkpoint directory")
+    onnx = is_export(ckpt)  # an `export-onnx` folder: float32 graphs on onnxruntime (export/runtime.py)
+    torch_only = [flag for flag, on in (("--compile", opts.compile), (f"--quantize {opts.quantize}", opts.quantize),
+                                        (f"--dtype {opts.dtype}", opts.dtype in ("bfloat16", "float16"))) if on]
+    if onnx and torch_only:
+        raise SetupError(f"{bad} an ONNX export runs its float32 graphs on onnxruntime; {torch_only[0]} is for "
+                         "torch checkpoints")
     try:
-        model = load(ckpt, device=opts.device, dtype=opts.dtype, quantize=opts.quantize)
+        model = OnnxGIT(ckpt, opts.device) if onnx else load(ckpt, device=opts.device, dtype=opts.dtype,
+                                                             quantize=opts.quantize)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if opts.max_pixels is None else opts.max_pixels,
                                                   compat=opts.compat)
         for w in caught:  # e.g. no preprocessing settings: which defaults are used
             print(f"warning: {w.message}", file=sys.stderr)
+    except ImportError:  # OnnxGIT without onnxruntime
+        raise SetupError(f"{bad} an ONNX export runs on onnxruntime: pip install 'git_scratch[onnx]'") from None
     except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault
         raise SetupError(f"cannot load checkpoint: {' '.join(str(e).split()) or type(e).__name__}") from None
     cfg = model.config
+    if onnx and processor.max_size is not None:
+        raise SetupError(f"{bad} --compat original keeps this checkpoint's image aspect ratios; its ONNX export "
+                         "takes the one image size it was exported with: run the torch checkpoint")
+    if onnx and cfg.n_frames and not opts.video:
+        raise SetupError(f"{bad} the ONNX export of a video checkpoint takes videos ({cfg.n_frames} frames): use "
+                         "`git-scratch video`, or the torch checkpoint for single images")
     try:
         check_tokenizer(processor, cfg.text.vocab_size, "the checkpoint")
     except ValueError as e:

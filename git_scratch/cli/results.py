@@ -16,16 +16,14 @@ that starts like ours, is dropped before resuming.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
+from ..evaluation.records import checkpoint_fingerprint, settings
 from .options import RunOptions
 
 RECORD_START = b'{"input": '  # every record's first bytes: json.dumps of a dict whose first key is "input"
-_SAMPLE = 1 << 20  # bytes read from each end of the weights file for the checkpoint fingerprint
 
 
 class OutputError(Exception):
@@ -37,37 +35,11 @@ def resume_key(path: Path) -> str:
     return os.path.realpath(path)
 
 
-def checkpoint_fingerprint(ckpt) -> str | None:
-    """A short hash of what a checkpoint computes with: its config, preprocessing and tokenizer files,
-    and the weights' size and first and last MiB (reading all of a 1.5 GB file would cost seconds)."""
-    ckpt = Path(ckpt)
-    weights = ckpt / "model.safetensors"
-    if not weights.is_file():
-        return None
-    h = hashlib.sha256()
-    for name in ("config.json", *PREPROCESSOR_FILES, *TOKENIZER_FILES):
-        if (ckpt / name).is_file():
-            h.update(name.encode() + b"\0" + (ckpt / name).read_bytes())
-    size = weights.stat().st_size
-    with weights.open("rb") as f:
-        h.update(str(size).encode() + f.read(_SAMPLE))
-        f.seek(max(size - _SAMPLE, 0))
-        h.update(f.read(_SAMPLE))
-    return h.hexdigest()[:16]
-
-
 def run_settings(opts: RunOptions) -> dict:
-    """The options that change a result. Sampling options count only when sampling, --compat only when not
-    the default."""
-    s = {"checkpoint": checkpoint_fingerprint(opts.checkpoint), "dtype": opts.dtype,
-         "max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams, "sample": None}
-    if opts.sample:
-        s["sample"] = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "seed": opts.seed}
-    if opts.compat != "transformers":  # only then: results written before --compat existed still resume
-        s.update(compat=opts.compat, max_length=opts.max_length)
-    if opts.quantize:  # likewise: a resume never mixes int8 results with float ones
-        s["quantize"] = opts.quantize
-    return s
+    """The options that change a result (evaluation/records.settings, which the server shares)."""
+    sampling = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "seed": opts.seed}
+    return settings(checkpoint_fingerprint(opts.checkpoint), opts.dtype, opts.max_new_tokens, opts.num_beams,
+                    sampling if opts.sample else None, opts.compat, opts.max_length, opts.quantize)
 
 
 def differences(old: dict, new: dict) -> str:

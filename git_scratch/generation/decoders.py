@@ -32,15 +32,20 @@ class Cached:
     def prefill_image(self) -> None:
         """The image tokens through the decoder alone, once per image: each layer's keys/values stay.
         The text reads only those, so the last block stops at its keys/values (its output would go unread)."""
-        N = self.image.shape[1]
-        mask = self.cache.mask[:N, :N]
-        img_mask = None if bool(mask.all()) else mask  # None: SDPA's fast unmasked path
+        img_mask = self.image_mask()
         *blocks, last = self.model.blocks
         layers = self.cache.image_layers(img_mask)
         x = self.image
         for block, kv in zip(blocks, layers):
             x = block(x, img_mask, kv)
         layers[-1].keep(*last.keys_values(x))
+
+    def image_mask(self) -> torch.Tensor | None:
+        """The image tokens' (N, N) mask among themselves; None when each sees every other: SDPA's fast path.
+        (Its own method so that a traced graph, which cannot look at values, can be handed the answer.)"""
+        N = self.image.shape[1]
+        mask = self.cache.mask[:N, :N]
+        return None if bool(mask.all()) else mask
 
     def hidden(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """ids (R, n) in text slots start.. (start (R, 1)) -> decoder output (R, n, D); their keys/values stay."""
@@ -91,11 +96,12 @@ class Uncached:
 def decoder(model, image: torch.Tensor, n_rows: int, n_slots: int, use_cache: bool = True, cached=None):
     """For n_rows rows of n_slots text slots from image (Bi, N, D): a cached decoder if `use_cache` and the
     model's mask allows a cache (cache.why_inexact; if not, a warning says why), else `Uncached`.
-    `cached(model, image, n_rows, mask)` makes the cached one: `Cached`, or compiled.compiled_decoder."""
+    `cached(model, image, n_rows, mask)` makes the cached one: `Cached`, compiled.compiled_decoder, or the
+    model's own `cached_decoder` where it has one (a model run elsewhere: export/runtime.py's onnxruntime one)."""
     N = image.shape[1]
     mask = model.mask(N, n_slots, device=image.device)
     if use_cache and (why := why_inexact(mask, N)):
         warnings.warn(f"the model's mask does not allow a KV cache ({why}); decoding without one, slower")
     if use_cache and not why:
-        return (cached or Cached)(model, image, n_rows, mask)
+        return (cached or getattr(model, "cached_decoder", Cached))(model, image, n_rows, mask)
     return Uncached(model, image, n_rows, n_slots)

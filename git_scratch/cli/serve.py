@@ -1,0 +1,132 @@
+"""`git-scratch serve`: its parser, and the command: load a checkpoint once, serve it over HTTP (serve/app.py).
+
+The port is bound before the model loads, so a port in use is one error line, exit 2, with nothing loaded; the
+checkpoint is loaded as `caption` loads it (batch.load_checkpoint: the same checks and messages). Then uvicorn
+serves until SIGTERM or Ctrl-C: it stops taking connections, lets every request in flight finish (the batcher
+drains its queue), and the command exits 143 (130 for Ctrl-C) with a line saying so.
+FastAPI and uvicorn are an optional extra, imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+from ..constants import DTYPE_NAMES, EXIT_USAGE
+from ..data.shapes import CHECKPOINT as DEMO_CHECKPOINT
+from .stops import stopped_code, stopped_name
+
+EPILOG = """\
+examples:
+  git-scratch serve -c ckpt/git-base-coco                      # http://127.0.0.1:8000/ (the page), /docs (the API)
+  git-scratch serve                                            # the shipped demo model (shapes), to try it
+  git-scratch serve -c ckpt/git-base-vqav2 --max-batch 16 --max-wait-ms 20 --port 9000
+  curl -F image=@cat.jpg http://127.0.0.1:8000/v1/caption
+  curl -F image=@cat.jpg -F question='what is the cat doing?' http://127.0.0.1:8000/v1/vqa
+
+endpoints:
+  POST /v1/caption   form fields: image (repeat for several), max_new_tokens, num_beams -> {"results": [...]}
+  POST /v1/vqa       form fields: image, question (repeat for several), max_new_tokens, num_beams
+  POST /v1/explain   form fields: image, question (optional), max_new_tokens -> {"words": [{token, id, map}]}
+  GET  /health       200 once the model is loaded; GET / the page; GET /docs the OpenAPI page
+  Each result is the record `caption --json` / `vqa --json` prints ("input": the upload's file name, "file":
+  "sha256:" + its digest). Errors are {"error": "..."}: 413 over --max-upload-mb, 422 a bad request or nothing
+  in it readable, 503 (with Retry-After) when --queue requests are already waiting.
+
+exit codes:
+  2    usage error, the port cannot be bound, the checkpoint cannot be loaded, or FastAPI/uvicorn missing
+  130  stopped by Ctrl-C, 143 by SIGTERM: both after answering every request in flight
+"""
+
+
+def _at_least(low, kind=int):
+    def parse(s: str):
+        v = kind(s)
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {s}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'abc'" names the type by this
+    return parse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register `git-scratch serve` on the CLI's subparsers."""
+    p = sub.add_parser("serve", help="serve captions and answers over HTTP, batched, with a page to try it",
+                       description="Serve a checkpoint over HTTP: captions and answers as JSON records, concurrent "
+                                   "requests decoded together in batches (each image encoded once), and a page at / "
+                                   "to try it in a browser. Binds 127.0.0.1 unless --host says otherwise.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", "-c", default=str(DEMO_CHECKPOINT), metavar="DIR",
+                   help="a converted git_scratch checkpoint directory (default: the shipped demo model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=_at_least(0), default=8000, help="default 8000; 0: any free port (printed)")
+    p.add_argument("--max-batch", type=_at_least(1), default=8, metavar="N",
+                   help="most rows (image + prompt pairs) decoded together (default 8; 1: no batching)")
+    p.add_argument("--max-wait-ms", type=_at_least(0, float), default=10.0, metavar="MS",
+                   help="how long a batch waits for more requests once the first has come (default 10)")
+    p.add_argument("--max-upload-mb", type=_at_least(0.001, float), default=20.0, metavar="MB",
+                   help="largest request body, MiB (default 20); larger ones get 413 before they are read")
+    p.add_argument("--queue", type=_at_least(1), default=64, metavar="N",
+                   help="requests that may wait for the model (default 64); more get 503 with Retry-After")
+    p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
+                   help="refuse images with more than N pixels (decompression bombs); default: Pillow's limit")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"], help="default: float32")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """`git-scratch serve` from its parsed command line; the exit code once it is stopped."""
+    if args.port > 65535:
+        print(f"error: --port {args.port}: a port is 0 to 65535", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401 -- FastAPI's form parsing
+        import uvicorn
+    except ImportError as e:
+        print(f"error: git-scratch serve needs FastAPI, uvicorn and python-multipart (missing: {e.name}): "
+              "pip install 'git_scratch[serve]'", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as e:
+        print(f"error: --host {args.host} --port {args.port}: cannot listen there: {e.strerror or e}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    with sock:
+        from ..serve.app import ServeOptions, create_app
+        from .batch import SetupError, load_checkpoint
+        from .options import RunOptions
+
+        try:
+            model, processor = load_checkpoint(RunOptions(inputs=[], checkpoint=args.checkpoint, device=args.device,
+                                                          dtype=args.dtype, max_pixels=args.max_pixels))
+        except SetupError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        opts = ServeOptions(args.checkpoint, args.dtype, args.max_batch, args.max_wait_ms, args.queue,
+                            args.max_upload_mb)
+        app = create_app(model, processor, opts)
+        host, port = sock.getsockname()[:2]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        print(f"serving {args.checkpoint} on {url}/ (the page; the API: {url}/docs), device {model.device}, "
+              f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, queue {args.queue}", file=sys.stderr,
+              flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=None))
+        try:
+            server.run(sockets=[sock])  # on SIGTERM/SIGINT: in-flight requests finish, then the signal is re-raised
+        except KeyboardInterrupt as e:  # stops.Terminated for SIGTERM
+            print(f"{stopped_name(e)}: every request in flight was answered; stopped", file=sys.stderr)
+            return stopped_code(e)
+    return EXIT_USAGE if server.started is False else 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free one), or OSError (in use, no such address)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=2048)

@@ -1,0 +1,273 @@
+"""The HTTP side of `git-scratch serve`: a FastAPI app over one loaded model and its Batcher.
+
+    POST /v1/caption   multipart: image (one or more), max_new_tokens, num_beams -> {"results": [record per image]}
+    POST /v1/vqa       multipart: image (one), question (one or more), ...   -> {"results": [record per question]}
+    POST /v1/explain   multipart: image, question (optional), max_new_tokens -> {"words": [{token, id, map}]}
+    GET  /health       200 {"status": "ok", ...} (the port opens once the model is loaded)
+    GET  /             the page (page/index.html); GET /docs the OpenAPI page
+
+A record is what `caption --json` / `vqa --json` print for a file: "input" is the upload's file name as the client
+sent it (the command line's path as given), "file" is "sha256:" + the digest of the uploaded bytes (the command
+line's resolved path: what identifies the input, however it is named), then "question", "text", "ids", "score" and
+"settings" (evaluation/records.py), or "error" in place of the result for an image or question that cannot run.
+
+What a client sends cannot harm the server or another client:
+    413  a body over --max-upload-mb: refused from its Content-Length before any of it is read, or, without one,
+         as soon as the bytes read pass the limit (UploadLimit)
+    422  a missing field or bad option; a request with nothing that can run (no readable image; no question
+         that fits) has the reason as its one `error`. Images are read as the command line reads them
+         (preprocessing/processor.py: the pixel budget before decoding, truncated data, the resize budget of an
+         extreme aspect ratio), so they fail with its reasons
+    503  the queue (--queue requests) is full, or the server is stopping: with Retry-After
+Every error body is one JSON object {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import tempfile
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import torch
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from ..evaluation.records import checkpoint_fingerprint, settings
+from .batcher import Batcher, Closed, Decoding, Job, QueueFull, Row, run_jobs
+
+PAGE = Path(__file__).parent / "page"
+MAX_BEAMS = 16  # a request's beams are rows of the batch: bounded so that one request cannot take the memory
+MAX_IMAGES = 32  # images per caption request
+MAX_QUESTIONS = 32  # questions per vqa request
+MAX_QUESTION_CHARS = 4096  # refused before tokenizing; the text positions bound what is left
+RETRY_AFTER_S = 1
+CLOSE = {"Connection": "close"}  # after a 413: the rest of the body is never read
+
+
+@dataclass
+class ServeOptions:
+    checkpoint: str  # the checkpoint directory (its fingerprint goes into every record's settings)
+    dtype: str = "float32"  # as --dtype names it: the settings say it as the command line does
+    max_batch: int = 8  # rows (image, prompt) per generate call
+    max_wait_ms: float = 10.0  # how long the first request of a batch waits for others
+    queue: int = 64  # requests waiting; more get 503
+    max_upload_mb: float = 20.0  # request body limit, MiB
+
+
+class ClientError(HTTPException):
+    """A request the server refuses: its status and one line."""
+
+
+class UploadLimit:
+    """ASGI middleware: a request body over `limit` bytes is refused with 413 before it is read whole.
+
+    With a Content-Length over the limit, at once, nothing read. Without one (chunked), the bytes are counted as
+    the app reads them, and reading stops at the first chunk past the limit. Either way the answer closes the
+    connection, so the rest of the body is never read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await error_response(413, self.too_large(), CLOSE)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ClientError(413, self.too_large(), CLOSE)  # in the form parser: FastAPI re-raises HTTPExceptions
+            return message
+
+        await self.app(scope, counted, send)
+
+    def too_large(self) -> str:
+        return f"request body over the {self.limit / 2**20:g} MiB limit (--max-upload-mb)"
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(model, processor, opts: ServeOptions) -> FastAPI:
+    """The app serving `model` (loaded, eval mode) and `processor` (its checkpoint's, with a tokenizer)."""
+    tok = processor.tokenizer
+    fingerprint = checkpoint_fingerprint(opts.checkpoint)
+    limit = model.config.text.max_positions
+    batcher = Batcher(lambda jobs: run_jobs(model, tok, jobs, opts.max_batch), opts.max_batch,
+                      opts.max_wait_ms / 1000, opts.queue)
+    reading = anyio.CapacityLimiter(2)  # images decoded at once: each may take up to the pixel budget
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await anyio.to_thread.run_sync(batcher.close)  # uvicorn has let the requests in flight finish
+
+    app = FastAPI(title="git-scratch serve", lifespan=lifespan,
+                  description="GIT captions and answers, batched across concurrent requests. Records are those "
+                              "`git-scratch caption --json` and `vqa --json` print.")
+    app.state.batcher = batcher  # GET /health reads it; tests hold its worker
+    app.add_middleware(UploadLimit, limit=int(opts.max_upload_mb * 2**20))
+    app.mount("/page", StaticFiles(directory=PAGE), name="page")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e: HTTPException):
+        return error_response(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, e: Exception):  # the worker failed (say, out of memory): logged, and JSON
+        return error_response(500, f"internal error: {type(e).__name__}: {' '.join(str(e).split())}")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, e: RequestValidationError):
+        said = []
+        for err in e.errors():
+            field = ".".join(str(x) for x in err.get("loc", ())[1:]) or "body"
+            said.append(f"{field}: {err.get('msg', 'invalid').lower()}")
+        return error_response(422, "; ".join(said))
+
+    def decoding(max_new_tokens: int, num_beams: int) -> Decoding:
+        if max_new_tokens > limit:
+            raise ClientError(422, f"max_new_tokens {max_new_tokens} cannot be reached: the model has {limit} text "
+                                   "positions, so at most that many new tokens after [CLS], fewer after a question")
+        return Decoding(max_new_tokens, num_beams)
+
+    def record_settings(d: Decoding) -> dict:
+        return settings(fingerprint, opts.dtype, d.max_new_tokens, d.num_beams)
+
+    def read(data: bytes, name: str) -> tuple[str, torch.Tensor | str]:
+        """("sha256:...", (3, H, W) pixels or the reason there are none) of an upload, read as the command line
+        reads a file: the same checks, the same reasons."""
+        key = "sha256:" + hashlib.sha256(data).hexdigest()
+        suffix = Path(name).suffix.lower()  # the reader names a video by it
+        try:
+            with tempfile.NamedTemporaryFile(suffix=suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "") as f:
+                f.write(data)
+                f.flush()
+                return key, processor(images=[f.name]).pixel_values[0]
+        except Exception as e:  # noqa: BLE001 -- any unreadable upload is reported, never fatal
+            return key, getattr(e, "reason", None) or " ".join(str(e).split()) or type(e).__name__
+
+    async def load(upload: UploadFile, n: int) -> tuple[str, str, torch.Tensor | str]:
+        """(name, "sha256:...", pixels or the reason they cannot be had), decoded off the event loop."""
+        name = upload.filename or f"upload-{n}"
+        return name, *await anyio.to_thread.run_sync(read, await upload.read(), name, limiter=reading)
+
+    def prompt(question: str | None, d: Decoding) -> list[int] | str:
+        """[CLS] (+ the question's tokens), or why the question cannot be asked with these options."""
+        if question is None:
+            return [tok.cls_id]
+        if not question.strip():
+            return "the question is empty"
+        if len(question) > MAX_QUESTION_CHARS:
+            return f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS}"
+        ids = processor.encode_text(question)[0][0].tolist()  # [CLS] + the question's tokens
+        n = len(ids)
+        if n + d.max_new_tokens - 1 > limit:
+            return (f"the question is {n} tokens long (with [CLS]); with max_new_tokens {d.max_new_tokens} it needs "
+                    f"{n + d.max_new_tokens - 1} text positions, the model has {limit} (max_position_embeddings)")
+        return ids
+
+    async def run(job: Job):
+        try:
+            future = batcher.submit(job)
+        except QueueFull:
+            raise ClientError(503, f"the server is busy: {opts.queue} requests are waiting (--queue); retry "
+                                   "shortly", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except Closed:
+            raise ClientError(503, "the server is shutting down", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        return await asyncio.wrap_future(future)  # set by the batcher's thread
+
+    # ------------------------------------------------------------ endpoints
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(PAGE / "index.html")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "checkpoint": opts.checkpoint, "fingerprint": fingerprint,
+                "queued": batcher.queue.qsize(), "running": batcher.running, "batches": batcher.batches,
+                "max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms}
+
+    @app.post("/v1/caption")
+    async def caption(image: list[UploadFile] = File(..., description="one or more image files"),
+                      max_new_tokens: int = Form(20, ge=1), num_beams: int = Form(1, ge=1, le=MAX_BEAMS)):
+        """One caption record per image, in upload order; an image that cannot be read is an error record."""
+        if len(image) > MAX_IMAGES:
+            raise ClientError(422, f"{len(image)} images: at most {MAX_IMAGES} per request")
+        d = decoding(max_new_tokens, num_beams)
+        s = record_settings(d)
+        loaded = [await load(f, n) for n, f in enumerate(image)]
+        good = [x for x in loaded if torch.is_tensor(x[2])]
+        if not good:
+            raise ClientError(422, "; ".join(f"{name}: {why}" for name, _, why in loaded))
+        job = Job([px for *_, px in good], [Row(k, [tok.cls_id], None) for k in range(len(good))], d)
+        done = iter(await run(job))
+        return {"results": [record(name, key, next(done) if torch.is_tensor(px) else {"error": px}, s)
+                            for name, key, px in loaded]}
+
+    @app.post("/v1/vqa")
+    async def vqa(image: UploadFile = File(..., description="one image file"),
+                  question: list[str] = Form(..., description="one or more questions"),
+                  max_new_tokens: int = Form(20, ge=1), num_beams: int = Form(1, ge=1, le=MAX_BEAMS)):
+        """One answer record per question, in order; a question that cannot be asked is an error record."""
+        if len(question) > MAX_QUESTIONS:
+            raise ClientError(422, f"{len(question)} questions: at most {MAX_QUESTIONS} per request")
+        d = decoding(max_new_tokens, num_beams)
+        s = record_settings(d)
+        name, key, px = await load(image, 0)
+        if not torch.is_tensor(px):
+            raise ClientError(422, f"{name}: {px}")
+        prompts = [prompt(q, d) for q in question]
+        rows = [Row(0, p, q) for p, q in zip(prompts, question) if isinstance(p, list)]
+        if not rows:
+            raise ClientError(422, "; ".join(dict.fromkeys(prompts)))
+        done = iter(await run(Job([px], rows, d)))
+        return {"results": [record(name, key, next(done) if isinstance(p, list) else {"question": q, "error": p}, s)
+                            for p, q in zip(prompts, question)]}
+
+    @app.post("/v1/explain")
+    async def explain(image: UploadFile = File(...), question: str | None = Form(None),
+                      max_new_tokens: int = Form(20, ge=1), method: str = Form("last", pattern="^(last|rollout)$")):
+        """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
+        patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
+        try:
+            from ..explain import explain as explain_words
+        except ImportError:
+            raise ClientError(501, "explain is not part of this git_scratch") from None
+        d = decoding(max_new_tokens, 1)
+        name, _, px = await load(image, 0)
+        if not torch.is_tensor(px):
+            raise ClientError(422, f"{name}: {px}")
+        ids = prompt(question, d)
+        if not isinstance(ids, list):
+            raise ClientError(422, ids)
+
+        def work():
+            with torch.inference_mode():
+                pixels = px[None].to(model.device, model.dtype)  # (1, 3, H, W)
+                return explain_words(model, tok, pixels, None if question is None else torch.tensor([ids]),
+                                     method=method, max_new_tokens=d.max_new_tokens)
+
+        return {"words": await run(Job(alone=work))}
+
+    return app
+
+
+def record(name: str, key: str, result: dict, s: dict) -> dict:
+    """The command line's record for an upload: input, file, then the result (or its error), then settings."""
+    return {"input": name, "file": key, **result, "settings": s}
