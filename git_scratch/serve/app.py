@@ -41,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from ..evaluation.records import checkpoint_fingerprint, settings
+from ..explain import explain as explain_words
 from .batcher import Batcher, Closed, Decoding, Job, QueueFull, Row, run_jobs
 
 PAGE = Path(__file__).parent / "page"
@@ -245,10 +246,6 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                       max_new_tokens: int = Form(20, ge=1), method: str = Form("last", pattern="^(last|rollout)$")):
         """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
         patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
-        try:
-            from ..explain import explain as explain_words
-        except ImportError:
-            raise ClientError(501, "explain is not part of this git_scratch") from None
         d = decoding(max_new_tokens, 1)
         name, _, px = await load(image, 0)
         if not torch.is_tensor(px):
