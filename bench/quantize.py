@@ -3,6 +3,7 @@
     python -m bench.quantize                      # demo 1,000 seeds + git-base and git-large, int8 and bfloat16
     python -m bench.quantize --n 100 --shapes git-base --images 4     # a quick look
     python -m bench.quantize --parts kernels      # the LM-head kernels quantize.py chose among, timed
+    python -m bench.quantize --parts breakdown    # where a git-base greedy caption's time goes, per mode
 
 demo     the shipped shapes model (data/shapes.CHECKPOINT) on `--n` fresh seeds from 2,000,000,000, counted as
          `git-scratch demo --json` counts (evaluation.demo predict / score, batches of 64 images): exact caption
@@ -16,6 +17,8 @@ random   git-base and git-large at init std 0.1 (the bench's checkpoints, worklo
          near-tie twenty steps; even so a random model's steps about one image much resemble each other (its
          image tokens outweigh the text), so the images whose every step agrees are counted too, and the median
          gap between the two best logits (float64) says how close the calls are.
+breakdown  one git-base image, 20 new tokens, per mode: the vision pass, the image's pass through the decoder
+         (prefill_image), the [CLS] prompt, one decode step, and the whole greedy caption; medians.
 kernels  the git-base LM head (30,522 x 768) at 1 and 4 rows: float32, bfloat16, quantize.Int8Linear (fbgemm),
          torchao 0.18's int8 configs where torchao is installed, aten._weight_int8pack_mm; alternating, median.
 
@@ -176,6 +179,44 @@ def kernels(repeats: int = 20) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- breakdown: where a greedy caption's time goes
+def _median_call_ms(f, repeats: int) -> float:
+    f()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def breakdown(modes: list[str], root: Path, new: int = 20) -> dict:
+    """Per mode (float32 first): ms of the vision pass, the image's decoder pass, the prompt, a decode step,
+    and a whole greedy caption of `new` tokens, one git-base image."""
+    from git_scratch.generation.decoders import Cached
+
+    _, our_dir = checkpoint("git-base", False, root, log=log)
+    out = {}
+    for mode in ["float32", *modes]:
+        m = load_ours(our_dir) if mode == "float32" else load_mode(our_dir, mode)
+        px = pixels(m.config, 1)
+        with torch.inference_mode():
+            img = m.encode_image(px)
+            mask = m.mask(img.shape[1], new + 1)
+            dec = Cached(m, img, 1, mask)
+            dec.prefill_image()
+            cls = torch.tensor([[m.config.text.bos_id]])
+            tok, pos = torch.tensor([1000]), torch.tensor([3])
+            r = {"vision": _median_call_ms(lambda: m.encode_image(px), 5),
+                 "image prefill": _median_call_ms(lambda: Cached(m, img, 1, mask).prefill_image(), 5),
+                 "prompt": _median_call_ms(lambda: dec.hidden(cls, torch.zeros(1, 1, dtype=torch.long)), 10),
+                 "decode step": _median_call_ms(lambda: dec.decode_step(tok, pos), 20),
+                 "greedy caption": _median_call_ms(lambda: m.generate(px, max_new_tokens=new, min_new_tokens=new), 3)}
+        out[mode] = r
+        log(f"  {mode}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in r.items()))
+    return out
+
+
 # ---------------------------------------------------------------- report
 def markdown(report: dict) -> str:
     m = report["machine"]
@@ -219,13 +260,20 @@ def markdown(report: dict) -> str:
         for k, r in ker.items():
             lines.append(f"| {k} | " + " | ".join(f"{v['ms']:.2f} ({v['max_abs_err']:.1e})" for v in r.values())
                          + " |")
+    brk = report.get("breakdown")
+    if brk:
+        parts = list(next(iter(brk.values())))
+        lines += ["", "git-base, one image, 20 new tokens: median ms per part", "",
+                  "| mode | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
+        for mode, r in brk.items():
+            lines.append(f"| {mode} | " + " | ".join(f"{r[k]:.1f}" for k in parts) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.quantize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["demo", "random"], choices=["demo", "random", "kernels"])
+    p.add_argument("--parts", nargs="+", default=["demo", "random"], choices=["demo", "random", "kernels", "breakdown"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--n", type=int, default=1000, help="demo seeds (default 1000)")
     p.add_argument("--shapes", nargs="+", default=["git-base", "git-large"], choices=["git-base", "git-large"])
@@ -246,6 +294,8 @@ def main(argv=None) -> int:
         elif part == "random":
             report["random"] = {s: random_agreement(s, a.modes, a.images, a.tokens, a.out / "checkpoints")
                                 for s in a.shapes}
+        elif part == "breakdown":
+            report["breakdown"] = breakdown(a.modes, a.out / "checkpoints")
         else:
             report["kernels"] = kernels()
         report["seconds"][part] = time.perf_counter() - t0

@@ -2,7 +2,7 @@
 
 Usage errors are one line naming the flag, exit 2, before the model loads; so is an --out the demo may not
 write (preflight.py): the sheet is written whole at the end, and only a PNG the demo wrote (its Software
-text, demo.SOFTWARE) is ever replaced. Records are printed batch by batch as they are computed and only
+text, SOFTWARE below) is ever replaced. Records are printed batch by batch as they are computed and only
 their counts are kept, so --n has no bound; the sheet draws the first demo.SHEET_IMAGES images.
 """
 
@@ -17,9 +17,11 @@ from pathlib import Path
 
 from ..constants import EXIT_OK, EXIT_USAGE, QUANTIZE_MODES
 from ..data import shapes
-from ..evaluation.demo import (FRESH, SHEET_IMAGES, DemoOptions, Tally, contact_sheet, is_contact_sheet, png_info,
+from ..evaluation.demo import (FRESH, SHEET_IMAGES, DemoOptions, Tally, contact_sheet,
                                predictions, prepare)
-from .preflight import WholeFile, check_device, checkpoint_files
+from .preflight import WholeFile, check_device, checkpoint_files, has_png_mark, png_mark
+
+SOFTWARE = "git-scratch demo"  # the PNG's Software text (preflight.png_mark): a rerun may replace a file carrying it
 
 EPILOG = """\
 examples:
@@ -92,7 +94,7 @@ def demo_command(opts: DemoOptions) -> int:
         title += "\n" + partial
         print(partial, file=sys.stderr)
     try:
-        written = out.write(lambda f: contact_sheet(shown, title).save(f, format="PNG", pnginfo=png_info()))
+        written = out.write(lambda f: contact_sheet(shown, title).save(f, format="PNG", pnginfo=png_mark(SOFTWARE)))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -110,6 +112,6 @@ def check(opts: DemoOptions) -> WholeFile | None:
     check_device(opts.device)
     if opts.json:
         return None
-    out = WholeFile(opts.out, "--out", is_contact_sheet, checkpoint_files(opts.checkpoint))
+    out = WholeFile(opts.out, "--out", has_png_mark(SOFTWARE), checkpoint_files(opts.checkpoint))
     out.check()
     return out

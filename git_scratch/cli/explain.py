@@ -2,7 +2,7 @@
 
 Everything that can be checked is checked before the model loads: the options, the image, the question's
 length, and --out (preflight.WholeFile: never a file git-scratch did not write, never an input; a PNG this
-command wrote carries its mark, explain/picture.SOFTWARE, and may be replaced). Any problem: one `error:`
+command wrote carries its mark, SOFTWARE below, and may be replaced). Any problem: one `error:`
 line naming it, exit 2.
 """
 
@@ -17,7 +17,7 @@ from ..constants import EXIT_OK, EXIT_USAGE
 from .batch import SetupError, _reason, load_checkpoint
 from .items import expand
 from .options import RunOptions, text_positions
-from .preflight import WholeFile, checkpoint_files
+from .preflight import WholeFile, checkpoint_files, has_png_mark, png_mark
 
 LEGENDS = {
     "last": "Each panel: where the model looked while choosing that word (the last decoder layer's attention "
@@ -27,6 +27,8 @@ LEGENDS = {
                "that predicted the word to the image patches, the residual counted as half of each layer; "
                "bright = more, each panel scaled to its own maximum.",
 }
+
+SOFTWARE = "git-scratch explain"  # the PNG's Software text (preflight.png_mark): a rerun may replace a file carrying it
 
 EPILOG = """\
 examples:
@@ -84,9 +86,7 @@ def check(args: argparse.Namespace) -> WholeFile | None:
         raise ValueError(f"{args.image}: {why}")
     if args.json:
         return None
-    from ..explain.picture import is_explain_png
-
-    out = WholeFile(args.out, "--out", is_explain_png, checkpoint_files(args.checkpoint) + (Path(args.image),))
+    out = WholeFile(args.out, "--out", has_png_mark(SOFTWARE), checkpoint_files(args.checkpoint) + (Path(args.image),))
     out.check()
     return out
 
@@ -96,7 +96,6 @@ def run_explain(args: argparse.Namespace) -> int:
     import torch
 
     from ..explain import explain, picture
-    from ..explain.picture import png_info
 
     try:
         out = check(args)
@@ -128,7 +127,7 @@ def run_explain(args: argparse.Namespace) -> int:
     title = f"{args.question}  ->  {said}" if args.question else f"caption: {said}"
     sheet = picture(model_view(processor, pixels[0]), words, title, f"method: {args.method}. {LEGENDS[args.method]}")
     try:
-        written = out.write(lambda f: sheet.save(f, format="PNG", pnginfo=png_info()))
+        written = out.write(lambda f: sheet.save(f, format="PNG", pnginfo=png_mark(SOFTWARE)))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,10 +20,32 @@ from typing import BinaryIO, Callable
 
 import torch
 
+from PIL import Image, PngImagePlugin
+
 from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
 from ..load import checkpoint_dir, resolve_device, umask_mode
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def png_mark(software: str) -> PngImagePlugin.PngInfo:
+    """A PNG's text chunk Software = `software` ("git-scratch demo", "git-scratch explain"): the mark by which a
+    rerun knows a picture that command wrote, and may replace."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", software)
+    return info
+
+
+def has_png_mark(software: str) -> Callable[[Path], bool]:
+    """`ours` for WholeFile: True for a PNG carrying png_mark(software)."""
+    def ours(path) -> bool:
+        try:
+            with Image.open(path) as im:
+                return im.format == "PNG" and im.info.get("Software") == software
+        except Exception:  # noqa: BLE001 -- anything Pillow cannot open (or calls a bomb) is not ours
+            return False
+
+    return ours
 
 
 def check_device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
 from ..data import shapes
 from ..data.batches import check_tokenizer
@@ -28,7 +28,6 @@ CAPTION_TOKENS = 24  # the longest caption is 16 words, each one token, then [SE
 ANSWER_TOKENS = 6  # answers are one or two words
 FRESH = 2 * 10**9  # default seeds start here: past every training and held-out seed (shapes.VAL_OFFSET = 1e9)
 SHEET_IMAGES = 100  # the most images a contact sheet draws: about 23,000 px tall; the accuracies count every one
-SOFTWARE = "git-scratch demo"  # the contact sheet's PNG Software text: how a rerun knows a sheet it may replace
 
 
 @dataclass
@@ -144,21 +143,6 @@ def _font(size: int):
     except (TypeError, OSError):
         return ImageFont.load_default()
 
-
-def png_info() -> PngImagePlugin.PngInfo:
-    """The contact sheet's PNG text: Software = SOFTWARE, the mark of a sheet the demo may replace."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", SOFTWARE)
-    return info
-
-
-def is_contact_sheet(path) -> bool:
-    """True for a PNG the demo wrote (its Software text is SOFTWARE)."""
-    try:
-        with Image.open(path) as im:
-            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
-    except Exception:  # noqa: BLE001 -- anything Pillow cannot open (or calls a bomb) is not ours
-        return False
 
 
 def contact_sheet(records: list[dict], title: str) -> Image.Image:

@@ -10,9 +10,8 @@ its frames, side by side.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
-SOFTWARE = "git-scratch explain"  # the PNG's Software text: how a rerun knows a picture it may replace
 PANEL = 168  # px: the longer side of every panel's image
 COLUMNS = 6  # panels per row
 # The colour scale, dark to bright (close to matplotlib's "inferno"): (position 0..1, RGB).
@@ -117,18 +116,3 @@ def picture(image: Image.Image, words: list[dict], title: str, legend: str = "")
         d.text((x + (size[0] - tw) / 2, yy + size[1] + 3), token, fill=(20, 20, 20), font=font)
     return sheet
 
-
-def png_info() -> PngImagePlugin.PngInfo:
-    """The picture's PNG text: Software = SOFTWARE, the mark of a file `explain` may replace."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", SOFTWARE)
-    return info
-
-
-def is_explain_png(path) -> bool:
-    """True for a PNG `git-scratch explain` wrote (its Software text is SOFTWARE)."""
-    try:
-        with Image.open(path) as im:
-            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
-    except Exception:  # noqa: BLE001 -- anything Pillow cannot open (or calls a bomb) is not ours
-        return False
