@@ -9,9 +9,11 @@ Two numbers bound every workload here:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -139,3 +141,12 @@ class OtherLoad:
         (b0, o0, w0), (b1, o1, w1) = self.start, end
         wall = max(w1 - w0, 1e-9)
         return max(0.0, ((b1 - b0) - (o1 - o0)) / (wall * (os.cpu_count() or 1)))
+
+
+def save_report(out: Path, name: str, report: dict, md: str) -> Path:
+    """Write a bench's results as out/NAME-<time>.json and .md; returns the .md path."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(md.rstrip() + "\n")
+    return stem.with_suffix(".md")

@@ -17,7 +17,6 @@ Results: Markdown on stdout, JSON + Markdown under bench/results/onnx-<time>.*.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .machine import OtherLoad, machine_info
+from .machine import OtherLoad, machine_info, save_report
 from .workloads import checkpoint, gen_ours, gen_theirs, load_ours, load_theirs, pixels, prompt, same_ids
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -158,9 +157,7 @@ def main(argv=None) -> int:
     report.update(run(a))
     report["other_load"] = load.fraction()
     md = markdown(report)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    (a.out / f"onnx-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (a.out / f"onnx-{stamp}.md").write_text(md)
+    save_report(a.out, "onnx", report, md)
     print(md)
     return 0
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .machine import machine_info
+from .machine import machine_info, save_report
 from .workloads import MODES, checkpoint, load_mode, load_ours, pixels, prompt
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -300,9 +299,7 @@ def main(argv=None) -> int:
             report["kernels"] = kernels()
         report["seconds"][part] = time.perf_counter() - t0
     md = markdown(report)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    (a.out / f"quantize-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (a.out / f"quantize-{stamp}.md").write_text(md)
+    save_report(a.out, "quantize", report, md)
     print(md)
     return 0
 

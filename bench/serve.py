@@ -29,13 +29,12 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .machine import OtherLoad
+from .machine import OtherLoad, save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -248,9 +247,7 @@ def main(argv=None) -> int:
             server.stop()
     md = markdown(run)
     print(md)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"serve-{stamp}.json").write_text(json.dumps(run, indent=1))
-    (RESULTS / f"serve-{stamp}.md").write_text(md + "\n")
+    save_report(RESULTS, "serve", run, md)
     return 0
 
 
