@@ -150,3 +150,9 @@ def save_report(out: Path, name: str, report: dict, md: str) -> Path:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(md.rstrip() + "\n")
     return stem.with_suffix(".md")
+
+
+def report_head(args) -> dict:
+    """What every bench report starts with: when, on what machine, with which arguments (paths as text)."""
+    return {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}

@@ -20,12 +20,11 @@ import argparse
 import statistics
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from .machine import OtherLoad, machine_info, save_report
+from .machine import OtherLoad, report_head, save_report
 from .workloads import checkpoint, gen_ours, gen_theirs, load_ours, load_theirs, pixels, prompt, same_ids
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -150,9 +149,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
-    report = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
-              "onnxruntime": onnxruntime.__version__,
-              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
+    report = {**report_head(a), "onnxruntime": onnxruntime.__version__}
     load = OtherLoad()
     report.update(run(a))
     report["other_load"] = load.fraction()

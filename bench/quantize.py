@@ -33,13 +33,12 @@ import statistics
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .machine import machine_info, save_report
+from .machine import report_head, save_report
 from .workloads import MODES, checkpoint, load_mode, load_ours, pixels, prompt
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -283,8 +282,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
-    report = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
-              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "seconds": {}}
+    report = {**report_head(a), "seconds": {}}
     for part in a.parts:
         t0 = time.perf_counter()
         log(f"{part} ...")
