@@ -73,6 +73,20 @@ def test_int8_generates_with_the_cache_and_beams(ckpt, beams):
     assert (uncached == ids).double().mean() >= 0.8
 
 
+def test_compiled_int8_decoding_gives_the_eager_int8_ids(ckpt):
+    """generate(compile=True) reaches fbgemm through the registered op git_scratch::int8_linear (torch.compile
+    cannot trace fbgemm's packed weights): the same products, so the same ids and scores."""
+    int8 = load(ckpt, device="cpu", quantize="int8")
+    px = images(int8, 3)
+    with torch.no_grad():
+        eager, compiled = (int8.generate(px, max_new_tokens=NEW, num_beams=2, compile=c, return_scores=True)
+                           for c in (False, True))
+    assert torch.equal(compiled.sequences, eager.sequences)
+    # the int8 products are fbgemm's either way; only the float ops around them (LayerNorm, softmax, fused by
+    # the compiler) sum in another order: float32 rounding, ~1e-6 a term
+    torch.testing.assert_close(compiled.scores, eager.scores, rtol=0, atol=1e-4)
+
+
 def test_int8_samples_and_runs_the_original_beam_search(ckpt):
     int8 = load(ckpt, device="cpu", quantize="int8")
     px = images(int8, 2)
