@@ -249,7 +249,7 @@ def test_eval_refuses_a_question_too_long_for_the_text_positions_before_any_comp
     annotations.write_text(json.dumps(row) + "\n")
     rc, out, err = main(capsys, "eval", annotations, "-c", CKPT, "--max-new-tokens", 20, "--no-progress")
     assert rc == 2 and out == ""
-    assert one_error(err).startswith(f"error: {annotations}: the longest prompt is 62 tokens ([CLS] + question); "
+    assert one_error(err).startswith(f"error: {annotations}: the longest prompt is 62 tokens long (with [CLS]); "
                                      "with max_new_tokens 20 it needs 81 text positions, the model has 64")
 
 

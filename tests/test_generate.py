@@ -418,9 +418,11 @@ def _errors():
     """(case, request, the message it must raise)."""
     return [
         ("prompt + max_new_tokens", dict(ids=(1, 60), max_new_tokens=10),
-         r"a prompt of 60 tokens \+ max_new_tokens=10 needs text position 68; the model has 64"),
+         r"the longest prompt is 60 tokens long \(with \[CLS\]\); with max_new_tokens 10 it needs 69 text positions, "
+         r"the model has 64"),
         ("prompt alone too long", dict(ids=(1, 70), max_new_tokens=1),
-         r"a prompt of 70 tokens \+ max_new_tokens=1 needs text position 69; the model has 64"),
+         r"the longest prompt is 70 tokens long \(with \[CLS\]\); with max_new_tokens 1 it needs 70 text positions, "
+         r"the model has 64"),
         ("num_return_sequences > num_beams", dict(num_beams=2, num_return_sequences=3),
          r"num_return_sequences \(3\) > num_beams \(2\): beam search returns at most num_beams sequences"),
         ("greedy, several sequences", dict(num_return_sequences=2), r"num_return_sequences \(2\) > num_beams \(1\)"),

@@ -75,6 +75,8 @@ class Runner:
 
     def question_error(self, question: str | None) -> str | None:
         """Why a question cannot be asked of this model (too long a prompt), or None; before any compute."""
+        from ..generation.options import room_error
+
         if question is None:
             return None
         n, m, limit = len(self.prompt(question)[0]), self.opts.max_new_tokens, self.model.config.text.max_positions
@@ -82,10 +84,7 @@ class Runner:
             most = self.opts.max_length or limit
             return None if n < most else (f"the question is {n} tokens long (with [CLS]); --compat original "
                                           f"needs it shorter than max_length {most}")
-        if n + m - 1 <= limit:
-            return None
-        return (f"the question is {n} tokens long (with [CLS]); with --max-new-tokens {m} it needs {n + m - 1} text "
-                f"positions, the model has {limit} (max_position_embeddings)")
+        return room_error(n, m, limit, what="the question", option="--max-new-tokens")
 
     def run(self, work: list[tuple[Item, list]]) -> None:
         """Fill batches with inputs that load; report the others as they come, in input order.

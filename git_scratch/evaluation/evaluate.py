@@ -20,7 +20,7 @@ from . import metrics
 from ..data.batches import check_tokenizer, mean_losses
 from ..data.datasets import ShapesDataset, load_dataset
 from ..data.shapes import VAL_OFFSET
-from ..generation.options import GenerationOptions
+from ..generation.options import GenerationOptions, room_error
 from ..load import load
 from ..preprocessing.processor import Processor
 
@@ -117,11 +117,8 @@ def check_room(model, processor, todo: list[Group], max_new_tokens: int, source:
     """ValueError unless the longest prompt ([CLS] + question) and `max_new_tokens` fit the model's text
     positions: said before any compute, not by generate after the losses."""
     n = max(len(processor.tokenizer.encode(g.prompt)) if g.prompt else 1 for g in todo)
-    limit = model.config.text.max_positions
-    if n + max_new_tokens - 1 > limit:
-        raise ValueError(f"{source + ': ' if source else ''}the longest prompt is {n} tokens ([CLS] + question); "
-                         f"with max_new_tokens {max_new_tokens} it needs {n + max_new_tokens - 1} text positions, "
-                         f"the model has {limit} (max_position_embeddings)")
+    if why := room_error(n, max_new_tokens, model.config.text.max_positions):
+        raise ValueError(f"{source}: {why}" if source else why)
 
 
 def prepare(opts: EvalOptions):

@@ -101,6 +101,18 @@ class GenerationOptions:
         return self
 
 
+def room_error(prompt: int, max_new_tokens: int, limit: int, what: str = "the longest prompt",
+               option: str = "max_new_tokens") -> str | None:
+    """Why a prompt of `prompt` tokens ([CLS] included) and `max_new_tokens` new ones do not fit `limit` text
+    positions, or None. The last new token is never fed back, so they need prompt + max_new_tokens - 1.
+    The one wording of this check: generate, the command line, evaluation and the server all say it so."""
+    need = prompt + max_new_tokens - 1
+    if need <= limit:
+        return None
+    return (f"{what} is {prompt} tokens long (with [CLS]); with {option} {max_new_tokens} it needs {need} text "
+            f"positions, the model has {limit} (max_position_embeddings)")
+
+
 def check_request(model, pixel_values, image, shown_rows: int, lengths, o: GenerationOptions,
                   streaming: bool) -> int:
     """The errors that depend on the model and the inputs, before any compute. Returns the number of images."""
@@ -122,10 +134,8 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
     shortest, longest = torch.stack([lengths.min(), lengths.max()]).tolist() if len(lengths) else (0, 0)
     if shortest == 0:
         raise ValueError("empty prompt: every prompt needs at least one token ([CLS] for a caption)")
-    limit = model.config.text.max_positions
-    if longest + o.max_new_tokens - 1 > limit:
-        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={o.max_new_tokens} needs text position "
-                         f"{longest + o.max_new_tokens - 2}; the model has {limit} (max_position_embeddings)")
+    if why := room_error(longest, o.max_new_tokens, model.config.text.max_positions):
+        raise ValueError(why)
     return n_images
 
 

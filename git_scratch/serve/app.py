@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException
 
 from ..evaluation.records import checkpoint_fingerprint, settings
 from ..explain import explain as explain_words
+from ..generation.options import room_error
 from .batcher import Batcher, Closed, Decoding, Job, QueueFull, Row, run_jobs
 
 PAGE = Path(__file__).parent / "page"
@@ -177,11 +178,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         if len(question) > MAX_QUESTION_CHARS:
             return f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS}"
         ids = processor.encode_text(question)[0][0].tolist()  # [CLS] + the question's tokens
-        n = len(ids)
-        if n + d.max_new_tokens - 1 > limit:
-            return (f"the question is {n} tokens long (with [CLS]); with max_new_tokens {d.max_new_tokens} it needs "
-                    f"{n + d.max_new_tokens - 1} text positions, the model has {limit} (max_position_embeddings)")
-        return ids
+        return room_error(len(ids), d.max_new_tokens, limit, what="the question") or ids
 
     async def run(job: Job):
         try:
