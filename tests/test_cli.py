@@ -162,10 +162,14 @@ def test_video_gives_transformers_ids_for_a_gif_and_a_frame_folder(video_ckpt, t
 
 # ---------------------------------------------------------------- one image encoding, however many prompts
 def test_questions_about_one_image_cost_one_encoding(ckpt, capsys, monkeypatch):
+    """One vision encoding per image, and one pass of the image through the decoder for all its questions
+    (generate with three prompts for each image); sampling asks question by question, each with its own draws."""
+    from git_scratch.generation.decoders import Cached
     from git_scratch.model import GIT
 
-    calls = []
-    encode = GIT.encode_image
+    calls, prefilled = [], []
+    encode, prefill = GIT.encode_image, Cached.prefill_image
+    monkeypatch.setattr(Cached, "prefill_image", lambda self: prefilled.append(len(self.image)) or prefill(self))
 
     def counting(self, pixels, *a, **k):
         calls.append(pixels.shape[0])
@@ -183,6 +187,12 @@ def test_questions_about_one_image_cost_one_encoding(ckpt, capsys, monkeypatch):
                         "-c", ckpt[1], *FAST)
     assert rc == 0, err
     assert calls == [2] and len(out.splitlines()) == 6
+    assert prefilled == [1, 2]  # the first run's one image, then both images: once each for three questions
+    prefilled.clear()
+    rc, out, err = main(capsys, "vqa", img, photo("chelsea.png"), "-q", "a?", "-q", "b?", "-c", ckpt[1], "--sample",
+                        "--seed", "3", *FAST)
+    assert rc == 0, err
+    assert len(out.splitlines()) == 4 and prefilled == [1, 1, 1, 1]  # seeded: one input, one question a call
 
 
 # ---------------------------------------------------------------- output modes

@@ -273,6 +273,34 @@ def test_one_image_many_prompts_and_one_prompt_many_images(ckpt):
     assert_same(r.ours.generate(px, one, max_new_tokens=10), ref)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(num_beams=3, num_return_sequences=2)], ids=["greedy", "beams"])
+def test_k_prompts_for_each_image_share_its_keys_values_and_equal_the_image_repeated(ckpt, kw):
+    """image (2, N, D) with 3 prompts each, image-major: one cache entry per image serves its 3 rows (the
+    decoder's image pass runs over 2 images, not 6), and the ids are those of each image repeated per prompt."""
+    r = ckpt("tiny", seed=3)
+    px = r.pixels(2, seed=12)
+    qs = [q.tolist() for q in prompts_of(r, [1, 4, 2, 3, 1, 5], seed=41)]  # mixed lengths: right-padded rows
+    img = r.ours.encode_image(px)
+    seen = []
+    hook = r.ours.blocks[0].register_forward_hook(lambda m, a, out: seen.append(a[0].shape[0]))
+    try:
+        shared = r.ours.generate(image=img, input_ids=qs, max_new_tokens=8, return_scores=True, **kw)
+    finally:
+        hook.remove()
+    assert seen[0] == 2  # the image prefill: one row per image, not per prompt
+    repeated = r.ours.generate(image=img.repeat_interleave(3, dim=0), input_ids=qs, max_new_tokens=8,
+                               return_scores=True, **kw)
+    assert_same(shared.sequences, repeated.sequences)
+    # the same sums over the same keys, grouped differently (shared keys as stacked queries): float32 rounding
+    torch.testing.assert_close(shared.scores, repeated.scores, rtol=0, atol=1e-5)
+    alone = [r.ours.generate(image=img[i // 3 : i // 3 + 1], input_ids=[q], max_new_tokens=8, **kw)
+             for i, q in enumerate(qs)]
+    n_out = kw.get("num_return_sequences", 1)
+    for i, a in enumerate(alone):  # each prompt alone with its image: the same new tokens
+        rows = shared.sequences[i * n_out : (i + 1) * n_out, 5:]
+        assert_same(rows[:, : a.shape[1] - len(qs[i])], a[:, len(qs[i]):])
+
+
 @pytest.mark.parametrize("kw", [dict(num_beams=3, num_return_sequences=2), dict(num_beams=2, length_penalty=2.0)])
 def test_video_beam_search_matches_transformers(ckpt, kw):
     r = ckpt("tiny-video")
@@ -427,6 +455,7 @@ def _errors():
          r"num_return_sequences \(3\) > num_beams \(2\): beam search returns at most num_beams sequences"),
         ("greedy, several sequences", dict(num_return_sequences=2), r"num_return_sequences \(2\) > num_beams \(1\)"),
         ("batch mismatch", dict(ids=(2, 3), images=3), "batch mismatch: 3 images for 2 prompts"),
+        ("prompts not a multiple of the images", dict(ids=(5, 3), images=2), "batch mismatch: 2 images for 5 prompts"),
         ("more frames than temporal embeddings", dict(name="tiny-video", frames=4),
          "got 4 video frames; this checkpoint has temporal embeddings for 3"),
         ("video for an image model", dict(frames=3),

@@ -131,8 +131,11 @@ def test_a_result_never_depends_on_its_batch(server, images, capsys):
         same_record(rec, want, p)
 
 
-def test_a_mixed_batch_equals_each_job_alone_and_encodes_each_image_once(images):
-    """In-process: run_jobs over captions, questions and two decodings at once, against each job alone."""
+def test_a_mixed_batch_equals_each_job_alone_and_encodes_each_image_once(images, monkeypatch):
+    """In-process: run_jobs over captions, questions and two decodings at once, against each job alone.
+    Each image goes through the vision encoder once, and through the decoder once per decoding it is asked
+    with: an image's questions share its keys/values."""
+    from git_scratch.generation.decoders import Cached
     from git_scratch.load import load
     from git_scratch.preprocessing.processor import Processor
     from git_scratch.serve.batcher import Decoding, Job, Row, run_jobs
@@ -148,17 +151,42 @@ def test_a_mixed_batch_equals_each_job_alone_and_encodes_each_image_once(images)
                 Job(px[4:6], [Row(k, [tok.cls_id], None) for k in range(2)], Decoding(12, 3)),
                 Job(px[6:7], [Row(0, question[1], QUESTIONS[1])], Decoding(12, 3))]
 
-    encoded = []
+    encoded, prefilled = [], []
     real = model.encode_image
     model.encode_image = lambda pixels: encoded.append(len(pixels)) or real(pixels)
+    real_prefill = Cached.prefill_image
+    monkeypatch.setattr(Cached, "prefill_image", lambda self: prefilled.append(len(self.image)) or real_prefill(self))
     together = run_jobs(model, tok, jobs(), max_batch=16)
-    assert encoded == [7]  # one call, each of the 7 images once, for 9 rows over two decodings
+    assert encoded == [7]  # one call, each of the 7 images once, for 9 + len(QUESTIONS) rows over two decodings
+    # through the decoder: the 3 captions' images, the questions' one image (once for all its questions), then
+    # under Decoding(12, 3) the 3 images of its 2 captions and 1 question
+    assert sorted(prefilled) == [1, 3, 3] and len(QUESTIONS) > 1
     alone = [run_jobs(model, tok, [job], max_batch=1)[0] for job in jobs()]
     assert sum(encoded) == 14
     for one, many in zip(alone, together, strict=True):
         for a, b in zip(one, many, strict=True):
             assert (a["question"], a["ids"], a["text"]) == (b["question"], b["ids"], b["text"])
             assert abs(a["score"] - b["score"]) <= SCORE_TOL * max(1, abs(a["score"]))
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 3, 4, 8])
+def test_calls_cover_every_row_once_image_major_with_as_many_rows_per_image(max_batch):
+    """batcher.calls, on images with 1 to 5 rows: what generate needs of a call (k rows for each of its images,
+    image after image), at most max_batch rows, every row in exactly one call."""
+    from git_scratch.serve.batcher import calls
+
+    counts = [1, 3, 1, 2, 5, 1, 2, 3]  # rows of image i, their arrival interleaved below
+    rows = [(0, n, i, None) for n, i in enumerate(i for r in range(5) for i, c in enumerate(counts) if r < c)]
+    out = calls(rows, max_batch)
+    assert sorted(r for part in out for r in part) == sorted(rows)
+    for part in out:
+        assert 1 <= len(part) <= max_batch
+        images = [i for _, _, i, _ in part]
+        firsts = list(dict.fromkeys(images))
+        k = len(part) // len(firsts)
+        assert images == [i for i in firsts for _ in range(k)]  # image-major, k rows each
+        for i in firsts:  # an image is split over calls only when it has more rows than max_batch
+            assert k == counts[i] or counts[i] > max_batch
 
 
 # ---------------------------------------------------------------- hostile uploads and bad requests

@@ -50,14 +50,18 @@ class Runner:
             return torch.tensor([[self.processor.tokenizer.cls_id]], device=self.model.device)
         return torch.from_numpy(self.processor.encode_text(question)[0]).to(self.model.device)  # compat: cut
 
-    def generate(self, image, question: str | None, stream: Item | None = None) -> list[dict]:
-        """Records for each row of `image` (R, N, D), all given the same prompt."""
+    def generate(self, image, questions: list[str | None], stream: Item | None = None) -> list[dict]:
+        """Records for each row of `image` (B, N, D) and each of `questions`, image-major (image 0's, then image
+        1's, ...): one generate call, so each image goes through the decoder once for all its questions."""
         import torch
 
         from ..generation.generate import generate
 
         a, tok = self.opts, self.processor.tokenizer
-        prompt = self.prompt(question)  # (1, T): generate uses it for every row
+        prompts = [self.prompt(q) for q in questions]  # (1, T) each
+        # one question: its (1, T) prompt serves every row; several: each image's own, image-major
+        ids = prompts[0] if len(prompts) == 1 else [p[0].tolist() for _ in range(len(image)) for p in prompts]
+        question = questions[0]  # streaming and seeded sampling ask one question a call (run_batch)
         printer = Streamer(tok, stream.input, question) if stream else None
         # --seed: draws of their own for this prompt, the same whatever ran before (one row: see run)
         generator = None if a.seed is None else torch.Generator(self.model.device).manual_seed(a.seed)
@@ -67,8 +71,8 @@ class Runner:
             search = dict(max_new_tokens=a.max_new_tokens, num_beams=a.num_beams, do_sample=a.sample,
                           temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=generator,
                           on_token=printer.add if printer else None, compile=a.compile)
-        out = generate(self.model, image=image, input_ids=prompt, return_scores=True, **search)
-        recs = results(tok, out, [prompt.shape[1]] * len(image), [question] * len(image))
+        out = generate(self.model, image=image, input_ids=ids, return_scores=True, **search)
+        recs = results(tok, out, [p.shape[1] for p in prompts] * len(image), questions * len(image))
         if printer:
             printer.end(recs[0]["text"])
         return recs
@@ -115,20 +119,39 @@ class Runner:
                 batch = []
 
     def run_batch(self, batch) -> None:
-        """Encode the batch's images once, then generate each question for the rows that ask it. A failure
-        (out of memory, say) retries each input alone; alone, each question fails with its own reason."""
+        """Encode the batch's images once, then generate: the images that ask the same questions in one call
+        (each image through the decoder once for all of them), else each question for the rows that ask it.
+        A failure (out of memory, say) retries each input alone; alone, each question fails with its own reason.
+        Streaming and seeded sampling go question by question: a stream prints one answer at a time, and a
+        seeded question draws from a generator of its own."""
         import torch
 
         done, failed = {}, {}  # (row, question) -> record; question -> the exception it raised
+        one_by_one = self.opts.stream or self.opts.sample
         try:
             with torch.inference_mode():
                 pixels = torch.stack([px for _, px, _ in batch]).to(self.model.device, self.model.dtype)
                 image = self.model.encode_image(pixels)  # (B, N, D): the one encoding every prompt reuses
+                asking: dict[tuple, list[int]] = {}  # the questions, in order -> the rows that ask just those
+                for i, (_, _, qs) in enumerate(batch):
+                    asking.setdefault(tuple(qs), []).append(i)
+                for qs, rows in asking.items():
+                    if one_by_one or len(qs) == 1:
+                        continue
+                    try:
+                        recs = iter(self.generate(image[rows], list(qs)))
+                        done |= {(i, q): next(recs) for i in rows for q in qs}
+                    except BrokenPipeError:
+                        raise
+                    except Exception:  # noqa: BLE001 -- asked question by question below, each failing alone
+                        pass
                 for q in dict.fromkeys(q for _, _, qs in batch for q in qs):
-                    rows = [i for i, (_, _, qs) in enumerate(batch) if q in qs]
+                    rows = [i for i, (_, _, qs) in enumerate(batch) if q in qs and (i, q) not in done]
+                    if not rows:
+                        continue
                     stream = batch[rows[0]][0] if self.opts.stream else None
                     try:
-                        for i, rec in zip(rows, self.generate(image[rows], q, stream)):
+                        for i, rec in zip(rows, self.generate(image[rows], [q], stream)):
                             done[i, q] = rec
                     except BrokenPipeError:  # --stream into a closed stdout: the run ends (cli.main)
                         raise

@@ -30,7 +30,8 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
 
     pixel_values (Bi, 3, H, W) or video (Bi, F, 3, H, W), or `image` = model.encode_image(pixel_values).
     input_ids: None ([CLS] per image), a tensor (P, T) with an optional attention_mask (any padding side),
-    or a list of id lists; one prompt per image, one for every image, or one image for every prompt.
+    or a list of id lists; one prompt for every image, or k prompts for each image, image-major (image 0's k,
+    then image 1's, ...): an image's keys/values are computed once and serve its k prompts (k = 1: one each).
     `options`: GenerationOptions' fields (max_new_tokens, num_beams, use_cache, ...), checked first;
     compat="original": the original GIT's beam search and its options (beam_original.original_generate).
     Returns (P * num_return_sequences, T + n) ids, the prompt as given then the new tokens, finished rows
@@ -38,6 +39,7 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
 
         ids = model.generate(pixels, max_new_tokens=20, num_beams=3)
         img = model.encode_image(pixels); a = model.generate(image=img, input_ids=question_ids)
+        two_each = model.generate(pixels[:2], input_ids=[q0_img0, q1_img0, q0_img1, q1_img1])
     """
     if options.get("compat") == "original":  # the original GIT's beam search (beam_original.py)
         return original_generate(model, pixel_values, input_ids, attention_mask, image=image,

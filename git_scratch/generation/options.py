@@ -128,9 +128,9 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
         n_images = image.shape[0]
     if streaming and o.num_beams > 1:
         raise ValueError("on_token streams greedy or sampled tokens; beam search knows its tokens only at the end")
-    if shown_rows not in (n_images, 1) and n_images != 1:
-        raise ValueError(f"batch mismatch: {n_images} images for {shown_rows} prompts "
-                         "(give one prompt per image, one prompt for all images, or one image for all prompts)")
+    if shown_rows != 1 and shown_rows % n_images:
+        raise ValueError(f"batch mismatch: {n_images} images for {shown_rows} prompts (give one prompt for all "
+                         "images, or the same number of prompts for each image: image 0's, then image 1's, ...)")
     shortest, longest = torch.stack([lengths.min(), lengths.max()]).tolist() if len(lengths) else (0, 0)
     if shortest == 0:
         raise ValueError("empty prompt: every prompt needs at least one token ([CLS] for a caption)")
@@ -141,7 +141,7 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
 
 def request(model, pixel_values, image, input_ids, attention_mask, o: GenerationOptions, streaming: bool):
     """A generate call's inputs, checked (check_request) -> (right-padded prompts (P, T), lengths (P,), the
-    prompt part of the output (P, T')), one prompt per image: a single prompt is repeated for every image."""
+    prompt part of the output (P, T')), P a multiple of the images: a single prompt is repeated for every image."""
     n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
     ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, model.config.text.bos_id, o.pad, o.eos,
                                   model.device)

@@ -7,7 +7,8 @@ A row is one (image, prompt) pair: one caption, or one question about an image. 
 job, then whatever else arrives within `max_wait` seconds, up to `max_batch` rows (a job that does not fit waits for
 the next batch; a job larger than `max_batch` runs alone, in slices). `run_jobs` encodes every image of the batch
 once (GIT's trick: one image's keys/values serve every question and beam about it), then generates the rows grouped
-by their decoding options, so rows with different options never share a `generate` call.
+by their decoding options, so rows with different options never share a `generate` call; an image's questions go
+into one call, which runs the image through the decoder once for all of them (`calls`).
 
 A row's result never depends on its batch: `generate` gives each row of a mixed-length batch the ids it gives the
 row alone (tests/test_generate.py), and no option is shared between rows that differ in it. Only the float32
@@ -159,10 +160,31 @@ def run_jobs(model, tokenizer, jobs: list[Job], max_batch: int) -> list[list[dic
                 groups.setdefault((job.decoding, feats[i].shape), []).append((k, r, i, row))
         out = [[None] * len(job.rows) for job in jobs]
         for (decoding, _), rows in groups.items():
-            for start in range(0, len(rows), max_batch):
-                part = rows[start : start + max_batch]
+            for part in calls(rows, max_batch):
                 for (k, r, _, _), rec in zip(part, generate_rows(model, tokenizer, feats, part, decoding)):
                     out[k][r] = rec
+    return out
+
+
+def calls(rows: list, max_batch: int) -> list[list]:
+    """A group's rows [(job, row, image, Row)] cut into generate calls of at most max_batch rows, image-major,
+    every image of a call with as many rows as the others: generate then runs each image through the decoder
+    once for all its rows (its questions share its keys/values). An image with more rows than max_batch is
+    sliced, one image a call."""
+    by_image: dict[int, list] = {}
+    for row in rows:
+        by_image.setdefault(row[2], []).append(row)
+    by_count: dict[int, list[list]] = {}  # rows per image -> the images' rows, in arrival order
+    for image_rows in by_image.values():
+        by_count.setdefault(len(image_rows), []).append(image_rows)
+    out = []
+    for count, images in by_count.items():
+        if count > max_batch:
+            out += [image_rows[s : s + max_batch] for image_rows in images for s in range(0, count, max_batch)]
+            continue
+        per_call = max_batch // count
+        out += [[row for image_rows in images[s : s + per_call] for row in image_rows]
+                for s in range(0, len(images), per_call)]
     return out
 
 
@@ -182,10 +204,11 @@ def encode(model, images: list[torch.Tensor], max_batch: int) -> list[torch.Tens
 
 
 def generate_rows(model, tokenizer, feats, rows, decoding: Decoding) -> list[dict]:
-    """One generate call over `rows` [(job, row, image, Row)]; if it fails, each row alone, so that a row that
-    cannot run fails by itself with its reason."""
+    """One generate call over `rows` [(job, row, image, Row)], image-major with as many rows for each image
+    (calls); if it fails, each row alone, so that a row that cannot run fails by itself with its reason."""
+    images = list(dict.fromkeys(i for _, _, i, _ in rows))  # each image once, in the rows' order
     try:
-        out = generate(model, image=torch.stack([feats[i] for _, _, i, _ in rows]),  # (R, N, D)
+        out = generate(model, image=torch.stack([feats[i] for i in images]),  # (Bi, N, D), len(rows) / Bi rows each
                        input_ids=[row.prompt for *_, row in rows], return_scores=True,
                        max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams)
         return results(tokenizer, out, [len(row.prompt) for *_, row in rows], [row.question for *_, row in rows])
