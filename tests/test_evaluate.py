@@ -77,3 +77,35 @@ def test_unreadable_images_are_left_out_of_the_scores(checkpoint, tmp_path, caps
     scores = json.loads(io.out.strip().splitlines()[-1])
     assert scores["n"] == 1 and scores["skipped"] == 1
     assert io.err.count("bad.png") == 1
+
+
+def test_questions_of_different_lengths_get_their_answers_alone_and_one_image_encoding(tmp_path, monkeypatch):
+    """The demo model, one picture asked four questions (5 to 8 tokens) in one batch, with its caption: each
+    answer is what the model answers to that question alone (no question words left in it), and the picture
+    is read and encoded once for all five."""
+    import torch
+
+    import git_scratch
+    from git_scratch.evaluation.evaluate import generate_all
+    from git_scratch.model import GIT
+
+    image, caption, qa = shapes.sample(5)
+    image.save(tmp_path / "a.png")
+    picked = [qa[0], qa[1], qa[7], qa[11]]  # "how many shapes are there?", ..., "is there a red cross?"
+    rows = [{"image": "a.png", "caption": caption}] + [{"image": "a.png", "question": q, "answer": a}
+                                                        for q, a in picked]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data, model, proc = load_dataset(tmp_path / "d.jsonl"), git_scratch.load(shapes.CHECKPOINT), shapes.processor()
+    todo = groups(data)
+    assert len({len(proc.tokenizer.encode(g.prompt)) for g in todo}) >= 3  # mixed lengths in one batch
+    encoded = []
+    real = GIT.encode_image
+    monkeypatch.setattr(GIT, "encode_image", lambda self, px: encoded.append(len(px)) or real(self, px))
+    texts = generate_all(model, data, proc, todo, batch_size=8, progress=False, max_new_tokens=5)
+    assert encoded == [1]
+    pixels = torch.from_numpy(proc.pixel_values([image]))
+    for g, text in zip(todo, texts):
+        prompt = proc.tokenizer.encode(g.prompt) if g.prompt else [proc.tokenizer.cls_id]
+        alone = model.generate(pixels, [prompt], max_new_tokens=5)[0, len(prompt):].tolist()
+        assert text == proc.tokenizer.decode(alone).strip(), g.prompt
+    assert texts[1:] == [a for _, a in picked]  # the demo model answers these right

@@ -64,20 +64,25 @@ def groups(data) -> list[Group]:
 @torch.no_grad()
 def generate_all(model, data, processor, todo: list[Group], batch_size: int, progress: bool = True,
                  **options) -> list[str | None]:
-    """One generated text per group (None where its image is unreadable), prompts excluded."""
+    """One generated text per group (None where its image is unreadable), prompts excluded. An image asked
+    several questions in a batch is read and encoded once (VQA sets ask ~5 questions an image)."""
     out: list[str | None] = []
     tok = processor.tokenizer
     for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="generate"):
         chunk = todo[start: start + batch_size]
-        items = [data[g.index] for g in chunk]
-        ok = [x for x in items if x is not None]
+        first = {g.image_id: g for g in reversed(chunk)}  # image id -> the first group asking about it
+        read = {i: data[g.index] for i, g in reversed(first.items())}  # (image, prompt, target) or None
+        ok = [g for g in chunk if read[g.image_id] is not None]
         texts = iter([])
         if ok:
-            pixels = torch.from_numpy(processor.pixel_values([im for im, _, _ in ok])).to(model.device)
-            prompts = [tok.encode(p) if p else [tok.cls_id] for _, p, _ in ok]
-            ids = model.generate(pixels, prompts, **options)
-            texts = iter(tok.decode(row[len(p):]).strip() for row, p in zip(ids.tolist(), prompts))
-        out.extend(next(texts) if x is not None else None for x in items)
+            place = {i: u for u, i in enumerate(dict.fromkeys(g.image_id for g in ok))}  # image id -> its row
+            pixels = torch.from_numpy(processor.pixel_values([read[i][0] for i in place])).to(model.device)
+            image = model.encode_image(pixels)  # (U, N, D): each image once
+            prompts = [tok.encode(g.prompt) if g.prompt else [tok.cls_id] for g in ok]
+            ids = model.generate(image=image[[place[g.image_id] for g in ok]], input_ids=prompts, **options)
+            width = max(map(len, prompts))  # the prompts come back left-padded to one width, then the new tokens
+            texts = iter(tok.decode(row[width:]).strip() for row in ids.tolist())
+        out.extend(next(texts) if read[g.image_id] is not None else None for g in chunk)
     return out
 
 
