@@ -8,7 +8,8 @@ Method: a random checkpoint of the preset shape (git_scratch's `init`, std 0.1 s
 GIT's real BERT vocabulary), built once under bench/results/serve-ckpt/. `--images` distinct random photos-to-be
 (smooth colour fields, 320 x 240 PNGs). The command line captions each once (`git-scratch caption --json`): the
 records every response must equal. Then, for each server mode (batching on: --max-batch B --max-wait-ms W; off:
---max-batch 1 --max-wait-ms 0), one `git-scratch serve` subprocess, and for each client count C in --clients:
+--max-batch 1 --max-wait-ms 0; both --image-cache 0, since every row sends the same images again and this measures
+batching, not the cache), one `git-scratch serve` subprocess, and for each client count C in --clients:
 `--requests` single-image POST /v1/caption requests from C threads (one httpx client each, requests handed out
 in turn), after C warm-up requests. Reported: images/s (requests / wall time), p50 and p95 latency per request,
 the mean images per batch the server ran (GET /health's batch count),
@@ -94,8 +95,9 @@ class Server:
     """`git-scratch serve --port 0 FLAGS` in a subprocess; .url once its model is loaded."""
 
     def __init__(self, ckpt: Path, flags: list[str]):
-        self.proc = subprocess.Popen([sys.executable, "-m", "git_scratch.cli", "serve", "-c", str(ckpt), "--port", "0",
-                                      *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        cmd = [sys.executable, "-m", "git_scratch.cli", "serve", "-c", str(ckpt), "--port", "0", "--image-cache", "0"]
+        self.proc = subprocess.Popen([*cmd, *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT)
         first = self.proc.stderr.readline()
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()  # drain
         if not first.startswith("serving "):

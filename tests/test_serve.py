@@ -189,6 +189,52 @@ def test_calls_cover_every_row_once_image_major_with_as_many_rows_per_image(max_
             assert k == counts[i] or counts[i] > max_batch
 
 
+def test_a_photo_seen_before_skips_the_vision_encoder_with_the_same_records(server, images):
+    """The page's way: a caption, then questions about the same upload. The second and third requests find the
+    image's encoding in the cache (GET /health counts it), and their records are those of a fresh encoding."""
+    photo = images[7]
+    r = post(server, "/v1/vqa", [upload(photo)], question=QUESTIONS[1])  # cached now, if no earlier test sent it
+    assert r.status_code == 200, r.text
+    first = r.json()["results"][0]
+    hits = httpx.get(server.url + "/health").json()["image_cache"]["hits"]
+    again = post(server, "/v1/vqa", [upload(photo, name="renamed.png")], question=QUESTIONS[1]).json()["results"][0]
+    post(server, "/v1/caption", [upload(photo)]).raise_for_status()
+    cache = httpx.get(server.url + "/health").json()["image_cache"]
+    assert cache["hits"] == hits + 2 and cache["size"] == 64 and cache["images"] >= 1
+    assert again["input"] == "renamed.png" and again["file"] == first["file"]  # the key is the bytes, not the name
+    assert (again["ids"], again["text"]) == (first["ids"], first["text"])
+    assert abs(again["score"] - first["score"]) <= SCORE_TOL * max(1, abs(first["score"]))
+
+
+def test_the_image_cache_encodes_each_new_image_once_and_forgets_the_oldest(images):
+    """batcher.encode with an ImageCache of 2: an upload repeated in one batch is encoded once; a cached one
+    not at all; the least recently used goes first; the features are those a fresh encoding gives."""
+    import torch
+
+    from git_scratch.load import load
+    from git_scratch.preprocessing.processor import Processor
+    from git_scratch.serve.batcher import ImageCache, encode
+
+    model, proc = load(DEMO), Processor.from_pretrained(DEMO)
+    px = [proc(images=[p]).pixel_values[0] for p in images[:3]]
+    encoded = []
+    real = model.encode_image
+    model.encode_image = lambda pixels: encoded.append(len(pixels)) or real(pixels)
+    cache = ImageCache(2)
+    with torch.inference_mode():
+        a = encode(model, [px[0], px[1], px[0]], ["a", "b", "a"], 8, cache)
+        assert encoded == [2] and a[2] is a[0]  # "a" twice in one batch: encoded once
+        b = encode(model, [px[1], px[2]], ["b", "c"], 8, cache)  # "b" cached; "c" pushes out "a", the oldest
+        assert encoded == [2, 1] and list(cache.store) == ["b", "c"]
+        c = encode(model, [px[0]], ["a"], 8, cache)
+        assert encoded == [2, 1, 1]  # forgotten, so encoded again
+        fresh = real(torch.stack(px))
+    # a batch of 2 against one of 3: the same products summed in another blocking, float32 rounding
+    for got, want in ((a[0], fresh[0]), (b[0], fresh[1]), (b[1], fresh[2]), (c[0], fresh[0])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (cache.hits, cache.misses) == (1, 5)
+
+
 # ---------------------------------------------------------------- hostile uploads and bad requests
 def png_claiming(width: int, height: int) -> bytes:
     """A small PNG whose header claims width x height (a decompression bomb's first bytes)."""

@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException
 from ..evaluation.records import checkpoint_fingerprint, settings
 from ..explain import explain as explain_words
 from ..generation.options import room_error
-from .batcher import Batcher, Closed, Decoding, Job, QueueFull, Row, run_jobs
+from .batcher import Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, run_jobs
 
 PAGE = Path(__file__).parent / "page"
 MAX_BEAMS = 16  # a request's beams are rows of the batch: bounded so that one request cannot take the memory
@@ -62,6 +62,7 @@ class ServeOptions:
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for others
     queue: int = 64  # requests waiting; more get 503
     max_upload_mb: float = 20.0  # request body limit, MiB
+    image_cache: int = 64  # images whose encodings are kept (batcher.ImageCache); 0: none
 
 
 class ClientError(HTTPException):
@@ -109,7 +110,8 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     tok = processor.tokenizer
     fingerprint = checkpoint_fingerprint(opts.checkpoint)
     limit = model.config.text.max_positions
-    batcher = Batcher(lambda jobs: run_jobs(model, tok, jobs, opts.max_batch), opts.max_batch,
+    cache = ImageCache(opts.image_cache) if opts.image_cache else None
+    batcher = Batcher(lambda jobs: run_jobs(model, tok, jobs, opts.max_batch, cache), opts.max_batch,
                       opts.max_wait_ms / 1000, opts.queue)
     reading = anyio.CapacityLimiter(2)  # images decoded at once: each may take up to the pixel budget
 
@@ -122,7 +124,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     app = FastAPI(title="git-scratch serve", lifespan=lifespan,
                   description="GIT captions and answers, batched across concurrent requests. Records are those "
                               "`git-scratch caption --json` and `vqa --json` print.")
-    app.state.batcher = batcher  # GET /health reads it; tests hold its worker
+    app.state.batcher, app.state.image_cache = batcher, cache  # GET /health reads them; tests hold the worker
     app.add_middleware(UploadLimit, limit=int(opts.max_upload_mb * 2**20))
     app.mount("/page", StaticFiles(directory=PAGE), name="page")
 
@@ -199,7 +201,9 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     async def health():
         return {"status": "ok", "checkpoint": opts.checkpoint, "fingerprint": fingerprint,
                 "queued": batcher.queue.qsize(), "running": batcher.running, "batches": batcher.batches,
-                "max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms}
+                "max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms,
+                "image_cache": None if cache is None else {"size": cache.size, "images": len(cache.store),
+                                                           "hits": cache.hits, "misses": cache.misses}}
 
     @app.post("/v1/caption")
     async def caption(image: list[UploadFile] = File(..., description="one or more image files"),
@@ -213,7 +217,8 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         good = [x for x in loaded if torch.is_tensor(x[2])]
         if not good:
             raise ClientError(422, "; ".join(f"{name}: {why}" for name, _, why in loaded))
-        job = Job([px for *_, px in good], [Row(k, [tok.cls_id], None) for k in range(len(good))], d)
+        job = Job([px for *_, px in good], [Row(k, [tok.cls_id], None) for k in range(len(good))], d,
+                  keys=[key for _, key, _ in good])
         done = iter(await run(job))
         return {"results": [record(name, key, next(done) if torch.is_tensor(px) else {"error": px}, s)
                             for name, key, px in loaded]}
@@ -234,7 +239,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         rows = [Row(0, p, q) for p, q in zip(prompts, question) if isinstance(p, list)]
         if not rows:
             raise ClientError(422, "; ".join(dict.fromkeys(prompts)))
-        done = iter(await run(Job([px], rows, d)))
+        done = iter(await run(Job([px], rows, d, keys=[key])))
         return {"results": [record(name, key, next(done) if isinstance(p, list) else {"question": q, "error": p}, s)
                             for p, q in zip(prompts, question)]}
 

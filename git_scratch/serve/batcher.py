@@ -21,6 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -55,6 +56,7 @@ class Job:
     images: list = field(default_factory=list)  # (3, H, W) float32 pixels each
     rows: list[Row] = field(default_factory=list)
     decoding: Decoding = Decoding()
+    keys: list[str] = field(default_factory=list)  # each image's "sha256:" of its bytes (for the ImageCache), or []
     alone: Callable[[], object] | None = None
     future: Future = field(default_factory=Future)
 
@@ -145,14 +147,39 @@ class Batcher:
             self.running, self.batches = 0, self.batches + 1
 
 
+class ImageCache:
+    """The vision encoder's output (N, D) for the last `size` images seen, by the sha256 of their bytes: the page
+    asks for a caption, then questions about the same photo, each an upload of the same bytes. Used by the worker
+    thread alone. An image's features come from the batch it was first encoded in, as they would without the
+    cache for that request: a later request may differ from a fresh encoding in the last bits of a score."""
+
+    def __init__(self, size: int):
+        self.size, self.store, self.hits, self.misses = size, OrderedDict(), 0, 0
+
+    def get(self, key: str) -> torch.Tensor | None:
+        f = self.store.get(key)
+        if f is not None:
+            self.store.move_to_end(key)
+        self.hits, self.misses = self.hits + (f is not None), self.misses + (f is None)
+        return f
+
+    def put(self, key: str, feats: torch.Tensor) -> None:
+        self.store[key] = feats
+        self.store.move_to_end(key)
+        while len(self.store) > self.size:
+            self.store.popitem(last=False)
+
+
 # ---------------------------------------------------------------- one batch through the model
-def run_jobs(model, tokenizer, jobs: list[Job], max_batch: int) -> list[list[dict]]:
-    """Each job's results, row by row: every image of the batch encoded once, then the rows generated in groups
-    of one Decoding (and one image size), at most max_batch rows per generate call, in arrival order."""
+def run_jobs(model, tokenizer, jobs: list[Job], max_batch: int, cache: ImageCache | None = None) -> list[list[dict]]:
+    """Each job's results, row by row: every image of the batch encoded once (not at all when `cache` has it),
+    then the rows generated in groups of one Decoding (and one image size), at most max_batch rows per generate
+    call, in arrival order."""
     images = [px for job in jobs for px in job.images]
+    keys = [key for job in jobs for key in (job.keys or [None] * len(job.images))]
     first = [sum(len(j.images) for j in jobs[:k]) for k in range(len(jobs))]  # each job's first image
     with torch.inference_mode():
-        feats = encode(model, images, max_batch)  # one (N, D) per image
+        feats = encode(model, images, keys, max_batch, cache)  # one (N, D) per image
         groups: dict[tuple, list] = {}
         for k, job in enumerate(jobs):
             for r, row in enumerate(job.rows):
@@ -188,19 +215,27 @@ def calls(rows: list, max_batch: int) -> list[list]:
     return out
 
 
-def encode(model, images: list[torch.Tensor], max_batch: int) -> list[torch.Tensor]:
-    """model.encode_image over `images`, max_batch at a time, same-sized images together: one (N, D) each."""
+def encode(model, images: list[torch.Tensor], keys: list[str | None], max_batch: int,
+           cache: ImageCache | None = None) -> list[torch.Tensor]:
+    """model.encode_image over `images`, max_batch at a time, same-sized images together: one (N, D) each.
+    An image whose key (`keys`, None: no key) is in `cache` or earlier in `images` is not encoded again."""
     feats: list = [None] * len(images)
+    same: dict[str, int] = {}  # key -> the first image with it, which is encoded
     by_shape: dict[tuple, list[int]] = {}
-    for i, px in enumerate(images):
-        by_shape.setdefault(tuple(px.shape), []).append(i)
+    for i, (px, key) in enumerate(zip(images, keys)):
+        if key is not None and cache is not None and (f := cache.get(key)) is not None:
+            feats[i] = f
+        elif key is None or same.setdefault(key, i) == i:
+            by_shape.setdefault(tuple(px.shape), []).append(i)
     for idx in by_shape.values():
         for start in range(0, len(idx), max_batch):
             part = idx[start : start + max_batch]
             pixels = torch.stack([images[i] for i in part]).to(model.device, model.dtype)  # (B, 3, H, W)
             for i, f in zip(part, model.encode_image(pixels)):  # (B, N, D)
                 feats[i] = f
-    return feats
+                if keys[i] is not None and cache is not None:
+                    cache.put(keys[i], f.clone())  # its own memory, not a view holding the whole batch
+    return [feats[same[key]] if feats[i] is None else feats[i] for i, key in enumerate(keys)]
 
 
 def generate_rows(model, tokenizer, feats, rows, decoding: Decoding) -> list[dict]:
