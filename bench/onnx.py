@@ -4,7 +4,8 @@
     python -m bench.onnx --shape words --repeats 2    # a quick look that it runs (tiny, real vocabulary)
 
 The checkpoint is the bench's random-init one of `--shape` (workloads.checkpoint, init std 0.1), exported by
-export/onnx.py into <out>/checkpoints/<shape>/onnx (kept; exported again when the checkpoint is newer). Each
+export/onnx.py into <out>/checkpoints/<shape>/onnx (kept; exported again when the checkpoint or the export code
+is newer). Each
 workload runs on the three sides in turn, alternating the order, after a warm-up; the table gives the median
 (min-max) seconds, each side's ratio to transformers, and whether onnxruntime's and transformers' ids equal
 git_scratch's. Generation forces its length (min_new_tokens = max_new_tokens) as bench/run.py does, and the
@@ -46,12 +47,15 @@ def workloads(cfg) -> dict:
 
 
 def exported(our_dir: Path, out: Path) -> tuple[float | None, float | None]:
-    """Export `our_dir` into `out` unless an export newer than its weights is there: (seconds, max |logit
-    difference| from torch), None where the export was kept."""
+    """Export `our_dir` into `out` unless an export newer than its weights and the exporting code is there:
+    (seconds, max |logit difference| from torch), None where the export was kept. (An older export still runs,
+    but without what later graphs.py changes made faster.)"""
+    from git_scratch.export import graphs, onnx
     from git_scratch.export.onnx import compare, export_checkpoint
     from git_scratch.export.runtime import is_export
 
-    if is_export(out) and out.stat().st_mtime >= (our_dir / "model.safetensors").stat().st_mtime:
+    sources = (our_dir / "model.safetensors", Path(graphs.__file__), Path(onnx.__file__))
+    if is_export(out) and out.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
         return None, None
     import shutil
 

@@ -78,6 +78,14 @@ def test_export_writes_checked_graphs_and_a_checkpoint_folder(words):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".onnx.")]  # the work folder was renamed
 
 
+def test_the_decoder_step_writes_new_keys_without_rewriting_the_whole_cache(words):
+    """Each layer's new text keys/values go into that layer's cache alone (ScatterND). Written into the one
+    text_kv tensor, each write was a ScatterElements over the whole cache, and the step 5x slower (graphs.py)."""
+    _, _, out, _ = words
+    ops = [node.op_type for node in onnx.load(str(out / "decoder_step.onnx"), load_external_data=False).graph.node]
+    assert "ScatterElements" not in ops and "ScatterND" in ops
+
+
 @pytest.mark.parametrize("options", [dict(max_new_tokens=8), dict(max_new_tokens=8, num_beams=3),
                                      dict(max_new_tokens=8, num_beams=3, num_return_sequences=2),
                                      dict(compat="original", num_beams=2, max_length=12)],

@@ -6,6 +6,8 @@
 sampling, transformers' beam search and the original's beam search run over it unchanged. The caches live
 here as numpy arrays and go into the decoder step graph as inputs; the step hands the text cache back with the
 new tokens' keys/values written. Shapes: the legend in model.py (graphs.py for the graphs' inputs).
+(On the CPU that costs next to nothing: onnxruntime reads numpy inputs in place, and binding two preallocated
+text caches with IOBinding instead saved 0.1-0.2 ms of an 11-15 ms git-base step, within the noise.)
 
     model = OnnxGIT("git-base-coco-onnx")
     ids = model.generate(pixels, max_new_tokens=20, num_beams=4)
