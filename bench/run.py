@@ -360,8 +360,9 @@ def parse(argv=None):
                    "(load(quantize='int8')), bfloat16 (load(dtype='bfloat16')); their ids are reported as rows "
                    "identical to float32 git_scratch's (bench/modes.py; agreement at scale: python -m bench.quantize)")
     p.add_argument("--linear", default="auto", choices=["auto", "onednn", "mkl"],
-                   help="git_scratch's CPU linear route for 4-512-row inference (fast.Linear): auto = oneDNN "
-                   "on CPUs with AMX or AVX-512, where it was measured faster; onednn / mkl force one, to measure both")
+                   help="git_scratch's CPU linear route for inference (fast.Linear): auto = oneDNN for the rows "
+                   "fast.ONEDNN_ROWS gives this CPU (AVX-512: 4-512, AVX2: 1-64), where it was measured faster; "
+                   "onednn (1-512 rows) / mkl (none) force one, to measure both")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached random-init checkpoints")
     p.add_argument("--out", type=Path, default=RESULTS, help="results and checkpoint cache (default bench/results)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
@@ -395,8 +396,9 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     if args.linear != "auto":
-        git_scratch.fast.ONEDNN = args.linear == "onednn"
-    args.linear_route = "onednn" if git_scratch.fast.ONEDNN else "mkl"
+        git_scratch.fast.ONEDNN_ROWS = (1, 512) if args.linear == "onednn" else None
+    rows = git_scratch.fast.ONEDNN_ROWS
+    args.linear_route = f"onednn for {rows[0]}-{rows[1]} rows" if rows else "mkl"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {

@@ -10,14 +10,19 @@ from torch import nn
 
 from .layers import MLP, quick_gelu
 
-# The oneDNN route for Linear, on where measured faster (Xeon with AMX, EPYC Zen 4 with AVX-512): bench/RESULTS.md.
-# Module-level so that `python -m bench --linear mkl|onednn` can compare the two routes.
-ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-          and torch.backends.cpu.get_cpu_capability() == "AVX512")  # AMX CPUs report AVX512 too
+# The inference rows (first, last) Linear sends to oneDNN instead of MKL, by the CPU's vector width as torch reports
+# it, where measured faster (bench/RESULTS.md); None: MKL for every row count. Module-level so that
+# `python -m bench --linear mkl|onednn` can compare the two routes.
+ONEDNN_ROWS = {
+    "AVX512": (4, 512),  # EPYC Zen 4 (AMX Xeons report AVX512 too): beams 0.66x, the vision encoder 0.82x the time
+    "AVX2": (1, 64),  # EPYC Zen 3: decode steps of 1 / 4 / 16 / 64 rows 0.81 / 0.61 / 0.77 / 0.91x the time; at
+                      # 100 rows even, at the vision encoder's 197 rows 1.08x: MKL from 65 rows on
+}.get(torch.backends.cpu.get_cpu_capability()) if (torch.backends.mkldnn.is_available()
+                                                   and hasattr(torch.ops.mkldnn, "_linear_pointwise")) else None
 
 
 class Linear(nn.Linear):
-    """nn.Linear; on CPU (where ONEDNN), inference on 4 to 512 rows goes to oneDNN instead of MKL.
+    """nn.Linear; on CPU, inference on ONEDNN_ROWS rows goes to oneDNN instead of MKL.
 
     Why: a few-row decode step is bound by reading the weights, which oneDNN does faster than MKL there.
     The same sums in another order, never under autograd, float32 error at MKL's level.
@@ -25,9 +30,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (not under torch.compile, which cannot trace this op and picks its own kernels)
-        if ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() \
+        if ONEDNN_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() \
                 and not torch.compiler.is_compiling():
-            if 4 <= x.numel() // x.shape[-1] <= 512:
+            if ONEDNN_ROWS[0] <= x.numel() // x.shape[-1] <= ONEDNN_ROWS[1]:
                 return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
         return super().forward(x)
 

@@ -1,5 +1,5 @@
 """fast.py, the speed tricks `load` applies: each computes what the model files compute (fast.Linear: the oneDNN
-route for 4-512 inference rows; quick_gelu in place), and applying them changes no parameter."""
+route for the inference rows ONEDNN_ROWS names; quick_gelu in place), and applying them changes no parameter."""
 
 import pytest
 import torch
@@ -9,8 +9,10 @@ from git_scratch import GIT, GitConfig, constants, fast, init_weights, layers
 from git_scratch.fast import Linear
 
 
+@pytest.mark.parametrize("route", [None, (1, 512)], ids=["mkl", "onednn"])  # whatever this CPU's own route is
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 17, 64, 197, 512, 513])
-def test_linear_equals_f_linear_for_every_row_count(rows):
+def test_linear_equals_f_linear_for_every_row_count(rows, route, monkeypatch):
+    monkeypatch.setattr(fast, "ONEDNN_ROWS", route)
     torch.manual_seed(0)
     lin = Linear(96, 160)
     x = torch.randn(rows, 96)
