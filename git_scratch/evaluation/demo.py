@@ -23,6 +23,7 @@ from ..data import shapes
 from ..data.batches import check_tokenizer
 from ..load import load
 from ..preprocessing.processor import Processor
+from .evaluate import generated_texts
 
 CAPTION_TOKENS = 24  # the longest caption is 16 words, each one token, then [SEP]
 ANSWER_TOKENS = 6  # answers are one or two words
@@ -71,10 +72,10 @@ def predictions(model, processor, seeds, batch_size: int = 64):
         samples = [shapes.sample(s) for s in chunk]
         pixels = torch.from_numpy(processor.pixel_values([im for im, _, _ in samples])).to(model.device)
         image = model.encode_image(pixels)  # (B, N, D): once per image, for the caption and every question
-        captions = _texts(model, tok, image, [[tok.cls_id]] * len(chunk), CAPTION_TOKENS)
+        captions = generated_texts(model, tok, image, [[tok.cls_id]] * len(chunk), max_new_tokens=CAPTION_TOKENS)
         rows = [(i, q, a) for i, (_, _, qa) in enumerate(samples) for q, a in qa]
-        answers = _texts(model, tok, image[[i for i, _, _ in rows]], [tok.encode(q) for _, q, _ in rows],
-                         ANSWER_TOKENS)
+        answers = generated_texts(model, tok, image[[i for i, _, _ in rows]], [tok.encode(q) for _, q, _ in rows],
+                                  max_new_tokens=ANSWER_TOKENS)
         answers_of = {}
         for (i, q, a), text in zip(rows, answers):
             answers_of.setdefault(i, []).append((q, a, text))
@@ -83,12 +84,6 @@ def predictions(model, processor, seeds, batch_size: int = 64):
             records.append(_record(seed, None, captions[i], truth, n))
             records += [_record(seed, q, text, a, n) for q, a, text in answers_of.get(i, [])]
         yield records
-
-
-def _texts(model, tok, image, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    ids = model.generate(image=image, input_ids=prompts, max_new_tokens=max_new_tokens).tolist()
-    width = max(len(p) for p in prompts)  # the prompts come back left-padded to one width
-    return [tok.decode(row[width:]).strip() for row in ids]
 
 
 def _record(seed: int, question: str | None, text: str, truth: str, n_shapes: int) -> dict:

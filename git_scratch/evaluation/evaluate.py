@@ -79,11 +79,17 @@ def generate_all(model, data, processor, todo: list[Group], batch_size: int, pro
             pixels = torch.from_numpy(processor.pixel_values([read[i][0] for i in place])).to(model.device)
             image = model.encode_image(pixels)  # (U, N, D): each image once
             prompts = [tok.encode(g.prompt) if g.prompt else [tok.cls_id] for g in ok]
-            ids = model.generate(image=image[[place[g.image_id] for g in ok]], input_ids=prompts, **options)
-            width = max(map(len, prompts))  # the prompts come back left-padded to one width, then the new tokens
-            texts = iter(tok.decode(row[width:]).strip() for row in ids.tolist())
+            texts = iter(generated_texts(model, tok, image[[place[g.image_id] for g in ok]], prompts, **options))
         out.extend(next(texts) if read[g.image_id] is not None else None for g in chunk)
     return out
+
+
+def generated_texts(model, tok, image, prompts: list[list[int]], **options) -> list[str]:
+    """The new text of each prompt (a list of ids, [CLS] first) about its row of `image` (R, N, D) from
+    model.encode_image, `options` as generate takes them; stripped, the prompt left out."""
+    ids = model.generate(image=image, input_ids=prompts, **options).tolist()
+    width = max(map(len, prompts))  # the prompts come back left-padded to one width, then the new tokens
+    return [tok.decode(row[width:]).strip() for row in ids]
 
 
 def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True, **options) -> tuple[dict, dict]:
