@@ -14,7 +14,7 @@ from test_architecture import PROMPTS, pixels, tiny
 from git_scratch.generation.search import CHECK_EVERY
 
 
-@pytest.mark.parametrize("case", ["greedy", "sampling", "beam4", "prompts", "video", "pre-norm"])
+@pytest.mark.parametrize("case", ["greedy", "sampling", "beam4", "prompts", "prompts-per-image", "video", "pre-norm"])
 def test_compiled_decoding_gives_the_eager_ids(case):
     model = tiny("pre" if case == "pre-norm" else "post", video=case == "video")
     px = pixels(model, 3)
@@ -25,6 +25,8 @@ def test_compiled_decoding_gives_the_eager_ids(case):
         kw.update(num_beams=4, num_return_sequences=2)
     if case == "prompts":
         kw.update(input_ids=PROMPTS)
+    if case == "prompts-per-image":  # 3 images with 1, 3 and 2 prompts: each prompt's rows read a copy
+        kw.update(input_ids=[PROMPTS[0], *PROMPTS, PROMPTS[2], PROMPTS[1]], prompts_per_image=[1, 3, 2])
 
     def run(compile):
         g = torch.Generator().manual_seed(7) if case == "sampling" else None

@@ -301,6 +301,42 @@ def test_k_prompts_for_each_image_share_its_keys_values_and_equal_the_image_repe
         assert_same(rows[:, : a.shape[1] - len(qs[i])], a[:, len(qs[i]):])
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(num_beams=3, num_return_sequences=2), dict(use_cache=False),
+                                dict(compat="original", num_beams=2, max_length=12)],
+                         ids=["greedy", "beams", "uncached", "original"])
+def test_images_with_different_numbers_of_prompts_go_through_the_decoder_once_each(ckpt, kw):
+    """prompts_per_image [1, 3, 2]: the decoder's image pass runs over the 3 images, not the 6 prompts (cached),
+    and the ids are those of each prompt with its own copy of its image's features."""
+    r = ckpt("tiny", seed=3)
+    px = r.pixels(3, seed=13)
+    qs = [q.tolist() for q in prompts_of(r, [2, 1, 4, 3, 1, 5], seed=43)]
+    img = r.ours.encode_image(px)
+    kw = kw if "compat" in kw else {"max_new_tokens": 8, **kw}  # the original's search takes max_length
+    seen = []
+    hook = r.ours.blocks[0].register_forward_hook(lambda m, a, out: seen.append(a[0].shape[0]))
+    try:
+        shared = r.ours.generate(image=img, input_ids=qs, prompts_per_image=[1, 3, 2], return_scores=True, **kw)
+    finally:
+        hook.remove()
+    if kw.get("use_cache", True):
+        assert seen[0] == 3  # the image prefill: one row per image
+    each = r.ours.generate(image=img[[0, 1, 1, 1, 2, 2]], input_ids=qs, return_scores=True, **kw)
+    assert_same(shared.sequences, each.sequences)
+    # the same sums over copies of the same keys, in the same grouping: float32 rounding at most
+    torch.testing.assert_close(shared.scores, each.scores, rtol=0, atol=1e-5)
+
+
+def test_prompts_per_image_that_do_not_add_up_are_refused(ckpt):
+    r = ckpt("tiny", seed=3)
+    img = r.ours.encode_image(r.pixels(2, seed=13))
+    qs = [q.tolist() for q in prompts_of(r, [2, 1, 4], seed=43)]
+    for counts in ([1, 1], [3], [3, 0], [1, 1, 1]):
+        with pytest.raises(ValueError, match="prompts_per_image"):
+            r.ours.generate(image=img, input_ids=qs, prompts_per_image=counts, max_new_tokens=3)
+    with pytest.raises(ValueError, match="prompts_per_image"):  # the hint where the counts are not even
+        r.ours.generate(image=img, input_ids=qs, max_new_tokens=3)
+
+
 @pytest.mark.parametrize("kw", [dict(num_beams=3, num_return_sequences=2), dict(num_beams=2, length_penalty=2.0)])
 def test_video_beam_search_matches_transformers(ckpt, kw):
     r = ckpt("tiny-video")

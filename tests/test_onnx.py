@@ -106,6 +106,13 @@ def test_prompts_of_different_lengths_decode_alike(words):
     for beams in (1, 2):
         same_generation(generate(torch_model, px, prompts, max_new_tokens=6, num_beams=beams, return_scores=True),
                         generate(ort_model, px, prompts, max_new_tokens=6, num_beams=beams, return_scores=True))
+    # images with 1, 3 and 2 questions: each image through the prefill graph once, its questions read copies
+    many, counts = [prompts[0], *prompts, prompts[2], prompts[0]], [1, 3, 2]
+    for beams in (1, 2):
+        same_generation(generate(torch_model, px, many, prompts_per_image=counts, max_new_tokens=6, num_beams=beams,
+                                 return_scores=True),
+                        generate(ort_model, px, many, prompts_per_image=counts, max_new_tokens=6, num_beams=beams,
+                                 return_scores=True))
 
 
 def two_steps(model, make, pixels, ids):

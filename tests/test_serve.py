@@ -158,9 +158,9 @@ def test_a_mixed_batch_equals_each_job_alone_and_encodes_each_image_once(images,
     monkeypatch.setattr(Cached, "prefill_image", lambda self: prefilled.append(len(self.image)) or real_prefill(self))
     together = run_jobs(model, tok, jobs(), max_batch=16)
     assert encoded == [7]  # one call, each of the 7 images once, for 9 + len(QUESTIONS) rows over two decodings
-    # through the decoder: the 3 captions' images, the questions' one image (once for all its questions), then
-    # under Decoding(12, 3) the 3 images of its 2 captions and 1 question
-    assert sorted(prefilled) == [1, 3, 3] and len(QUESTIONS) > 1
+    # through the decoder, one call per Decoding: the 3 captions' images with the questions' one image (once for
+    # all its questions), then under Decoding(12, 3) the 3 images of its 2 captions and 1 question
+    assert sorted(prefilled) == [3, 4] and len(QUESTIONS) > 1
     alone = [run_jobs(model, tok, [job], max_batch=1)[0] for job in jobs()]
     assert sum(encoded) == 14
     for one, many in zip(alone, together, strict=True):
@@ -170,9 +170,10 @@ def test_a_mixed_batch_equals_each_job_alone_and_encodes_each_image_once(images,
 
 
 @pytest.mark.parametrize("max_batch", [1, 2, 3, 4, 8])
-def test_calls_cover_every_row_once_image_major_with_as_many_rows_per_image(max_batch):
-    """batcher.calls, on images with 1 to 5 rows: what generate needs of a call (k rows for each of its images,
-    image after image), at most max_batch rows, every row in exactly one call."""
+def test_calls_cover_every_row_once_image_major_each_image_whole(max_batch):
+    """batcher.calls, on images with 1 to 5 rows: what generate needs of a call (each image's rows together,
+    image after image, prompts_per_image counting them), at most max_batch rows, every row in exactly one call,
+    and no more calls than whole images packed in arrival order need."""
     from git_scratch.serve.batcher import calls
 
     counts = [1, 3, 1, 2, 5, 1, 2, 3]  # rows of image i, their arrival interleaved below
@@ -183,10 +184,18 @@ def test_calls_cover_every_row_once_image_major_with_as_many_rows_per_image(max_
         assert 1 <= len(part) <= max_batch
         images = [i for _, _, i, _ in part]
         firsts = list(dict.fromkeys(images))
-        k = len(part) // len(firsts)
-        assert images == [i for i in firsts for _ in range(k)]  # image-major, k rows each
+        assert images == [i for i in firsts for _ in range(images.count(i))]  # image-major
         for i in firsts:  # an image is split over calls only when it has more rows than max_batch
-            assert k == counts[i] or counts[i] > max_batch
+            assert images.count(i) == counts[i] or counts[i] > max_batch
+    packed, free = 0, 0  # whole images in arrival order, a new call when the next does not fit
+    for i in dict.fromkeys(i for _, _, i, _ in rows):
+        if counts[i] > max_batch:
+            packed += -(-counts[i] // max_batch)
+        elif counts[i] > free:
+            packed, free = packed + 1, max_batch - counts[i]
+        else:
+            free -= counts[i]
+    assert len(out) == packed
 
 
 def test_a_photo_seen_before_skips_the_vision_encoder_with_the_same_records(server, images):

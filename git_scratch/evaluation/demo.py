@@ -73,9 +73,10 @@ def predictions(model, processor, seeds, batch_size: int = 64):
         pixels = torch.from_numpy(processor.pixel_values([im for im, _, _ in samples])).to(model.device)
         image = model.encode_image(pixels)  # (B, N, D): once per image, for the caption and every question
         captions = generated_texts(model, tok, image, [[tok.cls_id]] * len(chunk), max_new_tokens=CAPTION_TOKENS)
-        rows = [(i, q, a) for i, (_, _, qa) in enumerate(samples) for q, a in qa]
-        answers = generated_texts(model, tok, image[[i for i, _, _ in rows]], [tok.encode(q) for _, q, _ in rows],
-                                  max_new_tokens=ANSWER_TOKENS)
+        rows = [(i, q, a) for i, (_, _, qa) in enumerate(samples) for q, a in qa]  # image-major
+        asked = Counter(i for i, _, _ in rows)  # image -> its number of questions, in the rows' order
+        answers = generated_texts(model, tok, image[list(asked)], [tok.encode(q) for _, q, _ in rows],
+                                  prompts_per_image=list(asked.values()), max_new_tokens=ANSWER_TOKENS)
         answers_of = {}
         for (i, q, a), text in zip(rows, answers):
             answers_of.setdefault(i, []).append((q, a, text))

@@ -78,15 +78,22 @@ def generate_all(model, data, processor, todo: list[Group], batch_size: int, pro
             place = {i: u for u, i in enumerate(dict.fromkeys(g.image_id for g in ok))}  # image id -> its row
             pixels = torch.from_numpy(processor.pixel_values([read[i][0] for i in place])).to(model.device)
             image = model.encode_image(pixels)  # (U, N, D): each image once
-            prompts = [tok.encode(g.prompt) if g.prompt else [tok.cls_id] for g in ok]
-            texts = iter(generated_texts(model, tok, image[[place[g.image_id] for g in ok]], prompts, **options))
+            order = sorted(range(len(ok)), key=lambda j: place[ok[j].image_id])  # image-major, as generate takes
+            counts = [0] * len(place)
+            for g in ok:
+                counts[place[g.image_id]] += 1
+            prompts = [tok.encode(ok[j].prompt) if ok[j].prompt else [tok.cls_id] for j in order]
+            text_of = dict(zip(order, generated_texts(model, tok, image, prompts, prompts_per_image=counts,
+                                                      **options)))
+            texts = iter([text_of[j] for j in range(len(ok))])
         out.extend(next(texts) if read[g.image_id] is not None else None for g in chunk)
     return out
 
 
 def generated_texts(model, tok, image, prompts: list[list[int]], **options) -> list[str]:
-    """The new text of each prompt (a list of ids, [CLS] first) about its row of `image` (R, N, D) from
-    model.encode_image, `options` as generate takes them; stripped, the prompt left out."""
+    """The new text of each prompt (a list of ids, [CLS] first) about `image` (Bi, N, D) from model.encode_image,
+    `options` as generate takes them (prompts_per_image: how many of the prompts, image-major, are each image's;
+    each image goes through the decoder once for all of them); stripped, the prompt left out."""
     ids = model.generate(image=image, input_ids=prompts, **options).tolist()
     width = max(map(len, prompts))  # the prompts come back left-padded to one width, then the new tokens
     return [tok.decode(row[width:]).strip() for row in ids]

@@ -53,19 +53,23 @@ class OnnxCached:
     """Decoding over the exported graphs, with decoders.Cached's interface. Rows are image-major (R = Bi * K,
     K rows per image), as generate orders them; the graphs take them as (Bi, K)."""
 
-    def __init__(self, model: OnnxGIT, image: torch.Tensor, n_rows: int, mask: torch.Tensor):
+    def __init__(self, model: OnnxGIT, image: torch.Tensor, n_rows: int, mask: torch.Tensor,
+                 image_of: torch.Tensor | None = None):
         """Buffers for `n_rows` rows decoding from `image` (Bi, N, D) under `mask` (N + S, N + S), which
-        must be the exported one (the graph computes it from N and S)."""
-        Bi, N = image.shape[:2]
+        must be the exported one (the graph computes it from N and S). `image_of` (P,): as decoders.Cached
+        takes it, the image of each prompt when images have different numbers of prompts."""
+        N = image.shape[1]
+        Bi = image.shape[0] if image_of is None else len(image_of)  # groups of rows: the graphs' first axis
         if n_rows % Bi:
-            raise ValueError(f"{n_rows} rows cannot be split evenly over {Bi} images")
+            raise ValueError(f"{n_rows} rows cannot be split evenly over {Bi} groups (images, or prompts)")
         if not torch.equal(mask.cpu(), git_mask(N, mask.shape[0] - N)):
             raise ValueError("an ONNX export decodes under the mask it was exported with (mask.git_mask)")
         t = model.config.text
         self.model, self.image, self.rows = model, image, (Bi, n_rows // Bi)
+        self.image_of = None if image_of is None else image_of.cpu().numpy()
         S, Dh = mask.shape[0] - N, t.dim // t.n_heads
         self.text_kv = np.zeros((t.n_layers, 2, *self.rows, t.n_heads, S, Dh), dtype=np.float32)
-        self.image_kv = None  # (n_layers, 2, Bi, H, N, Dh), from prefill
+        self.image_kv = None  # (n_layers, 2, G, H, N, Dh), from prefill: G groups of rows, self.rows[0]
 
     def step(self, ids: torch.Tensor, start: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """ids (R, n) into text slots start.. (start (R,)) -> logits (R, V) of each row's token `last` (R,)."""
@@ -79,6 +83,8 @@ class OnnxCached:
     def prefill(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The image's keys/values, then right-padded prompts ids (R, T) of `lengths` (R,) -> logits (R, V)."""
         (self.image_kv,) = self.model.run("image_prefill.onnx", image=self.image.cpu().numpy())
+        if self.image_of is not None:  # each prompt's group reads a copy of its image's keys/values
+            self.image_kv = np.ascontiguousarray(self.image_kv[:, :, self.image_of])
         return self.step(ids, torch.zeros_like(lengths), lengths - 1)
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

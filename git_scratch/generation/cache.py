@@ -4,7 +4,9 @@ It is exact because of the mask (`why_inexact` checks it first): image tokens ne
 their keys/values at every layer depend on the image alone, computed once and shared by every row decoded
 from it (prompts, beams, samples); text is causal, so a text token's keys/values never change once written.
 
-    img   (n_layers, 2, Bi, H, N, Dh)   one entry per *image*; rows are image-major (repeat_interleave order)
+    img   (n_layers, 2, G, H, N, Dh)    one entry per *group* of rows: an image's rows, image-major (repeat_interleave
+                                        order); when images have different numbers of prompts, a prompt's rows
+                                        (image_of (G,): the image of each group, its entry a copy of that image's)
     txt   (n_layers, 2, R,  H, S, Dh)   S preallocated text slots, one entry per *row*
     mask  (N + S, N + S)                the model's mask (GIT.mask); a token in text slot s reads row N + s
 
@@ -41,22 +43,24 @@ class CacheMisuse(RuntimeError):
 
 @dataclass
 class KVCache:
-    img: torch.Tensor  # (n_layers, 2, Bi, H, N, Dh)
+    img: torch.Tensor  # (n_layers, 2, G, H, N, Dh)
     txt: torch.Tensor  # (n_layers, 2, R, H, S, Dh)
     mask: torch.Tensor  # (N + S, N + S) bool, the model's mask (GIT.mask)
+    image_of: torch.Tensor | None = None  # (G,) the image of each group; None: group g is image g
     spare: torch.Tensor | None = None  # beams only: reorder's target, swapped with txt
 
     @classmethod
-    def empty(cls, config: TextConfig, n_images: int, n_rows: int, mask: torch.Tensor, n_img_tokens: int,
-              dtype: torch.dtype, device) -> KVCache:
-        """Zeroed buffers for `n_rows` rows decoding from `n_images` images, under `mask` (N + S, N + S)."""
-        if n_rows % n_images:
-            raise ValueError(f"{n_rows} rows cannot be split evenly over {n_images} images")
+    def empty(cls, config: TextConfig, n_groups: int, n_rows: int, mask: torch.Tensor, n_img_tokens: int,
+              dtype: torch.dtype, device, image_of: torch.Tensor | None = None) -> KVCache:
+        """Zeroed buffers for `n_rows` rows in `n_groups` groups (an image's rows, or a prompt's when `image_of`
+        names each group's image), under `mask` (N + S, N + S)."""
+        if n_rows % n_groups:
+            raise ValueError(f"{n_rows} rows cannot be split evenly over {n_groups} groups (images, or prompts)")
         H, Dh, S = config.n_heads, config.dim // config.n_heads, mask.shape[0] - n_img_tokens
         # zeros, not empty: unwritten slots are masked out of the softmax, but 0 * NaN garbage would still be NaN
-        img = torch.zeros(config.n_layers, 2, n_images, H, n_img_tokens, Dh, dtype=dtype, device=device)
+        img = torch.zeros(config.n_layers, 2, n_groups, H, n_img_tokens, Dh, dtype=dtype, device=device)
         txt = torch.zeros(config.n_layers, 2, n_rows, H, S, Dh, dtype=dtype, device=device)
-        return cls(img, txt, mask)
+        return cls(img, txt, mask, image_of)
 
     def positions(self, start: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n tokens per row from text slot `start` (R, 1) on -> (slots (R, n), mask rows (R, 1, n, N + S)).
@@ -67,7 +71,7 @@ class KVCache:
 
     def image_layers(self, allowed) -> list[_ImageLayer]:
         """One `kv` per block while the image tokens run through the decoder alone, under `allowed`."""
-        return [_ImageLayer(self.img[i], allowed) for i in range(len(self.img))]
+        return [_ImageLayer(self.img[i], allowed, self.image_of) for i in range(len(self.img))]
 
     def text_layers(self, slots: torch.Tensor, allowed: torch.Tensor) -> list[_TextLayer]:
         """One `kv` per block for text tokens in `slots` (R, n) under mask rows `allowed` (from `positions`)."""
@@ -93,11 +97,14 @@ def _check(allowed, expected) -> None:
 
 
 class _ImageLayer:
-    def __init__(self, store: torch.Tensor, allowed):
-        self.store, self.allowed = store, allowed  # store: (2, Bi, H, N, Dh), a view
+    def __init__(self, store: torch.Tensor, allowed, image_of: torch.Tensor | None = None):
+        self.store, self.allowed, self.image_of = store, allowed, image_of  # store: (2, G, H, N, Dh), a view
 
     def keep(self, k, v) -> None:
-        """The image tokens' keys/values (Bi, H, N, Dh) at this layer, for every later text token to read."""
+        """The image tokens' keys/values (Bi, H, N, Dh) at this layer, for every later text token to read:
+        one copy per group (image_of), computed once per image."""
+        if self.image_of is not None:
+            k, v = k[self.image_of], v[self.image_of]  # (G, H, N, Dh)
         self.store[0].copy_(k)
         self.store[1].copy_(v)
 

@@ -46,8 +46,9 @@ class CompiledCached(Cached):
 class GraphCached(Cached):
     """Cached, with decode_step replayed from a CUDA graph captured over this object's own buffers."""
 
-    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor):
-        super().__init__(model, image, n_rows, mask)
+    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor,
+                 image_of: torch.Tensor | None = None):
+        super().__init__(model, image, n_rows, mask, image_of)
         self.tokens = torch.zeros(n_rows, dtype=torch.long, device=image.device)  # the graph's inputs
         self.pos = torch.zeros(n_rows, dtype=torch.long, device=image.device)
         # Warm up on a side stream (CUDA's rule for capture), then capture. Both write text slot 0, which every
@@ -73,18 +74,21 @@ class GraphCached(Cached):
         self.cache.reorder(rows, in_place=True)  # the graph reads the buffer it was captured with
 
 
-def compiled_decoder(model, image: torch.Tensor, n_rows: int, mask: torch.Tensor) -> Cached:
+def compiled_decoder(model, image: torch.Tensor, n_rows: int, mask: torch.Tensor,
+                     image_of: torch.Tensor | None = None) -> Cached:
     """A compiled `Cached` for these shapes: on CUDA a captured graph (reused when this shape was seen)."""
     if image.device.type != "cuda":
-        return CompiledCached(model, image, n_rows, mask)
-    key = (image.shape[0], n_rows, tuple(mask.shape), image.dtype, image.device)
+        return CompiledCached(model, image, n_rows, mask, image_of)
+    groups = image.shape[0] if image_of is None else len(image_of)  # the cache's image entries (cache.py)
+    key = (image.shape[0], groups, n_rows, tuple(mask.shape), image.dtype, image.device)
     graphs = GRAPHS.setdefault(model, OrderedDict())
     if key in graphs:
         graphs.move_to_end(key)
         dec = graphs[key]
-        dec.image = image  # the same shape; prefill writes its keys/values into the graph's buffers
+        # the same shapes; prefill writes this image's keys/values into the graph's buffers
+        dec.image, dec.cache.image_of = image, image_of
         return dec
-    dec = graphs[key] = GraphCached(model, image, n_rows, mask)
+    dec = graphs[key] = GraphCached(model, image, n_rows, mask, image_of)
     if len(graphs) > MAX_GRAPHS:
         graphs.popitem(last=False)
     return dec

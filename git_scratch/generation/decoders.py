@@ -23,11 +23,15 @@ from .cache import KVCache, why_inexact
 class Cached:
     """Decoding over the KV cache: the model's own pieces, new tokens only."""
 
-    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor):
-        """Buffers for `n_rows` rows decoding from `image` (Bi, N, D) under the model's `mask` (N + S, N + S)."""
+    def __init__(self, model, image: torch.Tensor, n_rows: int, mask: torch.Tensor,
+                 image_of: torch.Tensor | None = None):
+        """Buffers for `n_rows` rows decoding from `image` (Bi, N, D) under the model's `mask` (N + S, N + S).
+        `image_of` (P,): images with different numbers of prompts, the image of each prompt (image-major);
+        the image still goes through the decoder once, and each prompt's rows read a copy of its keys/values."""
         self.model, self.image = model, image
-        self.cache = KVCache.empty(model.config.text, image.shape[0], n_rows, mask, image.shape[1], image.dtype,
-                                   image.device)
+        groups = image.shape[0] if image_of is None else len(image_of)
+        self.cache = KVCache.empty(model.config.text, groups, n_rows, mask, image.shape[1], image.dtype,
+                                   image.device, image_of)
 
     def prefill_image(self) -> None:
         """The image tokens through the decoder alone, once per image: each layer's keys/values stay.
@@ -70,7 +74,8 @@ class Uncached:
     """The whole sequence through `model.forward` at every step: the reference rollout, and the fallback
     for a model whose mask the cache cannot serve. Rows hold text slots as the cache does."""
 
-    def __init__(self, model, image: torch.Tensor, n_rows: int, n_slots: int):
+    def __init__(self, model, image: torch.Tensor, n_rows: int, n_slots: int, image_of: torch.Tensor | None = None):
+        image = image if image_of is None else image[image_of]  # (G, N, D): one per group of rows
         self.model, self.image = model, image.repeat_interleave(n_rows // image.shape[0], dim=0)
         self.seq = torch.zeros(n_rows, n_slots, dtype=torch.long, device=image.device)
 
@@ -93,15 +98,17 @@ class Uncached:
         self.seq = self.seq[rows]
 
 
-def decoder(model, image: torch.Tensor, n_rows: int, n_slots: int, use_cache: bool = True, cached=None):
+def decoder(model, image: torch.Tensor, n_rows: int, n_slots: int, use_cache: bool = True, cached=None,
+            image_of: torch.Tensor | None = None):
     """For n_rows rows of n_slots text slots from image (Bi, N, D): a cached decoder if `use_cache` and the
     model's mask allows a cache (cache.why_inexact; if not, a warning says why), else `Uncached`.
-    `cached(model, image, n_rows, mask)` makes the cached one: `Cached`, compiled.compiled_decoder, or the
-    model's own `cached_decoder` where it has one (a model run elsewhere: export/runtime.py's onnxruntime one)."""
+    `cached(model, image, n_rows, mask, image_of)` makes the cached one: `Cached`, compiled.compiled_decoder, or
+    the model's own `cached_decoder` where it has one (a model run elsewhere: export/runtime.py's onnxruntime one).
+    `image_of` (P,): the image of each prompt, when images have different numbers of prompts (Cached)."""
     N = image.shape[1]
     mask = model.mask(N, n_slots, device=image.device)
     if use_cache and (why := why_inexact(mask, N)):
         warnings.warn(f"the model's mask does not allow a KV cache ({why}); decoding without one, slower")
     if use_cache and not why:
-        return (cached or getattr(model, "cached_decoder", Cached))(model, image, n_rows, mask)
-    return Uncached(model, image, n_rows, n_slots)
+        return (cached or getattr(model, "cached_decoder", Cached))(model, image, n_rows, mask, image_of)
+    return Uncached(model, image, n_rows, n_slots, image_of)

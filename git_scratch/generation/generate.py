@@ -23,7 +23,7 @@ from .search import search
 
 
 @torch.no_grad()
-def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
+def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None, prompts_per_image=None,
              generator: torch.Generator | None = None, return_scores: bool = False,
              on_token: Callable[[torch.Tensor], None] | None = None, **options):
     """Captions (no input_ids), answers or continuations (a prompt) as token ids, like transformers' generate.
@@ -32,6 +32,8 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     input_ids: None ([CLS] per image), a tensor (P, T) with an optional attention_mask (any padding side),
     or a list of id lists; one prompt for every image, or k prompts for each image, image-major (image 0's k,
     then image 1's, ...): an image's keys/values are computed once and serve its k prompts (k = 1: one each).
+    prompts_per_image: how many of the prompts (image-major) are each image's, where they differ (an image's
+    keys/values are still computed once; each prompt's rows read a copy).
     `options`: GenerationOptions' fields (max_new_tokens, num_beams, use_cache, ...), checked first;
     compat="original": the original GIT's beam search and its options (beam_original.original_generate).
     Returns (P * num_return_sequences, T + n) ids, the prompt as given then the new tokens, finished rows
@@ -40,12 +42,15 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
         ids = model.generate(pixels, max_new_tokens=20, num_beams=3)
         img = model.encode_image(pixels); a = model.generate(image=img, input_ids=question_ids)
         two_each = model.generate(pixels[:2], input_ids=[q0_img0, q1_img0, q0_img1, q1_img1])
+        two_one = model.generate(pixels[:2], input_ids=[q0_img0, q1_img0, q0_img1], prompts_per_image=[2, 1])
     """
     if options.get("compat") == "original":  # the original GIT's beam search (beam_original.py)
         return original_generate(model, pixel_values, input_ids, attention_mask, image=image,
-                                 return_scores=return_scores, on_token=on_token, generator=generator, **options)
+                                 prompts_per_image=prompts_per_image, return_scores=return_scores,
+                                 on_token=on_token, generator=generator, **options)
     o = GenerationOptions(**options).resolve(model.config.text)
-    ids, lengths, shown = request(model, pixel_values, image, input_ids, attention_mask, o, on_token is not None)
+    ids, lengths, shown, image_of = request(model, pixel_values, image, input_ids, attention_mask, o,
+                                            on_token is not None, prompts_per_image)
 
     if image is None:
         image = model.encode_image(pixel_values)  # the only vision encoder call: once per image
@@ -53,7 +58,7 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     ids, lengths = ids.repeat_interleave(K, dim=0), lengths.repeat_interleave(K)
     # text slots: the prompt, then every new token but the last, which is never fed back
     dec = decoder(model, image, len(ids), ids.shape[1] + o.max_new_tokens - 1, o.use_cache,
-                  compiled_decoder if o.compile else None)
+                  compiled_decoder if o.compile else None, image_of)
 
     if o.num_beams == 1:
         new, token_logprobs, n_new = search(dec, ids, lengths, o, generator, on_token)

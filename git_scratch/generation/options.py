@@ -114,7 +114,7 @@ def room_error(prompt: int, max_new_tokens: int, limit: int, what: str = "the lo
 
 
 def check_request(model, pixel_values, image, shown_rows: int, lengths, o: GenerationOptions,
-                  streaming: bool) -> int:
+                  streaming: bool, prompts_per_image=None) -> int:
     """The errors that depend on the model and the inputs, before any compute. Returns the number of images."""
     if (pixel_values is None) == (image is None):
         raise ValueError("give exactly one of pixel_values and image (from model.encode_image)")
@@ -128,9 +128,15 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
         n_images = image.shape[0]
     if streaming and o.num_beams > 1:
         raise ValueError("on_token streams greedy or sampled tokens; beam search knows its tokens only at the end")
-    if shown_rows != 1 and shown_rows % n_images:
+    if prompts_per_image is not None:
+        counts = list(prompts_per_image)
+        if len(counts) != n_images or sum(counts) != shown_rows or min(counts, default=0) < 1:
+            raise ValueError(f"prompts_per_image {counts}: need one count of at least 1 for each of the {n_images} "
+                             f"images, adding up to the {shown_rows} prompts")
+    elif shown_rows != 1 and shown_rows % n_images:
         raise ValueError(f"batch mismatch: {n_images} images for {shown_rows} prompts (give one prompt for all "
-                         "images, or the same number of prompts for each image: image 0's, then image 1's, ...)")
+                         "images, the same number of prompts for each image: image 0's, then image 1's, ..., "
+                         "or say how many each has: prompts_per_image)")
     shortest, longest = torch.stack([lengths.min(), lengths.max()]).tolist() if len(lengths) else (0, 0)
     if shortest == 0:
         raise ValueError("empty prompt: every prompt needs at least one token ([CLS] for a caption)")
@@ -139,16 +145,21 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
     return n_images
 
 
-def request(model, pixel_values, image, input_ids, attention_mask, o: GenerationOptions, streaming: bool):
+def request(model, pixel_values, image, input_ids, attention_mask, o: GenerationOptions, streaming: bool,
+            prompts_per_image=None):
     """A generate call's inputs, checked (check_request) -> (right-padded prompts (P, T), lengths (P,), the
-    prompt part of the output (P, T')), P a multiple of the images: a single prompt is repeated for every image."""
+    prompt part of the output (P, T'), image_of): P a multiple of the images (a single prompt is repeated for
+    every image), image_of None; or, with `prompts_per_image` that differ, image_of (P,) the image of each."""
     n_guess = pixel_values.shape[0] if pixel_values is not None else image.shape[0] if image is not None else 1
     ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, model.config.text.bos_id, o.pad, o.eos,
                                   model.device)
-    n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming)
+    n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming, prompts_per_image)
+    if prompts_per_image is not None and len(set(prompts_per_image)) > 1:
+        counts = torch.as_tensor(list(prompts_per_image), device=model.device)
+        return ids, lengths, shown, torch.arange(n_images, device=model.device).repeat_interleave(counts)
     if len(shown) == 1 and n_images > 1:  # one prompt for every image
         ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)
-    return ids, lengths, shown
+    return ids, lengths, shown, None
 
 
 @dataclass

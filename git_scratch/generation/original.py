@@ -95,11 +95,12 @@ def original_step(b: OriginalBeams, logprobs: torch.Tensor, t: int, lengths: tor
 
 @torch.no_grad()
 def original_beam_search(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
-                         num_beams: int = 4, length_penalty: float = 0.6, max_length: int | None = None,
+                         prompts_per_image=None, num_beams: int = 4, length_penalty: float = 0.6, max_length: int | None = None,
                          eos_token_id: int | None = None, use_cache: bool = True) -> Generation:
     """The original GIT's beam search: for each prompt its single best hypothesis, as a `Generation`.
 
-    Inputs as `generate` takes them (pixels or `image`, prompts as a tensor or lists, [CLS] by default).
+    Inputs as `generate` takes them (pixels or `image`, prompts as a tensor or lists, [CLS] by default,
+    prompts_per_image).
     `max_length`: most tokens per sequence, [CLS], prompt and [SEP] counted (the original's max_steps);
     default the model's text positions, 1024 for every published checkpoint, as the original's.
     NB: the stopping bound divides by the penalty at max_length: a larger one searches longer, even for
@@ -114,7 +115,8 @@ def original_beam_search(model, pixel_values=None, input_ids=None, attention_mas
     text, device = model.config.text, model.device
     max_length = text.max_positions if max_length is None else max_length
     o = GenerationOptions(max_new_tokens=1, num_beams=num_beams, eos_token_id=eos_token_id).resolve(text)
-    ids, lengths, shown = request(model, pixel_values, image, input_ids, attention_mask, o, streaming=False)
+    ids, lengths, shown, image_of = request(model, pixel_values, image, input_ids, attention_mask, o,
+                                            streaming=False, prompts_per_image=prompts_per_image)
     if not int(lengths.max()) < max_length <= text.max_positions + 1:  # the last token is never fed back
         raise ValueError(f"max_length counts [CLS] and the prompt: it must exceed the longest prompt "
                          f"({int(lengths.max())} tokens) and be at most {text.max_positions + 1} (the model's "
@@ -125,7 +127,7 @@ def original_beam_search(model, pixel_values=None, input_ids=None, attention_mas
     P, K = len(ids), num_beams
     R, N, S = P * K, image.shape[1], max_length - 1  # text slots: every token but the last, never fed back
     rows_len = lengths.repeat_interleave(K)  # (R,)
-    dec = decoder(model, image, R, S, use_cache)
+    dec = decoder(model, image, R, S, use_cache, image_of=image_of)
     b = OriginalBeams.start(P, K, max_length - int(lengths.min()), o.eos, device)
     logits = dec.prefill(ids.repeat_interleave(K, dim=0), rows_len)  # (R, V)
     for t in range(b.tokens.shape[-1]):
@@ -144,7 +146,7 @@ ORIGINAL_OPTIONS = ("num_beams", "length_penalty", "max_length", "eos_token_id",
 
 
 def original_generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
-                      return_scores: bool = False, on_token=None, generator=None, compat: str = "original",
+                      prompts_per_image=None, return_scores: bool = False, on_token=None, generator=None, compat: str = "original",
                       num_beams: int = 4, length_penalty: float = 0.6, **options):
     """`generate(..., compat="original")`: `original_beam_search` with the original's defaults (4 beams,
     length penalty 0.6, max_length the model's text positions). Ids (P, T + n), or with `return_scores` the
@@ -159,6 +161,7 @@ def original_generate(model, pixel_values=None, input_ids=None, attention_mask=N
         hint = " (the original bounds [CLS] + prompt + answer: max_length)" if "max_new_tokens" in unknown else ""
         raise ValueError(f"compat='original' runs the original GIT's beam search, which takes "
                          f"{', '.join(ORIGINAL_OPTIONS)}; not {', '.join(unknown)}{hint}")
-    g = original_beam_search(model, pixel_values, input_ids, attention_mask, image=image, num_beams=num_beams,
+    g = original_beam_search(model, pixel_values, input_ids, attention_mask, image=image,
+                             prompts_per_image=prompts_per_image, num_beams=num_beams,
                              length_penalty=length_penalty, **options)
     return g if return_scores else g.sequences

@@ -21,7 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -195,24 +195,22 @@ def run_jobs(model, tokenizer, jobs: list[Job], max_batch: int, cache: ImageCach
 
 def calls(rows: list, max_batch: int) -> list[list]:
     """A group's rows [(job, row, image, Row)] cut into generate calls of at most max_batch rows, image-major,
-    every image of a call with as many rows as the others: generate then runs each image through the decoder
-    once for all its rows (its questions share its keys/values). An image with more rows than max_batch is
-    sliced, one image a call."""
+    each image's rows together: generate runs each image through the decoder once for all its rows (its
+    questions share its keys/values). Whole images fill a call in arrival order; an image with more rows than
+    max_batch is sliced, one image a call."""
     by_image: dict[int, list] = {}
     for row in rows:
         by_image.setdefault(row[2], []).append(row)
-    by_count: dict[int, list[list]] = {}  # rows per image -> the images' rows, in arrival order
+    out, call = [], []
     for image_rows in by_image.values():
-        by_count.setdefault(len(image_rows), []).append(image_rows)
-    out = []
-    for count, images in by_count.items():
-        if count > max_batch:
-            out += [image_rows[s : s + max_batch] for image_rows in images for s in range(0, count, max_batch)]
+        if len(image_rows) > max_batch:
+            out += [image_rows[s : s + max_batch] for s in range(0, len(image_rows), max_batch)]
             continue
-        per_call = max_batch // count
-        out += [[row for image_rows in images[s : s + per_call] for row in image_rows]
-                for s in range(0, len(images), per_call)]
-    return out
+        if len(call) + len(image_rows) > max_batch:
+            out.append(call)
+            call = []
+        call += image_rows
+    return out + [call] * bool(call)
 
 
 def encode(model, images: list[torch.Tensor], keys: list[str | None], max_batch: int,
@@ -239,13 +237,13 @@ def encode(model, images: list[torch.Tensor], keys: list[str | None], max_batch:
 
 
 def generate_rows(model, tokenizer, feats, rows, decoding: Decoding) -> list[dict]:
-    """One generate call over `rows` [(job, row, image, Row)], image-major with as many rows for each image
-    (calls); if it fails, each row alone, so that a row that cannot run fails by itself with its reason."""
-    images = list(dict.fromkeys(i for _, _, i, _ in rows))  # each image once, in the rows' order
+    """One generate call over `rows` [(job, row, image, Row)], image-major (calls); if it fails, each row alone,
+    so that a row that cannot run fails by itself with its reason."""
+    per_image = Counter(i for _, _, i, _ in rows)  # each image once, in the rows' order: its number of rows
     try:
-        out = generate(model, image=torch.stack([feats[i] for i in images]),  # (Bi, N, D), len(rows) / Bi rows each
-                       input_ids=[row.prompt for *_, row in rows], return_scores=True,
-                       max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams)
+        out = generate(model, image=torch.stack([feats[i] for i in per_image]),  # (Bi, N, D)
+                       input_ids=[row.prompt for *_, row in rows], prompts_per_image=list(per_image.values()),
+                       return_scores=True, max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams)
         return results(tokenizer, out, [len(row.prompt) for *_, row in rows], [row.question for *_, row in rows])
     except Exception as e:  # noqa: BLE001 -- out of memory, say: this call only
         if len(rows) > 1:
