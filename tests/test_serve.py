@@ -383,6 +383,25 @@ def test_explain_gives_each_greedy_word_a_map_over_the_patches_summing_to_1(serv
     assert [w["id"] for w in words] == answer["ids"][len(answer["ids"]) - len(words):]
 
 
+def test_explain_after_a_caption_takes_the_cached_encoding_and_gives_the_fresh_maps(server, images):
+    """The page's way: a caption and the explain maps of one upload. Explain finds the image's encoding in the
+    cache (GET /health counts it) and its words and maps are those explain gives from the pixels."""
+    from git_scratch.explain import explain
+    from git_scratch.load import load
+    from git_scratch.preprocessing.processor import Processor
+
+    photo = images[6]
+    post(server, "/v1/caption", [upload(photo)]).raise_for_status()  # encodes the photo, if no test sent it yet
+    hits = httpx.get(server.url + "/health").json()["image_cache"]["hits"]
+    words = post(server, "/v1/explain", [upload(photo)]).json()["words"]
+    assert httpx.get(server.url + "/health").json()["image_cache"]["hits"] == hits + 1
+    model, proc = load(DEMO), Processor.from_pretrained(DEMO)
+    fresh = explain(model, proc.tokenizer, proc(images=[photo]).pixel_values)
+    assert [w["id"] for w in words] == [w["id"] for w in fresh]
+    for got, want in zip(words, fresh):  # features from a batch of 1 either way: float32 rounding at most
+        assert max(abs(a - b) for ra, rb in zip(got["map"], want["map"]) for a, b in zip(ra, rb)) < 1e-6
+
+
 # ---------------------------------------------------------------- a full queue, and stopping
 def test_a_full_queue_answers_503_with_retry_after(images):
     """In this process, the real app on uvicorn with its worker held: one request runs, one waits (--queue 1),

@@ -50,10 +50,12 @@ def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def explain(model, tokenizer, pixel_values, prompt_ids=None, *, method="last", max_new_tokens=20) -> list[dict]:
+def explain(model, tokenizer, pixel_values, prompt_ids=None, *, method="last", max_new_tokens=20,
+            image=None) -> list[dict]:
     """Greedy words for one image (or video) and, for each new token, where in the image it looked.
 
-    pixel_values (1, 3, H, W) or (1, F, 3, H, W); prompt_ids (1, T) ([CLS] + question) or None for a caption.
+    pixel_values (1, 3, H, W) or (1, F, 3, H, W); prompt_ids (1, T) ([CLS] + question) or None for a caption;
+    `image`: model.encode_image(pixel_values) where the caller has it already (the server keeps recent ones).
     Returns one dict per new token ([SEP] included when generated): {"token": its word piece, "id": int,
     "map": the h x w patch grid as a list of rows of floats (a video: a list of such grids, one per frame),
     non-negative and summing to 1 over the whole image or video}. `method`: "last" or "rollout" (module doc).
@@ -63,7 +65,7 @@ def explain(model, tokenizer, pixel_values, prompt_ids=None, *, method="last", m
     if pixel_values.shape[0] != 1:
         raise ValueError(f"explain takes one image, got pixel_values of batch {pixel_values.shape[0]}")
     pixel_values = pixel_values.to(model.device, model.dtype)
-    image = model.encode_image(pixel_values)  # (1, N, D)
+    image = model.encode_image(pixel_values) if image is None else image  # (1, N, D)
     if prompt_ids is None:
         prompt_ids = torch.tensor([[model.config.text.bos_id]])
     prompt_ids = torch.as_tensor(prompt_ids, device=model.device).reshape(1, -1)

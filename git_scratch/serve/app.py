@@ -3,6 +3,7 @@
     POST /v1/caption   multipart: image (one or more), max_new_tokens, num_beams -> {"results": [record per image]}
     POST /v1/vqa       multipart: image (one), question (one or more), ...   -> {"results": [record per question]}
     POST /v1/explain   multipart: image, question (optional), max_new_tokens -> {"words": [{token, id, map}]}
+                       (the image's encoding from --image-cache when a caption or question about it has run)
     GET  /health       200 {"status": "ok", ...} (the port opens once the model is loaded)
     GET  /             the page (page/index.html); GET /docs the OpenAPI page
 
@@ -43,7 +44,7 @@ from starlette.exceptions import HTTPException
 from ..evaluation.records import checkpoint_fingerprint, settings
 from ..explain import explain as explain_words
 from ..generation.options import room_error
-from .batcher import Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, run_jobs
+from .batcher import Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, encode, run_jobs
 
 PAGE = Path(__file__).parent / "page"
 MAX_BEAMS = 16  # a request's beams are rows of the batch: bounded so that one request cannot take the memory
@@ -249,18 +250,19 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
         patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
         d = decoding(max_new_tokens, 1)
-        name, _, px = await load(image, 0)
+        name, key, px = await load(image, 0)
         if not torch.is_tensor(px):
             raise ClientError(422, f"{name}: {px}")
         ids = prompt(question, d)
         if not isinstance(ids, list):
             raise ClientError(422, ids)
 
-        def work():
+        def work():  # in the worker thread, which alone uses the image cache
             with torch.inference_mode():
-                pixels = px[None].to(model.device, model.dtype)  # (1, 3, H, W)
-                return explain_words(model, tok, pixels, None if question is None else torch.tensor([ids]),
-                                     method=method, max_new_tokens=d.max_new_tokens)
+                (feats,) = encode(model, [px], [key], 1, cache)  # (N, D): the page's caption has cached it
+                return explain_words(model, tok, px[None].to(model.device, model.dtype),  # (1, 3, H, W)
+                                     None if question is None else torch.tensor([ids]), method=method,
+                                     max_new_tokens=d.max_new_tokens, image=feats[None])
 
         return {"words": await run(Job(alone=work))}
 
