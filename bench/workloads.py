@@ -186,6 +186,37 @@ def _questions_ours_one_by_one(m, px, qs):
     return [gen_ours(m, ids=q, new=10, image=img) for q in qs]
 
 
+UNEVEN = (1, 3, 2)  # questions about each of three images: a VQA set asks each image its own number
+UNEVEN_LENGTHS = (8, 12, 10, 14, 9, 11)
+
+
+def _uneven(cfg):
+    return {"px": pixels(cfg, len(UNEVEN)), "qs": [prompt(cfg, 1, n, seed=20 + i)[0]
+                                                    for i, n in enumerate(UNEVEN_LENGTHS)]}
+
+
+def _uneven_ours(m, px, qs):
+    """Each image through the decoder once for its questions: prompts_per_image."""
+    return m.generate(px, input_ids=[q.tolist() for q in qs], prompts_per_image=list(UNEVEN), max_new_tokens=10,
+                      min_new_tokens=10)
+
+
+def _uneven_ours_copies(m, px, qs):
+    """Without prompts_per_image: each image encoded once, its features repeated per question, so the decoder's
+    image pass runs once per question (how eval and the demo called generate before it)."""
+    img = m.encode_image(px).repeat_interleave(torch.tensor(UNEVEN), dim=0)  # (6, N, D)
+    return m.generate(image=img, input_ids=[q.tolist() for q in qs], max_new_tokens=10, min_new_tokens=10)
+
+
+def _uneven_theirs(m, px, qs):
+    """transformers' batched form: each question with its image's pixels, left-padded prompts."""
+    T = max(len(q) for q in qs)
+    ids = torch.stack([torch.nn.functional.pad(q, (T - len(q), 0)) for q in qs])
+    mask = torch.stack([torch.arange(T) >= T - len(q) for q in qs]).long()
+    return m.generate(pixel_values=px.repeat_interleave(torch.tensor(UNEVEN), dim=0), input_ids=ids,
+                      attention_mask=mask, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+
+
 def caption(batch: int, beams: int = 1, new: int = 20, target=None, video=False, title=None):
     return Workload(
         title=title or f"caption, {'greedy' if beams == 1 else f'beam {beams}'}, {batch} image{'s' * (batch > 1)}",
@@ -233,6 +264,20 @@ WORKLOADS: dict[str, Workload] = {
         inputs=_questions,
         ours=_questions_ours_one_by_one,
         theirs=lambda m, px, qs: [gen_theirs(m, px, q, 10) for q in qs],
+    ),
+    "questions-uneven": Workload(
+        f"{sum(UNEVEN)} questions about {len(UNEVEN)} images ({', '.join(map(str, UNEVEN))} each), 10 new, "
+        "one batched call on both sides",
+        inputs=_uneven,
+        ours=_uneven_ours,
+        theirs=_uneven_theirs,
+        gen={"images": len(UNEVEN), "rows": sum(UNEVEN) // len(UNEVEN), "new": 10, "prompt": max(UNEVEN_LENGTHS)},
+    ),
+    "questions-uneven-copies": Workload(
+        f"the same {sum(UNEVEN)} questions, ours with each image's features repeated per question",
+        inputs=_uneven,
+        ours=_uneven_ours_copies,
+        theirs=_uneven_theirs,
     ),
     "train-8": Workload(
         "training step (forward + backward), batch 8, 20 text tokens",
