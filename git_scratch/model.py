@@ -9,7 +9,9 @@ Generation (generate.py) runs these same pieces, `embed_text`, `mask`, `run` and
 Shape legend, used in every model file:
     B batch, F video frames, N image tokens (all frames), N1 tokens of one frame, T text tokens, L = N + T,
     S key tokens (in the cache: text slots), D text width, Dv vision width, H heads, Dh = D / H, V vocabulary;
-    generating: Bi images, P prompts, K beams (or samples) per prompt, R = P * K rows, M = max_new_tokens.
+    generating: Bi images, P prompts, K beams (or samples) per prompt, R = P * K rows, M = max_new_tokens,
+    G groups of rows that read one copy of an image's keys/values (Bi; P where images have different numbers
+    of prompts).
 """
 
 from __future__ import annotations

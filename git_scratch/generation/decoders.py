@@ -104,7 +104,8 @@ def decoder(model, image: torch.Tensor, n_rows: int, n_slots: int, use_cache: bo
     model's mask allows a cache (cache.why_inexact; if not, a warning says why), else `Uncached`.
     `cached(model, image, n_rows, mask, image_of)` makes the cached one: `Cached`, compiled.compiled_decoder, or
     the model's own `cached_decoder` where it has one (a model run elsewhere: export/runtime.py's onnxruntime one).
-    `image_of` (P,): the image of each prompt, when images have different numbers of prompts (Cached)."""
+    `image_of` (P,): the image of each prompt, when images have different numbers of prompts (every decoder
+    takes it: the cached ones run each image through the decoder once, then give each prompt a copy)."""
     N = image.shape[1]
     mask = model.mask(N, n_slots, device=image.device)
     if use_cache and (why := why_inexact(mask, N)):
