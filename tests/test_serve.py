@@ -198,55 +198,6 @@ def test_calls_cover_every_row_once_image_major_each_image_whole(max_batch):
     assert len(out) == packed
 
 
-def gathered_with_a_reader(reader_seconds: float, submits: bool, max_wait: float = 0.5):
-    """Batcher.gather with one job queued and a second request whose upload is read for reader_seconds, then
-    submitted (or failing, if not `submits`). -> (the jobs gathered, the second job, seconds gather took)."""
-    from git_scratch.serve.batcher import Batcher, Job, Row
-
-    b = Batcher(run=lambda jobs: None, max_batch=8, max_wait=max_wait)
-    first, second = Job([None], [Row(0, [1], None)]), Job([None], [Row(0, [1], None)])
-    b.submit(first)
-    reading = threading.Event()
-
-    def reader():
-        with b.reading_upload():
-            reading.set()
-            time.sleep(reader_seconds)
-            if submits:
-                b.submit(second)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    assert reading.wait(10)
-    start = time.monotonic()
-    jobs = b.gather()
-    took = time.monotonic() - start
-    t.join()
-    return jobs, second, took
-
-
-def test_a_batch_waits_for_an_upload_still_being_read_when_its_wait_ends():
-    """A burst of clients: the second request's upload takes longer to read than max_wait (0.5 s); it is still
-    being read when the wait ends, so the batch waits for it (up to max_wait more) instead of leaving it to a
-    batch of its own."""
-    jobs, second, _ = gathered_with_a_reader(0.75, submits=True)
-    assert jobs[-1] is second and len(jobs) == 2
-
-
-def test_a_batch_stops_waiting_when_the_upload_being_read_fails():
-    """The reader fails at 0.6 s (a 422): the batch goes at once, not at the 1.0 s limit (polled every 5 ms:
-    0.3 s of margin for a slow machine)."""
-    jobs, _, took = gathered_with_a_reader(0.6, submits=False)
-    assert len(jobs) == 1 and took < 0.9
-
-
-def test_a_batch_waits_for_an_upload_being_read_at_most_max_wait_more():
-    """An upload read for 1.5 s with max_wait 0.2 s: the batch goes at 0.4 s without it (the request joins the
-    next batch); 1.1 s of margin before the reader submits."""
-    jobs, _, took = gathered_with_a_reader(1.5, submits=True, max_wait=0.2)
-    assert len(jobs) == 1 and took < 1.0
-
-
 def test_a_photo_seen_before_skips_the_vision_encoder_with_the_same_records(server, images):
     """The page's way: a caption, then questions about the same upload. The second and third requests find the
     image's encoding in the cache (GET /health counts it), and their records are those of a fresh encoding."""

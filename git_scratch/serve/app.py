@@ -183,17 +183,14 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         ids = processor.encode_text(question)[0][0].tolist()  # [CLS] + the question's tokens
         return room_error(len(ids), d.max_new_tokens, limit, what="the question") or ids
 
-    def submit(job: Job):
-        """Queue `job` (inside batcher.reading_upload, so that the queue has it before the batcher stops waiting)."""
+    async def run(job: Job):
         try:
-            return batcher.submit(job)
+            future = batcher.submit(job)
         except QueueFull:
             raise ClientError(503, f"the server is busy: {opts.queue} requests are waiting (--queue); retry "
                                    "shortly", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except Closed:
             raise ClientError(503, "the server is shutting down", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-
-    async def done(future):
         return await asyncio.wrap_future(future)  # set by the batcher's thread
 
     # ------------------------------------------------------------ endpoints
@@ -217,15 +214,14 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
             raise ClientError(422, f"{len(image)} images: at most {MAX_IMAGES} per request")
         d = decoding(max_new_tokens, num_beams)
         s = record_settings(d)
-        with batcher.reading_upload():
-            loaded = [await load(f, n) for n, f in enumerate(image)]
-            good = [x for x in loaded if torch.is_tensor(x[2])]
-            if not good:
-                raise ClientError(422, "; ".join(f"{name}: {why}" for name, _, why in loaded))
-            future = submit(Job([px for *_, px in good], [Row(k, [tok.cls_id], None) for k in range(len(good))], d,
-                                keys=[key for _, key, _ in good]))
-        out = iter(await done(future))
-        return {"results": [record(name, key, next(out) if torch.is_tensor(px) else {"error": px}, s)
+        loaded = [await load(f, n) for n, f in enumerate(image)]
+        good = [x for x in loaded if torch.is_tensor(x[2])]
+        if not good:
+            raise ClientError(422, "; ".join(f"{name}: {why}" for name, _, why in loaded))
+        job = Job([px for *_, px in good], [Row(k, [tok.cls_id], None) for k in range(len(good))], d,
+                  keys=[key for _, key, _ in good])
+        done = iter(await run(job))
+        return {"results": [record(name, key, next(done) if torch.is_tensor(px) else {"error": px}, s)
                             for name, key, px in loaded]}
 
     @app.post("/v1/vqa")
@@ -237,17 +233,15 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
             raise ClientError(422, f"{len(question)} questions: at most {MAX_QUESTIONS} per request")
         d = decoding(max_new_tokens, num_beams)
         s = record_settings(d)
-        with batcher.reading_upload():
-            name, key, px = await load(image, 0)
-            if not torch.is_tensor(px):
-                raise ClientError(422, f"{name}: {px}")
-            prompts = [prompt(q, d) for q in question]
-            rows = [Row(0, p, q) for p, q in zip(prompts, question) if isinstance(p, list)]
-            if not rows:
-                raise ClientError(422, "; ".join(dict.fromkeys(prompts)))
-            future = submit(Job([px], rows, d, keys=[key]))
-        out = iter(await done(future))
-        return {"results": [record(name, key, next(out) if isinstance(p, list) else {"question": q, "error": p}, s)
+        name, key, px = await load(image, 0)
+        if not torch.is_tensor(px):
+            raise ClientError(422, f"{name}: {px}")
+        prompts = [prompt(q, d) for q in question]
+        rows = [Row(0, p, q) for p, q in zip(prompts, question) if isinstance(p, list)]
+        if not rows:
+            raise ClientError(422, "; ".join(dict.fromkeys(prompts)))
+        done = iter(await run(Job([px], rows, d, keys=[key])))
+        return {"results": [record(name, key, next(done) if isinstance(p, list) else {"question": q, "error": p}, s)
                             for p, q in zip(prompts, question)]}
 
     @app.post("/v1/explain")
@@ -270,7 +264,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                                      None if question is None else torch.tensor([ids]), method=method,
                                      max_new_tokens=d.max_new_tokens, image=feats[None])
 
-        return {"words": await done(submit(Job(alone=work)))}
+        return {"words": await run(Job(alone=work))}
 
     return app
 

@@ -5,10 +5,7 @@
 
 A row is one (image, prompt) pair: one caption, or one question about an image. The worker takes the first waiting
 job, then whatever else arrives within `max_wait` seconds, up to `max_batch` rows (a job that does not fit waits for
-the next batch; a job larger than `max_batch` runs alone, in slices). Requests whose uploads are still being read
-when the wait ends (`reading`: a burst of clients sends more images than the server decodes in max_wait) are
-waited for, up to max_wait more: otherwise a burst splits into a full batch and a small one, and the small one
-costs as many decode steps as a full one. `run_jobs` encodes every image of the batch
+the next batch; a job larger than `max_batch` runs alone, in slices). `run_jobs` encodes every image of the batch
 once (GIT's trick: one image's keys/values serve every question and beam about it), then generates the rows grouped
 by their decoding options, so rows with different options never share a `generate` call; an image's questions go
 into one call, which runs the image through the decoder once for all of them (`calls`).
@@ -26,7 +23,6 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -78,7 +74,6 @@ class Closed(Exception):
 
 
 STOP = object()  # what close() queues: the worker finishes what came before it, then ends
-READ_POLL = 0.005  # s: how often a batch waiting for uploads being read looks whether they are still being read
 
 
 class Batcher:
@@ -89,8 +84,6 @@ class Batcher:
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.held = None  # a job gathered that did not fit the last batch: the next batch starts with it
-        self.reading = 0  # requests whose uploads are being read, not yet submitted (reading_upload)
-        self.lock = threading.Lock()
         self.running = 0  # rows in the batch being run (GET /health)
         self.batches = 0  # batches run so far
         self.closed = False
@@ -109,17 +102,6 @@ class Batcher:
             raise QueueFull from None
         return job.future
 
-    @contextmanager
-    def reading_upload(self):
-        """Around reading a request's uploads and submitting its job: a batch being gathered waits for it."""
-        with self.lock:
-            self.reading += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.reading -= 1
-
     def close(self) -> None:
         """Take no new work, finish every job already queued, then stop the worker."""
         self.closed = True
@@ -136,17 +118,11 @@ class Batcher:
             return None
         jobs, rows = [first], first.size
         deadline = time.monotonic() + self.max_wait
-        late = deadline + self.max_wait  # the most a request still being read at the deadline is waited for
         while rows < self.max_batch and first.alone is None:
-            now = time.monotonic()
-            if now >= deadline and not (self.reading and now < late):
-                break
-            # past the deadline, look again every READ_POLL s: a request being read may fail instead of arriving
-            wait = deadline - now if now < deadline else min(late - now, READ_POLL)
             try:
-                job = self.queue.get(timeout=wait)
+                job = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                continue
+                break
             if job is STOP or job.alone is not None or rows + job.size > self.max_batch:
                 self.held = job
                 break
