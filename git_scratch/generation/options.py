@@ -129,7 +129,7 @@ def check_request(model, pixel_values, image, shown_rows: int, lengths, o: Gener
     if streaming and o.num_beams > 1:
         raise ValueError("on_token streams greedy or sampled tokens; beam search knows its tokens only at the end")
     if prompts_per_image is not None:
-        counts = list(prompts_per_image)
+        counts = [int(c) for c in prompts_per_image]  # a list or a tensor of counts
         if len(counts) != n_images or sum(counts) != shown_rows or min(counts, default=0) < 1:
             raise ValueError(f"prompts_per_image {counts}: need one count of at least 1 for each of the {n_images} "
                              f"images, adding up to the {shown_rows} prompts")
@@ -154,8 +154,8 @@ def request(model, pixel_values, image, input_ids, attention_mask, o: Generation
     ids, lengths, shown = prompts(input_ids, attention_mask, n_guess, model.config.text.bos_id, o.pad, o.eos,
                                   model.device)
     n_images = check_request(model, pixel_values, image, len(shown), lengths, o, streaming, prompts_per_image)
-    if prompts_per_image is not None and len(set(prompts_per_image)) > 1:
-        counts = torch.as_tensor(list(prompts_per_image), device=model.device)
+    if prompts_per_image is not None and len({int(c) for c in prompts_per_image}) > 1:
+        counts = torch.as_tensor([int(c) for c in prompts_per_image], device=model.device)
         return ids, lengths, shown, torch.arange(n_images, device=model.device).repeat_interleave(counts)
     if len(shown) == 1 and n_images > 1:  # one prompt for every image
         ids, lengths, shown = ids.expand(n_images, -1), lengths.expand(n_images), shown.expand(n_images, -1)

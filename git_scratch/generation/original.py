@@ -95,8 +95,9 @@ def original_step(b: OriginalBeams, logprobs: torch.Tensor, t: int, lengths: tor
 
 @torch.no_grad()
 def original_beam_search(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
-                         prompts_per_image=None, num_beams: int = 4, length_penalty: float = 0.6, max_length: int | None = None,
-                         eos_token_id: int | None = None, use_cache: bool = True) -> Generation:
+                         prompts_per_image=None, num_beams: int = 4, length_penalty: float = 0.6,
+                         max_length: int | None = None, eos_token_id: int | None = None,
+                         use_cache: bool = True) -> Generation:
     """The original GIT's beam search: for each prompt its single best hypothesis, as a `Generation`.
 
     Inputs as `generate` takes them (pixels or `image`, prompts as a tensor or lists, [CLS] by default,
@@ -146,8 +147,8 @@ ORIGINAL_OPTIONS = ("num_beams", "length_penalty", "max_length", "eos_token_id",
 
 
 def original_generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, image=None,
-                      prompts_per_image=None, return_scores: bool = False, on_token=None, generator=None, compat: str = "original",
-                      num_beams: int = 4, length_penalty: float = 0.6, **options):
+                      prompts_per_image=None, return_scores: bool = False, on_token=None, generator=None,
+                      compat: str = "original", num_beams: int = 4, length_penalty: float = 0.6, **options):
     """`generate(..., compat="original")`: `original_beam_search` with the original's defaults (4 beams,
     length penalty 0.6, max_length the model's text positions). Ids (P, T + n), or with `return_scores` the
     `Generation`, whose `scores` is the original's normalised score.
