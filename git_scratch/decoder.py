@@ -34,7 +34,7 @@ class ImageProjection(nn.Module):
         return rearrange(frames + time, "b f n d -> b (f n) d")
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.fc(feats))  # (B, N, Dv) -> (B, N, D)
+        return self.ln(self.fc(feats.to(self.fc.weight.dtype)))  # (B, N, Dv) -> (B, N, D), in the decoder's dtype
 
 
 class TextEmbedding(nn.Module):

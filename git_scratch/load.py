@@ -54,6 +54,17 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def run_device(device, quantize=None) -> torch.device:
+    """The device `load(..., device, quantize=quantize)` puts the model on: int8 runs on the CPU only."""
+    return resolve_device("cpu" if quantize and device in (None, "auto") else device)
+
+
+def dtype_name(dtype, device=None, quantize=None) -> str:
+    """The dtype `load(path, device, dtype, quantize)` computes in, by name ("bfloat16"): what results record.
+    "auto" is no setting of its own: it means bfloat16 on one machine and float32 on another."""
+    return str(resolve_dtype(dtype, run_device(device, quantize))).removeprefix("torch.")
+
+
 def checkpoint_dir(path) -> Path:
     """The checkpoint directory `path` names: itself, or, for a training run's `latest` file or the run
     directory that holds one, the step-NNNNNN checkpoint that file names. So `-c runs/x/latest` and
@@ -81,7 +92,8 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
     device: "cpu", "cuda", "mps", "auto" or None (= auto). dtype: torch dtype, "float32", "bfloat16",
     "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32). quantize: None (the
     weights as stored) or "int8": the decoder blocks' Linears and the LM head in int8, CPU only (quantize.py;
-    device None/"auto" then means the CPU). `path` may also be a training run directory or its `latest` file
+    device None/"auto" then means the CPU), the rest of the decoder in float32, and `dtype` then says the vision
+    encoder's alone (so "auto" gives a bfloat16 vision pass beside the int8 decoder where bfloat16 is fast). `path` may also be a training run directory or its `latest` file
     (checkpoint_dir).
     """
     quantizing.check_mode(quantize)  # a bad mode fails before any reading
@@ -102,7 +114,7 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
     cfg = GitConfig.from_json(cfg_path)
     if not weights.is_file():
         raise FileNotFoundError(f"{path}: no model.safetensors")
-    dev = resolve_device("cpu" if quantize and device in (None, "auto") else device)  # int8 runs on the CPU only
+    dev = run_device(device, quantize)
     dt = resolve_dtype(dtype, dev)
     try:
         state = load_file(weights, device=str(dev) if dev.type != "mps" else "cpu")
@@ -116,8 +128,12 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
         raise ValueError(f"{weights}: does not match its config.json: {e}") from None
     if cfg.text.tie_embeddings:
         model.lm_head.weight = model.embed.tok_embed.weight
-    model = fast.apply(model.to(device=dev, dtype=dt).eval())
-    return model if quantize is None else quantizing.quantize(model, quantize)
+    if quantize is None:
+        return fast.apply(model.to(device=dev, dtype=dt).eval())
+    # int8: the decoder stays float32 around its int8 products (quantize.py); `dtype` is the vision encoder's
+    model = fast.apply(model.to(device=dev, dtype=torch.float32).eval())
+    model.vision.to(dt)
+    return quantizing.quantize(model, quantize)
 
 
 def umask_mode(directory: bool = False) -> int:

@@ -5,6 +5,7 @@ quantize=None is the float32 model bit for bit. Agreement at scale: `python -m b
 
 import copy
 import gc
+import importlib
 
 import pytest
 import torch
@@ -165,13 +166,31 @@ def test_a_tied_head_is_quantised_and_the_word_lookup_keeps_its_float_table(tmp_
         assert int8.generate(px, max_new_tokens=5, num_beams=2).shape == (2, 6)
 
 
-def test_int8_with_bfloat16_takes_and_gives_bfloat16(ckpt):
+def test_int8_with_bfloat16_runs_the_vision_encoder_in_bfloat16_and_the_decoder_in_float32(ckpt):
     model = load(ckpt, device="cpu", dtype="bfloat16", quantize="int8")
-    assert model.dtype == torch.bfloat16
-    px = images(model, 2).bfloat16()
+    f32 = load(ckpt, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.float32  # what callers cast pixels to: the vision encoder takes them in its own
+    assert all(p.dtype == torch.bfloat16 for p in model.vision.parameters())
+    assert all(p.dtype == torch.float32 for name, p in model.named_parameters() if not name.startswith("vision."))
+    px = images(model, 2)
     with torch.no_grad():
-        assert model(px, torch.tensor([[1, 5]] * 2)).logits.dtype == torch.bfloat16
+        image = model.encode_image(px)
+        # the same bfloat16 vision pass as the bfloat16 model's, handed to a float32 projection
+        feats = f32.vision(px)
+        assert image.dtype == torch.float32
+        ref = model.img_proj(feats)
+        assert torch.equal(image, ref)
+        assert model(px, torch.tensor([[1, 5]] * 2)).logits.dtype == torch.float32
         assert model.generate(px, max_new_tokens=4).shape == (2, 5)
+
+
+def test_int8_with_auto_keeps_the_vision_encoder_float32_where_bfloat16_is_slow(ckpt, monkeypatch):
+    loading = importlib.import_module("git_scratch.load")  # the module (the package's `load` is the function)
+    monkeypatch.setattr(loading, "fast_bf16", lambda device: False)
+    assert all(p.dtype == torch.float32 for p in load(ckpt, device="cpu", dtype="auto", quantize="int8").parameters())
+    monkeypatch.setattr(loading, "fast_bf16", lambda device: True)
+    model = load(ckpt, device="cpu", dtype="auto", quantize="int8")
+    assert model.vision.patch_embed.weight.dtype == torch.bfloat16 and model.img_proj.fc.weight.dtype == torch.float32
 
 
 def test_a_quantised_model_refuses_to_be_saved(ckpt, tmp_path):
@@ -244,6 +263,29 @@ def test_caption_records_int8_and_a_resume_in_another_mode_is_refused(tmp_path, 
     before = out.read_bytes()
     rc, _, err = in_process(capsys, *args)  # float32 now: the file holds int8 results
     assert rc == 2 and "quantize" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+
+
+def test_dtype_auto_is_recorded_as_what_it_resolved_to_so_a_resume_on_another_cpu_is_refused(tmp_path, capsys,
+                                                                                               monkeypatch):
+    import json
+
+    from _cli_helpers import in_process
+    from git_scratch.data import shapes
+
+    loading = importlib.import_module("git_scratch.load")
+    image, out = tmp_path / "a.png", tmp_path / "out.jsonl"
+    shapes.sample(7)[0].save(image)
+    args = ("caption", image, "-c", shapes.CHECKPOINT, "-o", out, "--no-progress", "--max-new-tokens", "6",
+            "--device", "cpu", "--dtype", "auto", "--quantize", "int8")
+    monkeypatch.setattr(loading, "fast_bf16", lambda device: True)  # a CPU with AMX or AVX512-BF16
+    rc, _, err = in_process(capsys, *args)
+    assert rc == 0, err
+    assert json.loads(out.read_text())["settings"]["dtype"] == "bfloat16"
+    before = out.read_bytes()
+    monkeypatch.setattr(loading, "fast_bf16", lambda device: False)  # the same command where bfloat16 is slow
+    rc, _, err = in_process(capsys, *args)
+    assert rc == 2 and 'dtype "bfloat16" there, "float32" now' in err, err
     assert out.read_bytes() == before
 
 

@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException
 from ..evaluation.records import checkpoint_fingerprint, settings
 from ..explain import explain as explain_words
 from ..generation.options import room_error
+from ..load import dtype_name
 from .batcher import Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, encode, run_jobs
 
 PAGE = Path(__file__).parent / "page"
@@ -58,7 +59,7 @@ CLOSE = {"Connection": "close"}  # after a 413: the rest of the body is never re
 @dataclass
 class ServeOptions:
     checkpoint: str  # the checkpoint directory (its fingerprint goes into every record's settings)
-    dtype: str = "float32"  # as --dtype names it: the settings say it as the command line does
+    dtype: str = "float32"  # as --dtype names it ("auto" too); the settings say what it resolved to, as the CLI's do
     max_batch: int = 8  # rows (image, prompt) per generate call
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for others
     queue: int = 64  # requests waiting; more get 503
@@ -110,6 +111,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     """The app serving `model` (loaded, eval mode) and `processor` (its checkpoint's, with a tokenizer)."""
     tok = processor.tokenizer
     fingerprint = checkpoint_fingerprint(opts.checkpoint)
+    dtype = dtype_name(opts.dtype, model.device)  # "auto" as what it means on this machine
     limit = model.config.text.max_positions
     cache = ImageCache(opts.image_cache) if opts.image_cache else None
     batcher = Batcher(lambda jobs: run_jobs(model, tok, jobs, opts.max_batch, cache), opts.max_batch,
@@ -152,7 +154,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         return Decoding(max_new_tokens, num_beams)
 
     def record_settings(d: Decoding) -> dict:
-        return settings(fingerprint, opts.dtype, d.max_new_tokens, d.num_beams)
+        return settings(fingerprint, dtype, d.max_new_tokens, d.num_beams)
 
     def read(data: bytes, name: str) -> tuple[str, torch.Tensor | str]:
         """("sha256:...", (3, H, W) pixels or the reason there are none) of an upload, read as the command line
