@@ -1,7 +1,8 @@
 """git_scratch's other modes as columns beside float32 (`python -m bench --modes int8 bfloat16`).
 
-Each mode (workloads.MODES: int8 = load(quantize="int8"), bfloat16 = load(dtype="bfloat16")) is a side of its own
-in run.time_pair's alternation, so it meets the same machine drift as float32 and transformers. Its time is held
+Each mode (workloads.MODES: int8 = load(quantize="int8"), int8-bf16vision = the same with a bfloat16 vision
+encoder, bfloat16 = load(dtype="bfloat16")) is a side of its own in run.time_pair's alternation, so it meets the
+same machine drift as float32 and transformers. Its time is held
 against transformers float32 (the ratio the targets speak of) and its ids against float32 git_scratch's: rows
 identical, and the share of generated tokens before each row's first difference. A mode is expected to differ
 somewhere; how often, at scale, is `python -m bench.quantize`'s job (the demo model's exact answers, and the
@@ -11,7 +12,7 @@ top-1 agreement under teacher forcing).
 from __future__ import annotations
 
 from .ties import rows
-from .workloads import WORKLOADS
+from .workloads import MODE_NAMES, WORKLOADS
 
 
 def takes_modes(w) -> bool:
@@ -62,8 +63,7 @@ def modes_markdown(report: dict) -> str:
     lines = [
         "",
         f"Modes (`--modes {' '.join(modes)}`): git_scratch float32 beside "
-        + ", ".join({"int8": "int8 (decoder Linears and LM head in int8, git_scratch/quantize.py)",
-                     "bfloat16": "bfloat16 (every weight, load(dtype='bfloat16'))"}[m] for m in modes)
+        + ", ".join(MODE_NAMES[m] for m in modes)
         + ", each timed in the same alternation as the main table (median; ratio to transformers float32). "
         "Ids: rows identical to float32 git_scratch's (a mode may differ: agreement at scale is "
         "`python -m bench.quantize`). Target: the workload's ratio target, met by the mode's ratio.",

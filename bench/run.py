@@ -357,8 +357,9 @@ def parse(argv=None):
                    "whose ids usually differ, and then does not count")
     p.add_argument("--modes", nargs="*", default=[], choices=list(MODES),
                    help="git_scratch in these modes too, each timed beside float32 in the same alternation: int8 "
-                   "(load(quantize='int8')), bfloat16 (load(dtype='bfloat16')); their ids are reported as rows "
-                   "identical to float32 git_scratch's (bench/modes.py; agreement at scale: python -m bench.quantize)")
+                   "(load(quantize='int8')), int8-bf16vision (the same, vision in bfloat16), bfloat16 "
+                   "(load(dtype='bfloat16')); their ids are reported as rows identical to float32 git_scratch's "
+                   "(bench/modes.py; agreement at scale: python -m bench.quantize)")
     p.add_argument("--linear", default="auto", choices=["auto", "onednn", "mkl"],
                    help="git_scratch's CPU linear route for inference (fast.Linear): auto = oneDNN for the rows "
                    "fast.ONEDNN_ROWS gives this CPU (AVX-512: 4-512, AVX2: 1-64), where it was measured faster; "
