@@ -5,6 +5,9 @@ A model built with `GIT(config)` runs without them (the reference path the parit
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -19,6 +22,17 @@ ONEDNN_ROWS = {
                       # 100 rows even, at the vision encoder's 197 rows 1.08x: MKL from 65 rows on
 }.get(torch.backends.cpu.get_cpu_capability()) if (torch.backends.mkldnn.is_available()
                                                    and hasattr(torch.ops.mkldnn, "_linear_pointwise")) else None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them ("avx512_vnni", "amx_bf16", ...); empty where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags")), []))
 
 
 class Linear(nn.Linear):

@@ -23,11 +23,7 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return " amx_bf16" in flags or " avx512_bf16" in flags
+        return bool(fast.cpu_flags() & {"amx_bf16", "avx512_bf16"})
     return False
 
 

@@ -9,6 +9,7 @@ import importlib
 
 import pytest
 import torch
+from torch import nn
 
 from git_scratch import GIT, GitConfig, init_weights, load, quantize, save
 from git_scratch.generation.decoders import decoder
@@ -150,6 +151,23 @@ def test_int8_weights_are_the_float_weights_rounded_per_output_channel(ckpt):
     assert torch.allclose(scale, w.abs().amax(dim=1) / 127)  # symmetric: each row's largest |w| maps to 127
     # rounding to the nearest step: at most half a step off (float32 scales: a hair of slack)
     assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] * 0.5001).all()
+
+
+def test_int8_products_stay_within_rounding_where_8_bit_sums_would_saturate():
+    """Every activation and weight near the top of its range: pairs of 8-bit products overflow int16 (fbgemm's AVX2
+    kernel), so the activation range quantize picks for this CPU must keep the error to rounding alone."""
+    torch.manual_seed(0)
+    linear = nn.Linear(768, 64, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.rand(64, 768) * 0.5 + 0.5)
+    x = torch.rand(4, 768) * 0.1 + 0.9
+    w, exact = linear.weight.double(), x.double() @ linear.weight.double().T  # (64, 768), (4, 64)
+    # the rounding bound with 7-bit activations (the coarser of the two): |x w - x' w'| <= sum |w| sx/2 + |x| sw/2 +
+    # sx sw / 4, where sx = x's range (0 included) / 127 and sw = max |w| / 127 per output channel
+    sx, sw = x.max().double() / 127, w.abs().amax(dim=1) / 127
+    bound = (w.abs().sum(1) * sx / 2)[None] + x.double().abs().sum(1, keepdim=True) * sw / 2 + 768 * sx * sw / 4
+    err = (Int8Linear(linear)(x).double() - exact).abs()
+    assert (err <= bound).all(), f"max error {err.max():.3g} against a bound of {bound.max():.3g}: saturated sums?"
 
 
 def test_a_tied_head_is_quantised_and_the_word_lookup_keeps_its_float_table(tmp_path):

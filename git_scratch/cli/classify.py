@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..constants import DTYPE_NAMES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES
-from ..load import checkpoint_dir
+from ..load import checkpoint_dir, dtype_name
 from ..preprocessing.processor import printable
 from .batch import SetupError, _reason, load_checkpoint
 from .items import expand, line_start
@@ -65,7 +65,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "-c", required=True, metavar="DIR", help="a git_scratch checkpoint directory")
     p.add_argument("--json", action="store_true", help="one JSON object per input and question")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"], help="default: float32")
+    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
+                   help="default: float32; auto: bfloat16 where the hardware is fast at it; with --quantize, the "
+                        "vision encoder's alone")
     p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: the decoder and LM head in int8 (CPU only)")
     p.add_argument("--batch-size", "-b", type=int, default=8, metavar="B", help="images per batch (default 8)")
     p.set_defaults(run=run_classify)
@@ -150,7 +152,8 @@ def label_ids_checked(processor, labels: list[str], questions: list, limit: int 
 def settings(args, ckpt: Path, labels: list[str], top_k: int) -> dict:
     """What changes a result: the checkpoint, the label set, the method and its options, the number format."""
     s = {"checkpoint": checkpoint_fingerprint(ckpt), "labels": hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16],
-         "method": args.method, "top_k": top_k, "num_beams": args.num_beams or 1, "dtype": args.dtype}
+         "method": args.method, "top_k": top_k, "num_beams": args.num_beams or 1,
+         "dtype": dtype_name(args.dtype, args.device, args.quantize)}  # "auto" as what it means here
     if args.quantize:
         s["quantize"] = args.quantize
     return s

@@ -116,7 +116,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
     r.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
-                   help="default: float32; auto: bfloat16 where the hardware is fast at it")
+                   help="default: float32; auto: bfloat16 where the hardware is fast at it; with --quantize, the "
+                        "vision encoder's alone (the decoder stays float32 around its int8 products)")
     r.add_argument("--quantize", choices=QUANTIZE_MODES,
                    help="int8: the decoder and LM head with int8 weights (per-channel scales, CPU only): a decode "
                         "step ~3x faster; ids may differ from float32's now and then (the README's Speed section "

@@ -42,12 +42,13 @@ class DemoOptions:
     out: str = "git-scratch-demo.png"  # the contact sheet
     checkpoint: str = str(shapes.CHECKPOINT)  # the shipped demo model
     device: str = "cpu"
+    dtype: str = "float32"  # as load takes it; with quantize, the vision encoder's alone
     quantize: str | None = None  # "int8": the decoder and LM head in int8 (quantize.py)
 
 
 def prepare(opts: DemoOptions):
     """(model, processor) of opts.checkpoint; ValueError or OSError says what is wrong."""
-    model = load(opts.checkpoint, device=opts.device, quantize=opts.quantize)
+    model = load(opts.checkpoint, device=opts.device, dtype=opts.dtype, quantize=opts.quantize)
     processor = Processor.from_pretrained(opts.checkpoint)
     if processor.tokenizer is None:
         raise ValueError(f"{opts.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint")
