@@ -184,7 +184,7 @@ def load(url: str, paths: list[Path], want: dict, clients: int, requests: int, f
 
 def markdown(run: dict) -> str:
     m = run["machine"]
-    lines = [f"git-scratch serve, {run['checkpoint']}, {run['device']}; CPU: {m['cpu']['model']} "
+    lines = [f"git-scratch serve, {run['checkpoint']}, {run['device']}, {run.get('dtype', 'float32')}; CPU: {m['cpu']['model']} "
              f"(family/model {m['cpu']['family_model']}, {', '.join(m['cpu']['flags'])}), {m['cores']} cores, "
              f"torch {m['torch']}; {run['requests']} single-image caption requests per row, "
              f"max_new_tokens {run['max_new_tokens']}",
@@ -219,6 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=100, help="batching on: --max-wait-ms (default 100)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help="the server's and the command line's --dtype (default float32)")
     a = p.parse_args(argv)
     from .machine import machine_info
 
@@ -227,16 +228,17 @@ def main(argv=None) -> int:
     paths = photos(RESULTS / "serve-photos", a.images)
     log(f"the command line's records for {len(paths)} images ...")
     t = time.perf_counter()
-    want = cli_records(ckpt, paths, ["--max-new-tokens", str(a.max_new_tokens), "--device", a.device])
+    want = cli_records(ckpt, paths, ["--max-new-tokens", str(a.max_new_tokens), "--device", a.device,
+                                     "--dtype", a.dtype])
     log(f"  {time.perf_counter() - t:.1f} s")
     fields = {"max_new_tokens": str(a.max_new_tokens)}
     modes = {"batching on": ["--max-batch", str(a.max_batch), "--max-wait-ms", str(a.max_wait_ms)],
              "batching off": ["--max-batch", "1", "--max-wait-ms", "0"]}
-    run = {"checkpoint": str(ckpt) if a.checkpoint else f"random {a.preset}", "device": a.device,
+    run = {"checkpoint": str(ckpt) if a.checkpoint else f"random {a.preset}", "device": a.device, "dtype": a.dtype,
            "requests": a.requests, "max_new_tokens": a.max_new_tokens, "machine": machine_info(),
            "modes": {}, "flags": modes}
     for mode, flags in modes.items():
-        server = Server(ckpt, [*flags, "--device", a.device, "--queue", "1024"])
+        server = Server(ckpt, [*flags, "--device", a.device, "--dtype", a.dtype, "--queue", "1024"])
         try:
             for c in a.clients:
                 r = load(server.url, paths, want, c, a.requests, fields, server.proc.pid)
