@@ -78,7 +78,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "a photo already seen skip the vision encoder (default 64, ~0.6 MB an image at git-base; "
                         "0: none)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"], help="default: float32")
+    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
+                   help="default: float32, where a result never depends on its batch; bfloat16 (or auto on a CPU "
+                        "with AMX or AVX512-BF16) is faster, but its results can change with the batch")
     p.set_defaults(run=run)
     return p
 
