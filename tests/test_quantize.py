@@ -307,12 +307,14 @@ def test_dtype_auto_is_recorded_as_what_it_resolved_to_so_a_resume_on_another_cp
     assert out.read_bytes() == before
 
 
-def test_demo_runs_in_int8(capsys):
+@pytest.mark.parametrize("vision", ["float32", "bfloat16"])
+def test_demo_runs_in_int8(capsys, vision):
     import json
 
     from _cli_helpers import in_process
 
-    rc, out, err = in_process(capsys, "demo", "--quantize", "int8", "--n", "2", "--seed", "2000000000", "--json")
+    rc, out, err = in_process(capsys, "demo", "--quantize", "int8", "--dtype", vision, "--n", "2", "--seed",
+                              "2000000000", "--json")
     assert rc == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert {r["seed"] for r in records} == {2000000000, 2000000001} and all(r["text"] for r in records)
