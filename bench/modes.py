@@ -2,9 +2,9 @@
 
 Each mode (workloads.MODES: int8 = load(quantize="int8"), int8-bf16vision = the same with a bfloat16 vision
 encoder, bfloat16 = load(dtype="bfloat16")) is a side of its own in run.time_pair's alternation, so it meets the
-same machine drift as float32 and transformers. Its time is held
-against transformers float32 (the ratio the targets speak of) and its ids against float32 git_scratch's: rows
-identical, and the share of generated tokens before each row's first difference. A mode is expected to differ
+same machine drift as float32 and transformers. Its time is held against transformers float32 (the ratio the
+targets speak of) and its ids against float32 git_scratch's: rows identical, and the share of generated tokens
+before each row's first difference. A mode is expected to differ
 somewhere; how often, at scale, is `python -m bench.quantize`'s job (the demo model's exact answers, and the
 top-1 agreement under teacher forcing).
 """

@@ -184,9 +184,9 @@ def load(url: str, paths: list[Path], want: dict, clients: int, requests: int, f
 
 def markdown(run: dict) -> str:
     m = run["machine"]
-    lines = [f"git-scratch serve, {run['checkpoint']}, {run['device']}, {run.get('dtype', 'float32')}; CPU: {m['cpu']['model']} "
-             f"(family/model {m['cpu']['family_model']}, {', '.join(m['cpu']['flags'])}), {m['cores']} cores, "
-             f"torch {m['torch']}; {run['requests']} single-image caption requests per row, "
+    lines = [f"git-scratch serve, {run['checkpoint']}, {run['device']}, {run.get('dtype', 'float32')}; "
+             f"CPU: {m['cpu']['model']} (family/model {m['cpu']['family_model']}, {', '.join(m['cpu']['flags'])}), "
+             f"{m['cores']} cores, torch {m['torch']}; {run['requests']} single-image caption requests per row, "
              f"max_new_tokens {run['max_new_tokens']}",
              "",
              "| server | clients | images/s | p50 latency (ms) | p95 latency (ms) | images per batch | identical to the CLI "
@@ -219,7 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=100, help="batching on: --max-wait-ms (default 100)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", help="the server's and the command line's --dtype (default float32)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="the server's and the command line's --dtype (default float32)")
     a = p.parse_args(argv)
     from .machine import machine_info
 

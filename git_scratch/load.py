@@ -89,8 +89,8 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
     "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32). quantize: None (the
     weights as stored) or "int8": the decoder blocks' Linears and the LM head in int8, CPU only (quantize.py;
     device None/"auto" then means the CPU), the rest of the decoder in float32, and `dtype` then says the vision
-    encoder's alone (so "auto" gives a bfloat16 vision pass beside the int8 decoder where bfloat16 is fast). `path` may also be a training run directory or its `latest` file
-    (checkpoint_dir).
+    encoder's alone (so "auto" gives a bfloat16 vision pass beside the int8 decoder where bfloat16 is fast).
+    `path` may also be a training run directory or its `latest` file (checkpoint_dir).
     """
     quantizing.check_mode(quantize)  # a bad mode fails before any reading
     path = checkpoint_dir(path)
