@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from git_scratch.constants import RUN_DTYPES
+
 from .machine import OtherLoad, save_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +221,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=100, help="batching on: --max-wait-ms (default 100)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+    p.add_argument("--dtype", default="float32", choices=RUN_DTYPES,
                    help="the server's and the command line's --dtype (default float32)")
     a = p.parse_args(argv)
     from .machine import machine_info

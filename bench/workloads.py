@@ -67,11 +67,13 @@ def checkpoint(shape: str, video: bool, root: Path, rebuild: bool = False, log=p
 # git_scratch's other modes (`python -m bench --modes`): load's arguments for each, beside the float32 default.
 # int8-bf16vision is what `--quantize int8 --dtype auto` runs where bfloat16 is fast (AMX / AVX512-BF16 CPUs).
 MODES = {"int8": {"quantize": "int8"}, "int8-bf16vision": {"quantize": "int8", "dtype": "bfloat16"},
-         "bfloat16": {"dtype": "bfloat16"}}
+         "bfloat16": {"dtype": "bfloat16"}, "bfloat16-vision": {"dtype": "bfloat16-vision"}}
 MODE_NAMES = {"int8": "int8 (decoder Linears and LM head in int8, git_scratch/quantize.py; vision float32)",
               "int8-bf16vision": "int8-bf16vision (int8 as before, the vision encoder in bfloat16: "
                                  "load(quantize='int8', dtype='bfloat16'))",
-              "bfloat16": "bfloat16 (every weight, load(dtype='bfloat16'))"}
+              "bfloat16": "bfloat16 (every weight, load(dtype='bfloat16'))",
+              "bfloat16-vision": "bfloat16-vision (the vision encoder in bfloat16, one image a call, the decoder "
+                                 "float32: load(dtype='bfloat16-vision'))"}
 
 
 def load_ours(our_dir: Path, dtype=None, quantize=None):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from . import fast, quantize as quantizing
 from .config import GitConfig
-from .constants import DTYPE_NAMES, LATEST
+from .constants import BF16_VISION, DTYPE_NAMES, LATEST
 from .model import GIT
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # "float32" -> torch.float32, ...
@@ -38,15 +38,18 @@ def resolve_device(device) -> torch.device:
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """None -> float32 (the parity-tested path); "auto" -> bfloat16 only where it is fast."""
+    """None -> float32 (the parity-tested path); "auto" -> bfloat16 only where it is fast; "bfloat16-vision" ->
+    bfloat16 (the vision encoder's: load)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if fast_bf16(device) else torch.float32
+    if dtype == BF16_VISION:
+        return torch.bfloat16
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or 'auto', got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, {BF16_VISION!r} or 'auto', got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -58,6 +61,8 @@ def run_device(device, quantize=None) -> torch.device:
 def dtype_name(dtype, device=None, quantize=None) -> str:
     """The dtype `load(path, device, dtype, quantize)` computes in, by name ("bfloat16"): what results record.
     "auto" is no setting of its own: it means bfloat16 on one machine and float32 on another."""
+    if dtype == BF16_VISION:
+        return BF16_VISION
     return str(resolve_dtype(dtype, run_device(device, quantize))).removeprefix("torch.")
 
 
@@ -86,11 +91,13 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
     """The model of a converted checkpoint directory, in eval mode, with the speed tricks of fast.py.
 
     device: "cpu", "cuda", "mps", "auto" or None (= auto). dtype: torch dtype, "float32", "bfloat16",
-    "float16", "auto" (bfloat16 where the hardware is fast at it) or None (= float32). quantize: None (the
-    weights as stored) or "int8": the decoder blocks' Linears and the LM head in int8, CPU only (quantize.py;
-    device None/"auto" then means the CPU), the rest of the decoder in float32, and `dtype` then says the vision
-    encoder's alone (so "auto" gives a bfloat16 vision pass beside the int8 decoder where bfloat16 is fast).
-    `path` may also be a training run directory or its `latest` file (checkpoint_dir).
+    "float16", "auto" (bfloat16 where the hardware is fast at it), None (= float32) or "bfloat16-vision": the
+    vision encoder in bfloat16, one image a call (fast.one_image_a_call, so that a batch never changes an image's
+    features), the decoder in float32 (on a CPU, bfloat16 pays in the vision pass; a decode step is no faster).
+    quantize: None (the weights as stored) or "int8": the decoder blocks' Linears and the LM head in int8, CPU
+    only (quantize.py; device None/"auto" then means the CPU), the rest of the decoder in float32, and `dtype`
+    then says the vision encoder's alone (so "auto" gives a bfloat16 vision pass beside the int8 decoder where
+    bfloat16 is fast). `path` may also be a training run directory or its `latest` file (checkpoint_dir).
     """
     quantizing.check_mode(quantize)  # a bad mode fails before any reading
     path = checkpoint_dir(path)
@@ -124,12 +131,14 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
         raise ValueError(f"{weights}: does not match its config.json: {e}") from None
     if cfg.text.tie_embeddings:
         model.lm_head.weight = model.embed.tok_embed.weight
-    if quantize is None:
+    if quantize is None and dtype != BF16_VISION:
         return fast.apply(model.to(device=dev, dtype=dt).eval())
-    # int8: the decoder stays float32 around its int8 products (quantize.py); `dtype` is the vision encoder's
+    # the decoder stays float32 (around int8 products with quantize: quantize.py); `dt` is the vision encoder's
     model = fast.apply(model.to(device=dev, dtype=torch.float32).eval())
     model.vision.to(dt)
-    return quantizing.quantize(model, quantize)
+    if dtype == BF16_VISION:
+        fast.one_image_a_call(model.vision)
+    return model if quantize is None else quantizing.quantize(model, quantize)
 
 
 def umask_mode(directory: bool = False) -> int:

@@ -65,3 +65,48 @@ def test_apply_changes_no_parameter_and_keeps_the_outputs():
 
 def test_the_config_names_exactly_the_activations_layers_implement():
     assert set(constants.ACTIVATIONS) == set(layers.ACTIVATIONS)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """The tiny preset with a wider vision encoder at git-base's 197 tokens an image: rows enough that a bfloat16
+    batch rounds differently from one image on an AMX Xeon (tiny's own 17 do not)."""
+    from git_scratch import save
+
+    cfg = GitConfig.preset("tiny")
+    cfg.vision.dim, cfg.vision.mlp_dim, cfg.vision.image_size, cfg.vision.patch_size = 256, 1024, 224, 16
+    d = tmp_path_factory.mktemp("tiny")
+    save(init_weights(GIT(cfg), std=0.1, generator=torch.Generator().manual_seed(3)), d)
+    return d
+
+
+def test_bfloat16_vision_loads_the_vision_encoder_in_bfloat16_and_the_rest_in_float32(tiny_ckpt):
+    from git_scratch.load import dtype_name, load
+
+    model = load(tiny_ckpt, device="cpu", dtype=constants.BF16_VISION)
+    assert all(p.dtype == torch.bfloat16 for p in model.vision.parameters())
+    assert all(p.dtype == torch.float32 for name, p in model.named_parameters() if not name.startswith("vision."))
+    assert isinstance(model.vision, fast.OneImageACall) and model.dtype == torch.float32
+    assert dtype_name(constants.BF16_VISION) == "bfloat16-vision"  # what results record: not whole-model bfloat16
+    bf16 = load(tiny_ckpt, device="cpu", dtype="bfloat16")
+    px = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        # one image: the bfloat16 model's vision pass, bit for bit, into a float32 projection and decoder
+        assert torch.equal(model.vision(px), bf16.vision(px))
+        assert model.encode_image(px).dtype == torch.float32
+        assert model.generate(px, max_new_tokens=4, num_beams=2).shape == (1, 5)
+
+
+def test_one_image_a_call_gives_each_image_the_features_it_gets_alone_bit_for_bit(tiny_ckpt):
+    """bfloat16 products may round differently with their number of rows (oneDNN on an AMX Xeon: from two
+    git-base images on, and for tiny_ckpt's), so a plain bfloat16 encoder's batch changes an image's features;
+    OneImageACall's never does. Without it this fails on an AMX Xeon (mutation checked)."""
+    from git_scratch.load import load
+
+    model = load(tiny_ckpt, device="cpu", dtype=constants.BF16_VISION)
+    size = model.config.vision.image_size
+    px = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        alone = torch.cat([model.vision(px[i : i + 1]) for i in range(len(px))])
+        assert torch.equal(model.vision(px), alone)
+        assert model.vision(px[:0]).shape == (0, *alone.shape[1:])  # an empty batch stays an empty batch

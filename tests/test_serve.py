@@ -169,6 +169,30 @@ def test_a_mixed_batch_equals_each_job_alone_and_encodes_each_image_once(images,
             assert abs(a["score"] - b["score"]) <= SCORE_TOL * max(1, abs(a["score"]))
 
 
+def test_in_bfloat16_vision_a_batch_gives_each_caption_its_alone_record_and_the_command_lines(images, capsys):
+    """--dtype bfloat16-vision: the vision encoder in bfloat16 one image a call, the decoder in float32, so a batch
+    keeps what float32 keeps: each caption is its image's alone and the command line's (its batches of 8)."""
+    from git_scratch.constants import BF16_VISION
+    from git_scratch.load import load
+    from git_scratch.preprocessing.processor import Processor
+    from git_scratch.serve.batcher import Decoding, Job, Row, run_jobs
+
+    model, proc = load(DEMO, dtype=BF16_VISION), Processor.from_pretrained(DEMO)
+    tok = proc.tokenizer
+
+    def jobs():
+        return [Job([proc(images=[p]).pixel_values[0]], [Row(0, [tok.cls_id], None)], Decoding()) for p in images]
+
+    together = [recs[0] for recs in run_jobs(model, tok, jobs(), max_batch=8)]
+    alone = [run_jobs(model, tok, [job], max_batch=1)[0][0] for job in jobs()]
+    printed = cli(capsys, "caption", *images, "--dtype", BF16_VISION)
+    assert {rec["settings"]["dtype"] for rec in printed} == {BF16_VISION}
+    for one, many, want in zip(alone, together, printed, strict=True):
+        assert one["ids"] == many["ids"] == want["ids"] and one["text"] == many["text"] == want["text"]
+        for score in (many["score"], want["score"]):
+            assert abs(one["score"] - score) <= SCORE_TOL * max(1, abs(one["score"]))
+
+
 @pytest.mark.parametrize("max_batch", [1, 2, 3, 4, 8])
 def test_calls_cover_every_row_once_image_major_each_image_whole(max_batch):
     """batcher.calls, on images with 1 to 5 rows: what generate needs of a call (each image's rows together,

@@ -209,7 +209,7 @@ def load_checkpoint(opts: RunOptions):
         raise SetupError(f"{bad} no such checkpoint directory")
     onnx = is_export(ckpt)  # an `export-onnx` folder: float32 graphs on onnxruntime (export/runtime.py)
     torch_only = [flag for flag, on in (("--compile", opts.compile), (f"--quantize {opts.quantize}", opts.quantize),
-                                        (f"--dtype {opts.dtype}", opts.dtype in ("bfloat16", "float16"))) if on]
+                                        (f"--dtype {opts.dtype}", opts.dtype not in ("float32", "auto"))) if on]
     if onnx and torch_only:
         raise SetupError(f"{bad} an ONNX export runs its float32 graphs on onnxruntime; {torch_only[0]} is for "
                          "torch checkpoints")

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..constants import DTYPE_NAMES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES
+from ..constants import DTYPE_HELP, EXIT_FAILED, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES, RUN_DTYPES
 from ..load import checkpoint_dir, dtype_name
 from ..preprocessing.processor import printable
 from .batch import SetupError, _reason, load_checkpoint
@@ -65,9 +65,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "-c", required=True, metavar="DIR", help="a git_scratch checkpoint directory")
     p.add_argument("--json", action="store_true", help="one JSON object per input and question")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
-                   help="default: float32; auto: bfloat16 where the hardware is fast at it; with --quantize, the "
-                        "vision encoder's alone")
+    p.add_argument("--dtype", default="float32", choices=RUN_DTYPES, help=DTYPE_HELP)
     p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: the decoder and LM head in int8 (CPU only)")
     p.add_argument("--batch-size", "-b", type=int, default=8, metavar="B", help="images per batch (default 8)")
     p.set_defaults(run=run_classify)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..constants import DTYPE_NAMES, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES
+from ..constants import DTYPE_HELP, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES, RUN_DTYPES
 from ..data import shapes
 from ..evaluation.demo import (FRESH, SHEET_IMAGES, DemoOptions, Tally, contact_sheet,
                                predictions, prepare)
@@ -51,9 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "before (any other file is refused and left as it was)")
     p.add_argument("--checkpoint", "-c", default=str(shapes.CHECKPOINT), help="default: the shipped demo model")
     p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: the decoder and LM head in int8 (CPU only)")
-    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
-                   help="default: float32; auto: bfloat16 where the hardware is fast at it; with --quantize, the "
-                        "vision encoder's alone (the decoder stays float32 around its int8 products)")
+    p.add_argument("--dtype", default="float32", choices=RUN_DTYPES, help=DTYPE_HELP)
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
     p.set_defaults(run=run_demo)
     return p

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..constants import COMPATS, DTYPE_NAMES, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES
+from ..constants import COMPATS, DTYPE_HELP, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES, RUN_DTYPES
 from .options import run_options
 from .stops import run_stoppable
 
@@ -115,9 +115,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed for --sample: each input's sample depends only on the seed and that input")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
-    r.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
-                   help="default: float32; auto: bfloat16 where the hardware is fast at it; with --quantize, the "
-                        "vision encoder's alone (the decoder stays float32 around its int8 products)")
+    r.add_argument("--dtype", default="float32", choices=RUN_DTYPES, help=DTYPE_HELP)
     r.add_argument("--quantize", choices=QUANTIZE_MODES,
                    help="int8: the decoder and LM head with int8 weights (per-channel scales, CPU only): a decode "
                         "step ~3x faster; ids may differ from float32's now and then (the README's Speed section "

@@ -13,7 +13,7 @@ import argparse
 import socket
 import sys
 
-from ..constants import DTYPE_NAMES, EXIT_USAGE
+from ..constants import DTYPE_HELP, EXIT_USAGE, RUN_DTYPES
 from ..data.shapes import CHECKPOINT as DEMO_CHECKPOINT
 from .stops import stopped_code, stopped_name
 
@@ -78,9 +78,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "a photo already seen skip the vision encoder (default 64, ~0.6 MB an image at git-base; "
                         "0: none)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="float32", choices=[*DTYPE_NAMES, "auto"],
-                   help="default: float32, where a result never depends on its batch; bfloat16 (or auto on a CPU "
-                        "with AMX or AVX512-BF16) is faster, but its results can change with the batch")
+    p.add_argument("--dtype", default="float32", choices=RUN_DTYPES, help=DTYPE_HELP)
     p.set_defaults(run=run)
     return p
 
