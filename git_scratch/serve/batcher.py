@@ -13,9 +13,10 @@ into one call, which runs the image through the decoder once for all of them (`c
 A row's result never depends on its batch: `generate` gives each row of a mixed-length batch the ids it gives the
 row alone (tests/test_generate.py), and no option is shared between rows that differ in it. Only the float32
 rounding of a batched matrix product may differ from a single row's in the last bits of a score; the ids are
-those the command line prints (tests/test_serve.py compares them id for id). In bfloat16 (--dtype) that does not
-hold: oneDNN's bfloat16 products round differently with the number of rows, a step of bfloat16 apart, which can
-change ids (README, "Batching: how and when").
+those the command line prints (tests/test_serve.py compares them id for id). --dtype bfloat16-vision keeps this
+(its bfloat16 vision encoder takes one image a call: fast.OneImageACall); whole-model bfloat16 does not: oneDNN's
+bfloat16 products round differently with the number of rows, a step of bfloat16 apart, which can change ids
+(README, "Batching: how and when").
 """
 
 from __future__ import annotations
