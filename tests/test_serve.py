@@ -427,6 +427,95 @@ def test_explain_after_a_caption_takes_the_cached_encoding_and_gives_the_fresh_m
 
 
 # ---------------------------------------------------------------- a full queue, and stopping
+def batches_run(arrivals, max_wait: float):
+    """A started Batcher over a stand-in model that records the jobs of each batch it runs."""
+    from git_scratch.serve.batcher import Batcher
+
+    seen: list[list] = []
+    batcher = Batcher(lambda jobs: seen.append(jobs) or [None] * len(jobs), max_batch=8, max_wait=max_wait,
+                      arrivals=arrivals)
+    batcher.start()
+    return batcher, seen
+
+
+def test_a_lone_request_starts_at_once_when_no_other_is_on_its_way():
+    from git_scratch.serve.batcher import Arrivals, Job
+
+    batcher, seen = batches_run(Arrivals(), max_wait=30)
+    start = time.monotonic()
+    batcher.submit(Job(rows=[None])).result(timeout=60)
+    waited = time.monotonic() - start
+    batcher.close()
+    assert len(seen) == 1 and waited < 10  # not the 30 s --max-wait-ms would allow (it takes milliseconds)
+
+
+def test_a_batch_waits_for_a_request_still_being_received_then_takes_it():
+    from git_scratch.serve.batcher import Arrivals, Job
+
+    arrivals = Arrivals()
+    batcher, seen = batches_run(arrivals, max_wait=30)
+    arrivals.expect()  # a second request is being received
+    first = batcher.submit(Job(rows=[None]))
+    time.sleep(0.3)
+    assert not first.done()  # the batch waits for it
+    second = batcher.submit(Job(rows=[None]))
+    arrivals.arrived()
+    first.result(timeout=60), second.result(timeout=60)
+    batcher.close()
+    assert [len(jobs) for jobs in seen] == [2]
+
+
+def test_without_arrivals_a_batch_waits_max_wait_for_company():
+    from git_scratch.serve.batcher import Job
+
+    batcher, seen = batches_run(None, max_wait=0.3)
+    start = time.monotonic()
+    first = batcher.submit(Job(rows=[None]))
+    time.sleep(0.1)
+    second = batcher.submit(Job(rows=[None]))
+    first.result(timeout=60), second.result(timeout=60)
+    batcher.close()
+    assert [len(jobs) for jobs in seen] == [2] and time.monotonic() - start >= 0.3
+
+
+def test_the_server_starts_a_lone_request_at_once_however_long_max_wait(images):
+    """In this process, the real app on uvicorn with --max-wait-ms 30000: one request at a time, each answered
+    without waiting for company (its job counts as arrived once queued)."""
+    import uvicorn
+
+    from git_scratch.cli.serve import listen
+    from git_scratch.load import load
+    from git_scratch.preprocessing.processor import Processor
+    from git_scratch.serve.app import ServeOptions, create_app
+
+    app = create_app(load(DEMO), Processor.from_pretrained(DEMO), ServeOptions(str(DEMO), max_wait_ms=30000))
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    serving.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    start = time.monotonic()
+    for path in images[:2]:
+        assert httpx.post(url + "/v1/caption", files=[upload(path)], timeout=120).status_code == 200
+    assert httpx.post(url + "/v1/vqa", files=[upload(images[0])], data={"question": QUESTIONS[0]},
+                      timeout=120).status_code == 200
+    took = time.monotonic() - start
+    server.should_exit = True
+    serving.join(60)
+    assert took < 20  # three requests, none waiting out its 30 s (each takes well under a second)
+
+
+def test_every_request_stops_counting_as_arriving_once_answered(server, images):
+    """Answered, refused (422, 413) or queued: none stays counted, which would make every batch wait out
+    --max-wait-ms for a request that never comes."""
+    assert post(server, "/v1/caption", [upload(images[0])]).status_code == 200
+    assert post(server, "/v1/caption", [upload(images[0], data=b"not an image")]).status_code == 422
+    assert post(server, "/v1/vqa", [upload(images[0])]).status_code == 422  # no question
+    big = ("image", ("big.png", b"0" * (2 * 2**20), "image/png"))  # over the module server's 1 MiB
+    assert post(server, "/v1/caption", [big]).status_code == 413
+    assert httpx.get(server.url + "/health").json()["arriving"] == 0
+
+
 def test_a_full_queue_answers_503_with_retry_after(images):
     """In this process, the real app on uvicorn with its worker held: one request runs, one waits (--queue 1),
     the next is refused; released, the two admitted ones are answered."""

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import anyio
 import torch
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -45,7 +45,7 @@ from ..evaluation.records import checkpoint_fingerprint, settings
 from ..explain import explain as explain_words
 from ..generation.options import room_error
 from ..load import dtype_name
-from .batcher import Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, encode, run_jobs
+from .batcher import Arrivals, Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, encode, run_jobs
 
 PAGE = Path(__file__).parent / "page"
 MAX_BEAMS = 16  # a request's beams are rows of the batch: bounded so that one request cannot take the memory
@@ -105,6 +105,34 @@ class UploadLimit:
         return f"request body over the {self.limit / 2**20:g} MiB limit (--max-upload-mb)"
 
 
+class Arriving:
+    """ASGI middleware: counts each POST to /v1/ in `arrivals` from its first byte until its job is queued
+    (`request.state.arrived()`, called by the endpoint) or it has failed, whichever comes first. So a batch waits
+    for requests still being received and read (their forms are parsed before an endpoint runs), and only for
+    those: a lone request starts at once (Batcher.gather)."""
+
+    def __init__(self, app, arrivals: Arrivals):
+        self.app, self.arrivals = app, arrivals
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        pending = True
+
+        def arrived():
+            nonlocal pending
+            if pending:
+                pending = False
+                self.arrivals.arrived()
+
+        self.arrivals.expect()
+        scope.setdefault("state", {})["arrived"] = arrived
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            arrived()
+
+
 async def drain(receive, message: dict, cap: int) -> None:
     """Read and drop the body the client is still sending after `message`, until it pauses for LINGER_S or `cap`
     more bytes came. Why: closing a connection with bytes unread makes the kernel reset it, and the reset can
@@ -129,8 +157,9 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     dtype = dtype_name(opts.dtype, model.device)  # "auto" as what it means on this machine
     limit = model.config.text.max_positions
     cache = ImageCache(opts.image_cache) if opts.image_cache else None
+    arrivals = Arrivals()
     batcher = Batcher(lambda jobs: run_jobs(model, tok, jobs, opts.max_batch, cache), opts.max_batch,
-                      opts.max_wait_ms / 1000, opts.queue)
+                      opts.max_wait_ms / 1000, opts.queue, arrivals)
     reading = anyio.CapacityLimiter(2)  # images decoded at once: each may take up to the pixel budget
 
     @asynccontextmanager
@@ -144,6 +173,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                               "`git-scratch caption --json` and `vqa --json` print.")
     app.state.batcher, app.state.image_cache = batcher, cache  # GET /health reads them; tests hold the worker
     app.add_middleware(UploadLimit, limit=int(opts.max_upload_mb * 2**20))
+    app.add_middleware(Arriving, arrivals=arrivals)  # the outer one: a request refused with 413 is counted too
     app.mount("/page", StaticFiles(directory=PAGE), name="page")
 
     @app.exception_handler(HTTPException)
@@ -200,9 +230,10 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         ids = processor.encode_text(question)[0][0].tolist()  # [CLS] + the question's tokens
         return room_error(len(ids), d.max_new_tokens, limit, what="the question") or ids
 
-    async def run(job: Job):
+    async def run(job: Job, request: Request):
         try:
             future = batcher.submit(job)
+            request.state.arrived()  # after the job is queued: the worker always sees it, coming or queued
         except QueueFull:
             raise ClientError(503, f"the server is busy: {opts.queue} requests are waiting (--queue); retry "
                                    "shortly", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -218,13 +249,14 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "checkpoint": opts.checkpoint, "fingerprint": fingerprint,
-                "queued": batcher.queue.qsize(), "running": batcher.running, "batches": batcher.batches,
+                "arriving": arrivals.n, "queued": batcher.queue.qsize(), "running": batcher.running,
+                "batches": batcher.batches,
                 "max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms,
                 "image_cache": None if cache is None else {"size": cache.size, "images": len(cache.store),
                                                            "hits": cache.hits, "misses": cache.misses}}
 
     @app.post("/v1/caption")
-    async def caption(image: list[UploadFile] = File(..., description="one or more image files"),
+    async def caption(request: Request, image: list[UploadFile] = File(..., description="one or more image files"),
                       max_new_tokens: int = Form(20, ge=1), num_beams: int = Form(1, ge=1, le=MAX_BEAMS)):
         """One caption record per image, in upload order; an image that cannot be read is an error record."""
         if len(image) > MAX_IMAGES:
@@ -237,12 +269,12 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
             raise ClientError(422, "; ".join(f"{name}: {why}" for name, _, why in loaded))
         job = Job([px for *_, px in good], [Row(k, [tok.cls_id], None) for k in range(len(good))], d,
                   keys=[key for _, key, _ in good])
-        done = iter(await run(job))
+        done = iter(await run(job, request))
         return {"results": [record(name, key, next(done) if torch.is_tensor(px) else {"error": px}, s)
                             for name, key, px in loaded]}
 
     @app.post("/v1/vqa")
-    async def vqa(image: UploadFile = File(..., description="one image file"),
+    async def vqa(request: Request, image: UploadFile = File(..., description="one image file"),
                   question: list[str] = Form(..., description="one or more questions"),
                   max_new_tokens: int = Form(20, ge=1), num_beams: int = Form(1, ge=1, le=MAX_BEAMS)):
         """One answer record per question, in order; a question that cannot be asked is an error record."""
@@ -257,12 +289,12 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         rows = [Row(0, p, q) for p, q in zip(prompts, question) if isinstance(p, list)]
         if not rows:
             raise ClientError(422, "; ".join(dict.fromkeys(prompts)))
-        done = iter(await run(Job([px], rows, d, keys=[key])))
+        done = iter(await run(Job([px], rows, d, keys=[key]), request))
         return {"results": [record(name, key, next(done) if isinstance(p, list) else {"question": q, "error": p}, s)
                             for p, q in zip(prompts, question)]}
 
     @app.post("/v1/explain")
-    async def explain(image: UploadFile = File(...), question: str | None = Form(None),
+    async def explain(request: Request, image: UploadFile = File(...), question: str | None = Form(None),
                       max_new_tokens: int = Form(20, ge=1), method: str = Form("last", pattern="^(last|rollout)$")):
         """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
         patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
@@ -281,7 +313,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                                      None if question is None else torch.tensor([ids]), method=method,
                                      max_new_tokens=d.max_new_tokens, image=feats[None])
 
-        return {"words": await run(Job(alone=work))}
+        return {"words": await run(Job(alone=work), request)}
 
     return app
 

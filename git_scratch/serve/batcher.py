@@ -5,7 +5,8 @@
 
 A row is one (image, prompt) pair: one caption, or one question about an image. The worker takes the first waiting
 job, then whatever else arrives within `max_wait` seconds, up to `max_batch` rows (a job that does not fit waits for
-the next batch; a job larger than `max_batch` runs alone, in slices). `run_jobs` encodes every image of the batch
+the next batch; a job larger than `max_batch` runs alone, in slices). Given `arrivals` (the server's count of
+requests still being received), it waits only while one is: a lone request starts at once. `run_jobs` encodes every image of the batch
 once (GIT's trick: one image's keys/values serve every question and beam about it), then generates the rows grouped
 by their decoding options, so rows with different options never share a `generate` call; an image's questions go
 into one call, which runs the image through the decoder once for all of them (`calls`).
@@ -77,14 +78,30 @@ class Closed(Exception):
 
 
 STOP = object()  # what close() queues: the worker finishes what came before it, then ends
+POLL_S = 0.002  # while a batch waits for requests on their way, how often it looks whether any still is
+
+
+class Arrivals:
+    """How many requests are on their way to the batcher: being received and read, their job not yet submitted.
+    Changed on the server's event loop alone (`expect` as a request comes in, `arrived` once its job is queued or
+    it has failed); the worker reads `n`."""
+
+    def __init__(self):
+        self.n = 0
+
+    def expect(self) -> None:
+        self.n += 1
+
+    def arrived(self) -> None:
+        self.n -= 1
 
 
 class Batcher:
     """A bounded queue and the one worker thread that runs the model. `run(jobs)` -> one result per job."""
 
     def __init__(self, run: Callable[[list[Job]], list], max_batch: int = 8, max_wait: float = 0.01,
-                 queue_size: int = 64):
-        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait
+                 queue_size: int = 64, arrivals: Arrivals | None = None):
+        self.run, self.max_batch, self.max_wait, self.arrivals = run, max_batch, max_wait, arrivals
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.held = None  # a job gathered that did not fit the last batch: the next batch starts with it
         self.running = 0  # rows in the batch being run (GET /health)
@@ -113,8 +130,8 @@ class Batcher:
             self.thread.join()
 
     def gather(self):
-        """The next batch: the first job waiting, then those arriving within max_wait, up to max_batch rows.
-        None once STOP comes first."""
+        """The next batch: the first job waiting, then those arriving within max_wait, up to max_batch rows; with
+        `arrivals`, no longer than some request is still on its way. None once STOP comes first."""
         first = self.held if self.held is not None else self.queue.get()
         self.held = None
         if first is STOP:
@@ -122,10 +139,14 @@ class Batcher:
         jobs, rows = [first], first.size
         deadline = time.monotonic() + self.max_wait
         while rows < self.max_batch and first.alone is None:
+            left = deadline - time.monotonic()
+            coming = self.arrivals is None or self.arrivals.n > 0
+            if left <= 0 or (not coming and self.queue.empty()):
+                break  # the wait is over, or nothing else is on its way
             try:
-                job = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
+                job = self.queue.get(timeout=left if self.arrivals is None else min(left, POLL_S))
             except queue.Empty:
-                break
+                continue
             if job is STOP or job.alone is not None or rows + job.size > self.max_batch:
                 self.held = job
                 break
