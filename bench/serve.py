@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=64, help="measured requests per row (default 64)")
     p.add_argument("--images", type=int, default=32, help="distinct images (default 32)")
     p.add_argument("--max-batch", type=int, default=16, help="batching on: --max-batch (default 16)")
-    # 100, not serve's 10: on a 2-core CPU 16 uploads take ~50-100 ms to be received and decoded; a shorter wait
+    # serve's default: on a 2-core CPU 16 uploads take ~50-100 ms to be received and decoded; a shorter wait
     # splits a burst of 16 into two batches that then stay out of step (measured: 8 per batch at 10 ms, 16 at 100)
     p.add_argument("--max-wait-ms", type=float, default=100, help="batching on: --max-wait-ms (default 100)")
     p.add_argument("--max-new-tokens", type=int, default=20)

@@ -438,7 +438,7 @@ def batches_run(arrivals, max_wait: float):
     return batcher, seen
 
 
-def test_a_lone_request_starts_at_once_when_no_other_is_on_its_way():
+def test_a_lone_request_does_not_wait_out_max_wait_when_no_other_is_on_its_way():
     from git_scratch.serve.batcher import Arrivals, Job
 
     batcher, seen = batches_run(Arrivals(), max_wait=30)
@@ -446,7 +446,7 @@ def test_a_lone_request_starts_at_once_when_no_other_is_on_its_way():
     batcher.submit(Job(rows=[None])).result(timeout=60)
     waited = time.monotonic() - start
     batcher.close()
-    assert len(seen) == 1 and waited < 10  # not the 30 s --max-wait-ms would allow (it takes milliseconds)
+    assert len(seen) == 1 and waited < 10  # not the 30 s max_wait would allow (it takes QUIET_S, 10 ms)
 
 
 def test_a_batch_waits_for_a_request_still_being_received_then_takes_it():
@@ -478,7 +478,7 @@ def test_without_arrivals_a_batch_waits_max_wait_for_company():
     assert [len(jobs) for jobs in seen] == [2] and time.monotonic() - start >= 0.3
 
 
-def test_the_server_starts_a_lone_request_at_once_however_long_max_wait(images):
+def test_the_server_never_makes_a_lone_request_wait_out_max_wait(images):
     """In this process, the real app on uvicorn with --max-wait-ms 30000: one request at a time, each answered
     without waiting for company (its job counts as arrived once queued)."""
     import uvicorn

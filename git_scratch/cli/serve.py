@@ -66,8 +66,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--port", type=_at_least(0), default=8000, help="default 8000; 0: any free port (printed)")
     p.add_argument("--max-batch", type=_at_least(1), default=8, metavar="N",
                    help="most rows (image + prompt pairs) decoded together (default 8; 1: no batching)")
-    p.add_argument("--max-wait-ms", type=_at_least(0, float), default=10.0, metavar="MS",
-                   help="how long a batch waits for more requests once the first has come (default 10)")
+    p.add_argument("--max-wait-ms", type=_at_least(0, float), default=100.0, metavar="MS",
+                   help="the longest a batch waits for more requests once the first has come (default 100); it "
+                        "waits only while others are still being received, so a lone request starts at once")
     p.add_argument("--max-upload-mb", type=_at_least(0.001, float), default=20.0, metavar="MB",
                    help="largest request body, MiB (default 20); larger ones get 413 before they are read")
     p.add_argument("--queue", type=_at_least(1), default=64, metavar="N",

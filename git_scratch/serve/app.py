@@ -62,7 +62,7 @@ class ServeOptions:
     checkpoint: str  # the checkpoint directory (its fingerprint goes into every record's settings)
     dtype: str = "float32"  # as --dtype names it ("auto" too); the settings say what it resolved to, as the CLI's do
     max_batch: int = 8  # rows (image, prompt) per generate call
-    max_wait_ms: float = 10.0  # how long the first request of a batch waits for others
+    max_wait_ms: float = 100.0  # the longest the first request of a batch waits for others on their way
     queue: int = 64  # requests waiting; more get 503
     max_upload_mb: float = 20.0  # request body limit, MiB
     image_cache: int = 64  # images whose encodings are kept (batcher.ImageCache); 0: none
@@ -109,7 +109,7 @@ class Arriving:
     """ASGI middleware: counts each POST to /v1/ in `arrivals` from its first byte until its job is queued
     (`request.state.arrived()`, called by the endpoint) or it has failed, whichever comes first. So a batch waits
     for requests still being received and read (their forms are parsed before an endpoint runs), and only for
-    those: a lone request starts at once (Batcher.gather)."""
+    those: a lone request starts within batcher.QUIET_S (Batcher.gather)."""
 
     def __init__(self, app, arrivals: Arrivals):
         self.app, self.arrivals = app, arrivals

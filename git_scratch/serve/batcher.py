@@ -6,7 +6,8 @@
 A row is one (image, prompt) pair: one caption, or one question about an image. The worker takes the first waiting
 job, then whatever else arrives within `max_wait` seconds, up to `max_batch` rows (a job that does not fit waits for
 the next batch; a job larger than `max_batch` runs alone, in slices). Given `arrivals` (the server's count of
-requests still being received), it waits only while one is: a lone request starts at once. `run_jobs` encodes every image of the batch
+requests still being received), it waits only while one is, or was within QUIET_S: a lone request starts 10 ms
+after it is queued, and a burst whose requests come a few ms apart is not split. `run_jobs` encodes every image of the batch
 once (GIT's trick: one image's keys/values serve every question and beam about it), then generates the rows grouped
 by their decoding options, so rows with different options never share a `generate` call; an image's questions go
 into one call, which runs the image through the decoder once for all of them (`calls`).
@@ -79,6 +80,7 @@ class Closed(Exception):
 
 STOP = object()  # what close() queues: the worker finishes what came before it, then ends
 POLL_S = 0.002  # while a batch waits for requests on their way, how often it looks whether any still is
+QUIET_S = 0.01  # a batch starts once no request has been on its way for this long (or max_wait is up)
 
 
 class Arrivals:
@@ -137,12 +139,15 @@ class Batcher:
         if first is STOP:
             return None
         jobs, rows = [first], first.size
-        deadline = time.monotonic() + self.max_wait
+        now = time.monotonic()
+        deadline, last_seen = now + self.max_wait, now
         while rows < self.max_batch and first.alone is None:
-            left = deadline - time.monotonic()
-            coming = self.arrivals is None or self.arrivals.n > 0
-            if left <= 0 or (not coming and self.queue.empty()):
-                break  # the wait is over, or nothing else is on its way
+            now = time.monotonic()
+            left = deadline - now
+            if self.arrivals is None or self.arrivals.n > 0 or not self.queue.empty():
+                last_seen = now
+            if left <= 0 or now - last_seen > QUIET_S:
+                break  # the wait is over, or nothing else has been on its way for QUIET_S
             try:
                 job = self.queue.get(timeout=left if self.arrivals is None else min(left, POLL_S))
             except queue.Empty:
