@@ -133,7 +133,7 @@ class Batcher:
 
     def gather(self):
         """The next batch: the first job waiting, then those arriving within max_wait, up to max_batch rows; with
-        `arrivals`, no longer than some request is still on its way. None once STOP comes first."""
+        `arrivals`, only while some request is on its way or was within QUIET_S. None once STOP comes first."""
         first = self.held if self.held is not None else self.queue.get()
         self.held = None
         if first is STOP:
