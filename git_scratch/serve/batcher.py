@@ -7,10 +7,10 @@ A row is one (image, prompt) pair: one caption, or one question about an image. 
 job, then whatever else arrives within `max_wait` seconds, up to `max_batch` rows (a job that does not fit waits for
 the next batch; a job larger than `max_batch` runs alone, in slices). Given `arrivals` (the server's count of
 requests still being received), it waits only while one is, or was within QUIET_S: a lone request starts 10 ms
-after it is queued, and a burst whose requests come a few ms apart is not split. `run_jobs` encodes every image of the batch
-once (GIT's trick: one image's keys/values serve every question and beam about it), then generates the rows grouped
-by their decoding options, so rows with different options never share a `generate` call; an image's questions go
-into one call, which runs the image through the decoder once for all of them (`calls`).
+after it is queued, and a burst whose requests come a few ms apart is not split. `run_jobs` encodes every image of
+the batch once (GIT's trick: one image's keys/values serve every question and beam about it), then generates the
+rows grouped by their decoding options, so rows with different options never share a `generate` call; an image's
+questions go into one call, which runs the image through the decoder once for all of them (`calls`).
 
 A row's result never depends on its batch: `generate` gives each row of a mixed-length batch the ids it gives the
 row alone (tests/test_generate.py), and no option is shared between rows that differ in it. Only the float32
