@@ -72,6 +72,12 @@ def apply(model: nn.Module) -> nn.Module:
     return model
 
 
+def applied(model: nn.Module) -> bool:
+    """True where `apply` or `one_image_a_call` changed a module of `model`."""
+    return any(isinstance(m, (Linear, OneImageACall)) or getattr(m, "act", None) is quick_gelu_inplace
+               for m in model.modules())
+
+
 class OneImageACall(VisionEncoder):
     """VisionEncoder, one image (or video frame) per call: an image's features are those it gets alone, whatever
     was encoded beside it. Why: oneDNN's bfloat16 products round differently with their number of rows (a

@@ -12,58 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from . import fast, quantize as quantizing
 from .config import GitConfig
-from .constants import BF16_VISION, DTYPE_NAMES, LATEST
+from .constants import BF16_VISION, LATEST
 from .model import GIT
-
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # "float32" -> torch.float32, ...
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """True where bfloat16 matmuls beat float32: CUDA with bf16 support, or a CPU with AMX/AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(fast.cpu_flags() & {"amx_bf16", "avx512_bf16"})
-    return False
-
-
-def resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """None -> float32 (the parity-tested path); "auto" -> bfloat16 only where it is fast; "bfloat16-vision" ->
-    bfloat16 (the vision encoder's: load)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if fast_bf16(device) else torch.float32
-    if dtype == BF16_VISION:
-        return torch.bfloat16
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, {BF16_VISION!r} or 'auto', got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def run_device(device, quantize=None) -> torch.device:
-    """The device `load(..., device, quantize=quantize)` puts the model on: int8 runs on the CPU only."""
-    return resolve_device("cpu" if quantize and device in (None, "auto") else device)
-
-
-def dtype_name(dtype, device=None, quantize=None) -> str:
-    """The dtype `load(path, device, dtype, quantize)` computes in, by name ("bfloat16"): what results record.
-    "auto" is no setting of its own: it means bfloat16 on one machine and float32 on another."""
-    if dtype == BF16_VISION:
-        return BF16_VISION
-    return str(resolve_dtype(dtype, run_device(device, quantize))).removeprefix("torch.")
+from .precision import Precision, precision
 
 
 def checkpoint_dir(path) -> Path:
@@ -87,19 +38,12 @@ def checkpoint_dir(path) -> Path:
     return target
 
 
-def load(path, device=None, dtype=None, quantize=None) -> GIT:
-    """The model of a converted checkpoint directory, in eval mode, with the speed tricks of fast.py.
-
-    device: "cpu", "cuda", "mps", "auto" or None (= auto). dtype: torch dtype, "float32", "bfloat16",
-    "float16", "auto" (bfloat16 where the hardware is fast at it), None (= float32) or "bfloat16-vision": the
-    vision encoder in bfloat16, one image a call (fast.one_image_a_call, so that a batch never changes an image's
-    features), the decoder in float32 (on a CPU, bfloat16 pays in the vision pass; a decode step is no faster).
-    quantize: None (the weights as stored) or "int8": the decoder blocks' Linears and the LM head in int8, CPU
-    only (quantize.py; device None/"auto" then means the CPU), the rest of the decoder in float32, and `dtype`
-    then says the vision encoder's alone (so "auto" gives a bfloat16 vision pass beside the int8 decoder where
-    bfloat16 is fast). `path` may also be a training run directory or its `latest` file (checkpoint_dir).
+def load(path, device=None, dtype=None, quantize=None, fast_paths: bool = True) -> GIT:
+    """The model of a checkpoint, in eval mode, computing as `precision(device, dtype, quantize)` says
+    (precision.py: the choices), with the speed tricks of fast.py unless `fast_paths` is False (the plain
+    model, as an export traces it). `path` may also be a training run directory or its `latest` file.
     """
-    quantizing.check_mode(quantize)  # a bad mode fails before any reading
+    p = precision(device, dtype, quantize)  # a bad choice fails before any reading
     path = checkpoint_dir(path)
     cfg_path, weights = path / "config.json", path / "model.safetensors"
     if not cfg_path.is_file():
@@ -117,10 +61,8 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
     cfg = GitConfig.from_json(cfg_path)
     if not weights.is_file():
         raise FileNotFoundError(f"{path}: no model.safetensors")
-    dev = run_device(device, quantize)
-    dt = resolve_dtype(dtype, dev)
     try:
-        state = load_file(weights, device=str(dev) if dev.type != "mps" else "cpu")
+        state = load_file(weights, device=str(p.device) if p.device.type != "mps" else "cpu")
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights}: cannot read weights ({e}); truncated or corrupt?") from None
     with torch.device("meta"):  # no memory spent on random init that would be overwritten
@@ -131,14 +73,21 @@ def load(path, device=None, dtype=None, quantize=None) -> GIT:
         raise ValueError(f"{weights}: does not match its config.json: {e}") from None
     if cfg.text.tie_embeddings:
         model.lm_head.weight = model.embed.tok_embed.weight
-    if quantize is None and dtype != BF16_VISION:
-        return fast.apply(model.to(device=dev, dtype=dt).eval())
-    # the decoder stays float32 (around int8 products with quantize: quantize.py); `dt` is the vision encoder's
-    model = fast.apply(model.to(device=dev, dtype=torch.float32).eval())
-    model.vision.to(dt)
-    if dtype == BF16_VISION:
+    return to_precision(model, p, fast_paths)
+
+
+def to_precision(model: GIT, p: Precision, fast_paths: bool = True) -> GIT:
+    """The plain `model`, in eval mode, converted to what `p` names: device and dtype; the vision encoder one
+    image a call (bfloat16-vision, fast.one_image_a_call: a batch never changes an image's features); the
+    decoder's Linears in int8 (quantize.py); and, with `fast_paths`, fast.py's tricks."""
+    model = model.to(device=p.device, dtype=torch.float32 if p.mixed else p.weights).eval()
+    if fast_paths:
+        fast.apply(model)
+    if p.mixed:  # the decoder stays float32 (around int8 products with quantize); `weights` is the vision encoder's
+        model.vision.to(p.weights)
+    if p.dtype == BF16_VISION:
         fast.one_image_a_call(model.vision)
-    return model if quantize is None else quantizing.quantize(model, quantize)
+    return quantizing.quantize(model, p.quantize)
 
 
 def umask_mode(directory: bool = False) -> int:

@@ -81,13 +81,14 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_bfloat16_vision_loads_the_vision_encoder_in_bfloat16_and_the_rest_in_float32(tiny_ckpt):
-    from git_scratch.load import dtype_name, load
+    from git_scratch.load import load
+    from git_scratch.precision import precision
 
     model = load(tiny_ckpt, device="cpu", dtype=constants.BF16_VISION)
     assert all(p.dtype == torch.bfloat16 for p in model.vision.parameters())
     assert all(p.dtype == torch.float32 for name, p in model.named_parameters() if not name.startswith("vision."))
     assert isinstance(model.vision, fast.OneImageACall) and model.dtype == torch.float32
-    assert dtype_name(constants.BF16_VISION) == "bfloat16-vision"  # what results record: not whole-model bfloat16
+    assert precision(dtype=constants.BF16_VISION).dtype == "bfloat16-vision"  # what results record: not whole-model bfloat16
     bf16 = load(tiny_ckpt, device="cpu", dtype="bfloat16")
     px = torch.randn(1, 3, 224, 224)
     with torch.no_grad():

@@ -203,7 +203,7 @@ def test_int8_with_bfloat16_runs_the_vision_encoder_in_bfloat16_and_the_decoder_
 
 
 def test_int8_with_auto_keeps_the_vision_encoder_float32_where_bfloat16_is_slow(ckpt, monkeypatch):
-    loading = importlib.import_module("git_scratch.load")  # the module (the package's `load` is the function)
+    loading = importlib.import_module("git_scratch.precision")  # where (device, dtype, quantize) resolve
     monkeypatch.setattr(loading, "fast_bf16", lambda device: False)
     assert all(p.dtype == torch.float32 for p in load(ckpt, device="cpu", dtype="auto", quantize="int8").parameters())
     monkeypatch.setattr(loading, "fast_bf16", lambda device: True)
@@ -291,7 +291,7 @@ def test_dtype_auto_is_recorded_as_what_it_resolved_to_so_a_resume_on_another_cp
     from _cli_helpers import in_process
     from git_scratch.data import shapes
 
-    loading = importlib.import_module("git_scratch.load")
+    loading = importlib.import_module("git_scratch.precision")
     image, out = tmp_path / "a.png", tmp_path / "out.jsonl"
     shapes.sample(7)[0].save(image)
     args = ("caption", image, "-c", shapes.CHECKPOINT, "-o", out, "--no-progress", "--max-new-tokens", "6",

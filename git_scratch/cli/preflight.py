@@ -23,10 +23,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
-from ..load import checkpoint_dir, resolve_device, umask_mode
-
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
-
+from ..load import checkpoint_dir, umask_mode
 
 def png_mark(software: str) -> PngImagePlugin.PngInfo:
     """A PNG's text chunk Software = `software` ("git-scratch demo", "git-scratch explain"): the mark by which a
@@ -46,34 +43,6 @@ def has_png_mark(software: str) -> Callable[[Path], bool]:
             return False
 
     return ours
-
-
-def check_device(name: str) -> torch.device:
-    """--device as a torch.device ("auto": the best there is); ValueError naming --device, before any model
-    is built, for a name torch does not know or a device this machine lacks."""
-    if name in (None, "auto"):
-        return resolve_device(name)
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"--device {name!r}: not a device; use {DEVICES}") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"--device {name}: no CUDA device available to this torch ({torch.__version__})")
-        if device.index is not None and device.index >= n:
-            raise ValueError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
-        return device
-    if device.type == "mps":
-        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    else:  # xpu and the like: the backend module says
-        backend = getattr(torch, device.type, None)
-        ok = callable(getattr(backend, "is_available", None)) and backend.is_available()
-    if not ok:
-        raise ValueError(f"--device {name}: not available on this machine")
-    return device
 
 
 def checkpoint_files(checkpoint) -> tuple[Path, ...]:

@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .. import fast
 from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
 from ..load import load
 from ..model import GIT
@@ -32,17 +33,6 @@ from . import GRAPH_FILES, MANIFEST, OPSET
 from .graphs import DecoderStep, ImageEncoder, ImagePrefill
 
 BIG = 1_800_000_000  # bytes of weights above which a graph keeps them in a .data file (protobuf stops at 2 GiB)
-
-
-def plain(model: GIT) -> GIT:
-    """The model without load's speed tricks (fast.py swaps kernels and in-place activations that mean nothing
-    in a graph): a fresh GIT over the same weight tensors, no copy."""
-    with torch.device("meta"):
-        bare = GIT(model.config)
-    bare.load_state_dict(model.state_dict(), strict=True, assign=True)
-    if model.config.text.tie_embeddings:
-        bare.lm_head.weight = bare.embed.tok_embed.weight
-    return bare.eval()
 
 
 def examples(model: GIT) -> dict[str, tuple]:
@@ -96,10 +86,12 @@ def quiet():
 
 def export_graphs(model: GIT, out: Path, opset: int = OPSET, log: Callable[[str], None] = print,
                   names: tuple[str, ...] = GRAPH_FILES) -> None:
-    """The graphs `names` (default all three) of `model` into the folder `out`, each checked by onnx.checker."""
+    """The graphs `names` (default all three) of the plain `model` (GIT(config), or load(..., fast_paths=False):
+    fast.py's kernel swaps mean nothing in a graph) into the folder `out`, each checked by onnx.checker."""
     import onnx
 
-    model = plain(model)
+    if fast.applied(model):
+        raise ValueError("export a plain model: load(..., fast_paths=False), not one with fast.py's speed tricks")
     modules = {"image_encoder.onnx": ImageEncoder(model), "image_prefill.onnx": ImagePrefill(model),
                "decoder_step.onnx": DecoderStep(model)}
     io, axes, inputs = io_names(), dynamic_axes(), examples(model)
@@ -141,7 +133,7 @@ def export_checkpoint(ckpt, out, opset: int = OPSET, log: Callable[[str], None] 
     Returns the torch model it exported, for `compare`."""
     ckpt, out = Path(ckpt), Path(out)
     log(f"loading {ckpt}")
-    model = load(ckpt, device="cpu", dtype=torch.float32)
+    model = load(ckpt, device="cpu", fast_paths=False)  # the plain model: what the graphs trace
     out.mkdir(parents=True, exist_ok=True)
     export_graphs(model, out, opset, log)
     for name in ("config.json", *PREPROCESSOR_FILES, *TOKENIZER_FILES):  # what makes a folder a checkpoint

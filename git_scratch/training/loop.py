@@ -50,7 +50,8 @@ from ..config import GitConfig
 from ..constants import check_compat
 from .curves import plot_curves
 from ..init import init_weights
-from ..load import fast_bf16, load
+from ..load import load
+from ..precision import fast_bf16
 from ..model import GIT
 from ..data.batches import batch_loss, check_tokenizer, mean_losses, stack
 from ..preprocessing.processor import Processor
@@ -130,7 +131,7 @@ class TrainRun:
     shapes_focus_share: float = 0.0  # ...in this share of the question examples (held-out data never)
     val: str | None = None  # held-out data: "shapes" (unseen seeds) or an annotation file
     val_samples: int = 256  # shapes: held-out samples
-    device: str = "auto"  # "auto", "cpu", "cuda", ...: load.resolve_device
+    device: str = "auto"  # "auto", "cpu", "cuda", ...: precision.resolve_device
 
     def __post_init__(self):
         if str(self.out) == "":
