@@ -8,6 +8,7 @@ from .load import load, save
 from .mask import git_mask
 from .model import GIT, GitOutput
 from .generation.options import Generation, GenerationOptions
+from .pipeline import answer, caption
 from .preprocessing.processor import Processor
 from .preprocessing.tokenizer import Tokenizer
 
@@ -21,6 +22,8 @@ __all__ = [
     "TextConfig",
     "Tokenizer",
     "VisionConfig",
+    "answer",
+    "caption",
     "generate",
     "git_mask",
     "init_checkpoint",

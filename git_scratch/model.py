@@ -149,8 +149,19 @@ class GIT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
-    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, **kwargs):
-        """Token ids as transformers' generate returns them (greedy, beam search, sampling); see generate.py."""
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, *, processor=None, **kwargs):
+        """Token ids as transformers' generate returns them (greedy, beam search, sampling); see generate.py.
+        pixel_values may also be images (a path, PIL image or uint8 array, or a list of them): `processor`
+        makes them pixels, else the processor of the checkpoint `git_scratch.load` read the model from."""
         from .generation.generate import generate  # GIT.generate: a convenience, imported when called
 
+        if pixel_values is not None and not torch.is_tensor(pixel_values):  # images, not pixels
+            if processor is None:
+                if getattr(self, "source", None) is None:
+                    raise ValueError("images need the checkpoint's processor: pass processor=, or load the model "
+                                     "with git_scratch.load(...)")
+                from .preprocessing.processor import Processor
+
+                processor = Processor.from_pretrained(self.source)
+            pixel_values = processor(images=pixel_values).pixel_values.to(self.device, self.dtype)
         return generate(self, pixel_values, input_ids, attention_mask, **kwargs)

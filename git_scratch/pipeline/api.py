@@ -1,0 +1,127 @@
+"""`caption(images, model="demo")` and `answer(images, questions, model="demo")`: a model by name, its inputs
+preprocessed, batched and decoded, in one call; what transformers' `pipeline` users expect.
+
+    import git_scratch
+    git_scratch.caption("cat.jpg")      # [{"question": None, "text": "a cat on a sofa", "ids": [...], "score": ...}]
+    git_scratch.caption(["cat.jpg", pil_image], model="ckpt/git-base-coco", num_beams=3)
+    git_scratch.answer(pil_image, ["what color is the circle?", "how many shapes are there?"])
+
+An image is a path, a PIL image, a uint8 numpy array (H, W) or (H, W, 1|3|4), or a uint8 tensor (3, H, W)
+as torchvision.io.read_image gives it; already-preprocessed pixel_values go to `GIT.generate` instead.
+A record is what `caption --json` and `vqa --json` print less "input", "file" and "settings": for the same image
+and options, the same text, ids and score. Each batch of images is encoded once for all its questions, as
+the command line does (cli/batch.py), so the numbers are the same.
+The opened model is kept (`opened`, the last two names and options) and reused by the next call;
+`opened.cache_clear()` forgets it (after a checkpoint folder was overwritten, say).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..evaluation.records import results
+from ..generation.generate import generate
+from ..generation.options import GenerationOptions
+from ..sources.open import Opened, open_model
+
+
+def caption(images, model="demo", *, batch_size: int = 8, progress: bool | None = None, seed: int | None = None,
+            device="auto", dtype=None, quantize=None, compat: str = "transformers", **decoding) -> list[dict]:
+    """A caption of each image: always a list of {"question": None, "text", "ids", "score"}, in input order
+    (one image or a list of them; see the module docstring).
+
+    model: any name `sources.resolve` takes ("demo", a folder, a hub id); device, dtype, quantize, compat as
+    `open_model` takes them. decoding: generate's options (max_new_tokens, num_beams, do_sample, temperature,
+    top_k, top_p, ...; num_return_sequences=k gives k records an image). seed: with do_sample, each image draws
+    from its own generator seeded with it (the command line's --seed). progress: a bar on stderr; None shows
+    it when the images fill more than one batch."""
+    return run(images, [None], model, (device, dtype, quantize, compat), batch_size, progress, seed, decoding)
+
+
+def answer(images, questions, model="demo", *, batch_size: int = 8, progress: bool | None = None,
+           seed: int | None = None, device="auto", dtype=None, quantize=None, compat: str = "transformers",
+           **decoding) -> list[dict]:
+    """The answer to each question (a string or a list) about each image: always a list of {"question", "text",
+    "ids", "score"}, image-major (image 0's answers, then image 1's, ...). Options as `caption`'s."""
+    questions = [questions] if isinstance(questions, str) else list(questions)
+    if not questions or not all(isinstance(q, str) and q.strip() for q in questions):
+        raise ValueError(f"questions must be one or more non-empty strings, got {questions!r}")
+    return run(images, questions, model, (device, dtype, quantize, compat), batch_size, progress, seed, decoding)
+
+
+@lru_cache(maxsize=2)
+def opened(model, device="auto", dtype=None, quantize=None, compat: str = "transformers") -> Opened:
+    """`open_model`, kept: a second call with the same arguments returns the same model, not a new load.
+    What loading said (a checkpoint without preprocessing settings, say) is warned once, here."""
+    o = open_model(model, device, dtype, quantize, compat=compat)
+    for said in o.warnings:
+        warnings.warn(said, stacklevel=4)
+    return o
+
+
+def run(images, questions: list[str | None], model, model_options: tuple, batch_size: int, progress: bool | None,
+        seed: int | None, decoding: dict) -> list[dict]:
+    """The records of every image (a list, or one) for every question, image-major, in batches of batch_size."""
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    compat = model_options[-1]
+    if compat == "transformers":
+        GenerationOptions(**decoding)  # the shared checks, before anything is loaded
+    if seed is not None and not decoding.get("do_sample"):
+        raise ValueError("seed is for do_sample=True: greedy decoding and beam search draw nothing")
+    if compat == "original":  # the original's beam search (generation/original.py)
+        decoding = {"compat": compat, **decoding}
+    m = opened(model, *model_options)
+    # seeded samples, and images that keep their aspect ratio (compat="original" VQA), run one at a time
+    size = 1 if seed is not None or m.processor.max_size is not None else batch_size
+    prompts = [prompt(m, q) for q in questions]
+    recs = []
+    show = len(images) > size if progress is None else progress
+    with tqdm(total=len(images) * len(questions), file=sys.stderr, unit="input", disable=not show) as bar:
+        for start in range(0, len(images), size):
+            batch = [as_image(im) for im in images[start : start + size]]
+            with torch.inference_mode():
+                pixels = m.processor(images=batch).pixel_values.to(m.model.device, m.model.dtype)
+                image = m.model.encode_image(pixels)  # (B, N, D): encoded once for all the questions
+                recs += ask(m, image, prompts, questions, seed, decoding)
+            bar.update(len(batch) * len(questions))
+    return recs
+
+
+def ask(m: Opened, image: torch.Tensor, prompts: list[torch.Tensor], questions: list[str | None], seed: int | None,
+        decoding: dict) -> list[dict]:
+    """Records of each row of `image` (B, N, D) for each question, image-major: one generate call, each image
+    through the decoder once for all its questions. Sampling asks one question a call, each with its own draws,
+    as the command line does (cli/batch.py, Runner.generate)."""
+    k = decoding.get("num_return_sequences", 1)  # records per (image, question)
+    if decoding.get("do_sample") and len(questions) > 1:
+        each = [ask(m, image, [p], [q], seed, decoding) for p, q in zip(prompts, questions)]
+        return [rec for i in range(len(image)) for one in each for rec in one[i * k : (i + 1) * k]]
+    # one question: its (1, T) prompt serves every row; several: each image's own, image-major
+    ids = prompts[0] if len(prompts) == 1 else [p[0].tolist() for _ in range(len(image)) for p in prompts]
+    generator = None if seed is None else torch.Generator(m.model.device).manual_seed(seed)
+    out = generate(m.model, image=image, input_ids=ids, return_scores=True, generator=generator, **decoding)
+    rows = [(p.shape[1], q) for _ in range(len(image)) for p, q in zip(prompts, questions) for _ in range(k)]
+    return results(m.processor.tokenizer, out, [n for n, _ in rows], [q for _, q in rows])
+
+
+def prompt(m: Opened, question: str | None) -> torch.Tensor:
+    """(1, T) prompt ids: [CLS] for a caption, [CLS] + question for VQA (GIT's format: no [SEP])."""
+    if question is None:
+        return torch.tensor([[m.processor.tokenizer.cls_id]], device=m.model.device)
+    return torch.from_numpy(m.processor.encode_text(question)[0]).to(m.model.device)  # compat="original": cut
+
+
+def as_image(image):
+    """An image as the Processor takes it: a uint8 tensor (3, H, W) becomes an (H, W, 3) array."""
+    if not torch.is_tensor(image):
+        return image
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"image tensors must be uint8 (3, H, W) as torchvision.io.read_image gives them, got "
+                         f"{image.dtype} {tuple(image.shape)}; give preprocessed pixel_values to GIT.generate")
+    return np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
