@@ -39,6 +39,9 @@ DTYPE_HELP = ("default: float32; bfloat16: the whole model (fastest on a GPU or 
 
 # Weight quantisations `load(quantize=...)` and --quantize offer (quantize.py).
 QUANTIZE_MODES = ("int8",)
+QUANTIZE_HELP = ("int8: the decoder and LM head with int8 weights (per-channel scales, CPU only): a decode step ~3x "
+                 "faster; ids may differ from float32's now and then (the README's Speed section measures how often); "
+                 "results record it in their settings")
 
 # Whose numbers to reproduce: transformers' GIT (its processor and generation), or microsoft/GenerativeImage2Text's
 # own code (its preprocessing, question truncation and generation). The first is the default.

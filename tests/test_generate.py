@@ -500,13 +500,16 @@ def _errors():
          "early_stopping must be True, False or 'never', got 'sometimes'"),
         ("streaming beams", dict(num_beams=2, on_token=print), "on_token streams greedy or sampled tokens"),
         ("beam sampling", dict(num_beams=2, do_sample=True),
-         r"beam sampling \(do_sample with num_beams > 1\) is not supported"),
+         r"do_sample and num_beams > 1 cannot be combined \(no beam sampling\)"),
         ("empty prompt", dict(ids=(1, 3), attention_mask=torch.zeros(1, 3, dtype=torch.long)),
          "empty prompt: every prompt needs at least one token"),
         ("mask shape", dict(ids=(1, 3), attention_mask=torch.ones(1, 4, dtype=torch.long)),
          r"attention_mask \(1, 4\) does not match input_ids \(1, 3\)"),
         ("pixels and image", dict(image=torch.zeros(1, 17, 32)), "give exactly one of pixel_values and image"),
-        ("sampling settings", dict(do_sample=True, top_p=0.0), "need temperature > 0, top_k >= 0, 0 < top_p <= 1"),
+        ("sampling settings", dict(do_sample=True, top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+        ("a sampling option without sampling", dict(temperature=0.5),
+         "temperature needs do_sample: without it decoding is greedy"),
+        ("no beams", dict(num_beams=0), "num_beams must be at least 1, got 0"),
     ]
 
 

@@ -14,13 +14,10 @@ Text output keeps one result per line: a name that would break the line is shown
 from __future__ import annotations
 
 import sys
-import warnings
-from pathlib import Path
 
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..evaluation.records import results
 from .options import RunOptions
-from .preflight import check_device
 from .items import Item, Sink, Streamer, expand  # noqa: F401 (expand: batch.expand in tests)
 from .results import OutputError, ResultsFile, differences, run_settings
 
@@ -79,7 +76,7 @@ class Runner:
 
     def question_error(self, question: str | None) -> str | None:
         """Why a question cannot be asked of this model (too long a prompt), or None; before any compute."""
-        from ..generation.options import room_error
+        from ..generation.checks import flag, room_error
 
         if question is None:
             return None
@@ -88,7 +85,7 @@ class Runner:
             most = self.opts.max_length or limit
             return None if n < most else (f"the question is {n} tokens long (with [CLS]); --compat original "
                                           f"needs it shorter than max_length {most}")
-        return room_error(n, m, limit, what="the question", option="--max-new-tokens")
+        return room_error(n, m, limit, what="the question", spell=flag)
 
     def run(self, work: list[tuple[Item, list]]) -> None:
         """Fill batches with inputs that load; report the others as they come, in input order.
@@ -188,61 +185,6 @@ def _reason(e: Exception, item: Item) -> str:
     return msg if isinstance(e, (ValueError, OSError)) and msg else f"{type(e).__name__}: {msg}"
 
 
-class SetupError(Exception):
-    """The run cannot start (checkpoint, device): one line, exit code 2."""
-
-
-def load_checkpoint(opts: RunOptions):
-    """(model, processor) of --checkpoint on --device, or SetupError with one line saying what is wrong."""
-    from ..data.batches import check_tokenizer
-    from ..export.runtime import OnnxGIT, is_export
-    from ..load import load
-    from ..preprocessing.processor import PILLOW_LIMIT, Processor
-
-    try:
-        check_device(opts.device)
-    except ValueError as e:
-        raise SetupError(str(e)) from None
-    ckpt = Path(opts.checkpoint)
-    bad = f"cannot load checkpoint: {ckpt}:"
-    if not ckpt.is_dir():
-        raise SetupError(f"{bad} no such checkpoint directory")
-    onnx = is_export(ckpt)  # an `export-onnx` folder: float32 graphs on onnxruntime (export/runtime.py)
-    torch_only = [flag for flag, on in (("--compile", opts.compile), (f"--quantize {opts.quantize}", opts.quantize),
-                                        (f"--dtype {opts.dtype}", opts.dtype not in ("float32", "auto"))) if on]
-    if onnx and torch_only:
-        raise SetupError(f"{bad} an ONNX export runs its float32 graphs on onnxruntime; {torch_only[0]} is for "
-                         "torch checkpoints")
-    try:
-        model = OnnxGIT(ckpt, opts.device) if onnx else load(ckpt, device=opts.device, dtype=opts.dtype,
-                                                             quantize=opts.quantize)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            processor = Processor.from_pretrained(ckpt, PILLOW_LIMIT if opts.max_pixels is None else opts.max_pixels,
-                                                  compat=opts.compat)
-        for w in caught:  # e.g. no preprocessing settings: which defaults are used
-            print(f"warning: {w.message}", file=sys.stderr)
-    except ImportError:  # OnnxGIT without onnxruntime
-        raise SetupError(f"{bad} an ONNX export runs on onnxruntime: pip install 'git_scratch[onnx]'") from None
-    except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault
-        raise SetupError(f"cannot load checkpoint: {' '.join(str(e).split()) or type(e).__name__}") from None
-    cfg = model.config
-    if onnx and processor.max_size is not None:
-        raise SetupError(f"{bad} --compat original keeps this checkpoint's image aspect ratios; its ONNX export "
-                         "takes the one image size it was exported with: run the torch checkpoint")
-    if onnx and cfg.n_frames and not opts.video:
-        raise SetupError(f"{bad} the ONNX export of a video checkpoint takes videos ({cfg.n_frames} frames): use "
-                         "`git-scratch video`, or the torch checkpoint for single images")
-    try:
-        check_tokenizer(processor, cfg.text.vocab_size, "the checkpoint")
-    except ValueError as e:
-        raise SetupError(f"{bad} {str(e).removeprefix('the checkpoint: ')}") from None
-    if opts.video and not cfg.n_frames:
-        raise SetupError(f"{bad} not a video checkpoint (no num_image_with_embedding); use one converted from "
-                         "e.g. microsoft/git-base-vatex, or caption single frames with `git-scratch caption`")
-    return model, processor
-
-
 def run_inputs(opts: RunOptions) -> int:
     """Run every input not already in --output; the exit code.
 
@@ -251,8 +193,8 @@ def run_inputs(opts: RunOptions) -> int:
     its own --batch-size inputs and rank 0 shows and saves every rank's records (run_steps). A killed
     run has saved each finished record once, and the rerun computes only the others.
     """
+    from ..precision import resolve_device
     from ..training import distributed
-    from ..load import resolve_device
 
     distributed.init(resolve_device(opts.device))  # joins torchrun's process group, if launched by it
     try:
@@ -264,6 +206,7 @@ def run_inputs(opts: RunOptions) -> int:
 def _run_inputs(opts: RunOptions) -> int:
     from tqdm import tqdm
 
+    from ..sources.open import open_model
     from ..training import distributed
 
     main, world = distributed.is_main(), distributed.world()
@@ -287,11 +230,16 @@ def _run_inputs(opts: RunOptions) -> int:
         if code is not None:
             return code
         try:
-            model, processor = load_checkpoint(opts)
-        except SetupError as e:
+            opened = open_model(opts.checkpoint, opts.device, opts.dtype, opts.quantize, opts.compile, opts.compat,
+                                opts.max_pixels, opts.video)
+        except ValueError as e:
             if main:
                 print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
+        if main:
+            for said in opened.warnings:  # e.g. no preprocessing settings: which defaults are used
+                print(f"warning: {said}", file=sys.stderr)
+        model, processor = opened.model, opened.processor
         total = sum(len(qs) for _, qs in work)
         sink = Sink(opts.json, tqdm(total=total, file=sys.stderr, unit="input", dynamic_ncols=True,
                                     disable=not opts.progress or opts.stream or total <= 1 or not main), log,

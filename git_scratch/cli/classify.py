@@ -13,13 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..constants import DTYPE_HELP, EXIT_FAILED, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES, RUN_DTYPES
-from ..load import checkpoint_dir, dtype_name
+from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..generation.checks import decoding_error, flag
 from ..preprocessing.processor import printable
-from .batch import SetupError, _reason, load_checkpoint
+from .batch import _reason
 from .items import expand, line_start
-from .options import RunOptions, text_positions
-from .results import checkpoint_fingerprint
+from .options import add_model_options, checkpoint_path, open_checkpoint, text_positions
 
 EPILOG = """\
 examples:
@@ -62,12 +61,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, metavar="K",
                    help="labels shown per image, best first (default: 3 with rank, --num-beams with trie)")
     p.add_argument("--num-beams", type=int, metavar="K", help="with --method trie: beam search width (default 1)")
-    p.add_argument("--checkpoint", "-c", required=True, metavar="DIR", help="a git_scratch checkpoint directory")
     p.add_argument("--json", action="store_true", help="one JSON object per input and question")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="float32", choices=RUN_DTYPES, help=DTYPE_HELP)
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: the decoder and LM head in int8 (CPU only)")
     p.add_argument("--batch-size", "-b", type=int, default=8, metavar="B", help="images per batch (default 8)")
+    add_model_options(p)
     p.set_defaults(run=run_classify)
     return p
 
@@ -104,8 +100,8 @@ def check(args: argparse.Namespace) -> tuple[list[str], Path]:
     model loads. Labels too long for the model's text positions are checked in `label_ids_checked`."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.num_beams is not None and args.num_beams < 1:
-        raise ValueError(f"--num-beams must be at least 1, got {args.num_beams}")
+    if args.num_beams is not None and (why := decoding_error(num_beams=args.num_beams, spell=flag)):
+        raise ValueError(why)
     if args.num_beams is not None and args.method == "rank":
         raise ValueError("--num-beams is for --method trie; rank scores every label, no search")
     if args.top_k is not None and args.top_k < 1:
@@ -119,13 +115,7 @@ def check(args: argparse.Namespace) -> tuple[list[str], Path]:
     labels = read_labels(args.labels)
     if args.top_k is not None and args.top_k > len(labels):
         raise ValueError(f"--top-k {args.top_k}: {args.labels} has only {len(labels)} label(s)")
-    try:
-        ckpt = checkpoint_dir(args.checkpoint)
-    except ValueError as e:
-        raise ValueError(f"--checkpoint: {e}") from None
-    if not ckpt.is_dir():
-        raise ValueError(f"--checkpoint {ckpt}: no such checkpoint directory")
-    return labels, ckpt
+    return labels, checkpoint_path(args.checkpoint)
 
 
 def label_ids_checked(processor, labels: list[str], questions: list, limit: int | None, path: str):
@@ -147,14 +137,11 @@ def label_ids_checked(processor, labels: list[str], questions: list, limit: int 
     return ids
 
 
-def settings(args, ckpt: Path, labels: list[str], top_k: int) -> dict:
-    """What changes a result: the checkpoint, the label set, the method and its options, the number format."""
-    s = {"checkpoint": checkpoint_fingerprint(ckpt), "labels": hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16],
-         "method": args.method, "top_k": top_k, "num_beams": args.num_beams or 1,
-         "dtype": dtype_name(args.dtype, args.device, args.quantize)}  # "auto" as what it means here
-    if args.quantize:
-        s["quantize"] = args.quantize
-    return s
+def settings(args, opened, labels: list[str], top_k: int) -> dict:
+    """What changes a result: the checkpoint and its precision, the label set, the method and its options."""
+    s = opened.settings()
+    return {"checkpoint": s.pop("checkpoint"), "labels": hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16],
+            "method": args.method, "top_k": top_k, "num_beams": args.num_beams or 1, **s}
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -168,13 +155,13 @@ def run_classify(args: argparse.Namespace) -> int:
         if processor.tokenizer is None:
             raise ValueError(f"--checkpoint {ckpt}: no tokenizer files (tokenizer.json or vocab.txt)")
         ids = label_ids_checked(processor, labels, questions, text_positions(ckpt), args.labels)
-        model, processor = load_checkpoint(RunOptions(args.inputs, str(ckpt), device=args.device, dtype=args.dtype,
-                                                      quantize=args.quantize))
-    except (ValueError, OSError, SetupError) as e:
+        opened = open_checkpoint(args)
+        model, processor = opened.model, opened.processor
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     top_k = args.top_k or (min(3, len(labels)) if args.method == "rank" else min(args.num_beams or 1, len(labels)))
-    out = Printer(args.json, settings(args, ckpt, labels, top_k), labels)
+    out = Printer(args.json, settings(args, opened, labels, top_k), labels)
     items = expand(args.inputs)
     for start in range(0, len(items), args.batch_size):
         classify_batch(model, processor, items[start : start + args.batch_size], ids, questions, args, top_k, out)

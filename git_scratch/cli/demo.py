@@ -15,11 +15,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..constants import DTYPE_HELP, EXIT_OK, EXIT_USAGE, QUANTIZE_MODES, RUN_DTYPES
-from ..data import shapes
-from ..evaluation.demo import (FRESH, SHEET_IMAGES, DemoOptions, Tally, contact_sheet,
-                               predictions, prepare)
-from .preflight import WholeFile, check_device, checkpoint_files, has_png_mark, png_mark
+from ..constants import EXIT_OK, EXIT_USAGE
+from ..evaluation.demo import FRESH, SHEET_IMAGES, DemoOptions, Tally, contact_sheet, predictions
+from ..precision import check_device
+from .options import add_model_options, checkpoint_path, open_checkpoint
+from .preflight import WholeFile, checkpoint_files, has_png_mark, png_mark
 
 SOFTWARE = "git-scratch demo"  # the PNG's Software text (preflight.png_mark): a rerun may replace a file carrying it
 
@@ -49,10 +49,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default="git-scratch-demo.png",
                    help="the contact sheet (default git-scratch-demo.png): a new file, or a sheet the demo wrote "
                         "before (any other file is refused and left as it was)")
-    p.add_argument("--checkpoint", "-c", default=str(shapes.CHECKPOINT), help="default: the shipped demo model")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8: the decoder and LM head in int8 (CPU only)")
-    p.add_argument("--dtype", default="float32", choices=RUN_DTYPES, help=DTYPE_HELP)
-    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    add_model_options(p, default="demo", device="cpu")
     p.set_defaults(run=run_demo)
     return p
 
@@ -66,7 +63,8 @@ def demo_command(opts: DemoOptions) -> int:
     """Run the demo as `git-scratch demo` does: a contact sheet (or JSON lines) and the accuracies; the exit code."""
     try:
         out = check(opts)
-        model, processor = prepare(opts)
+        opened = open_checkpoint(opts)
+        model, processor = opened.model, opened.processor
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -113,6 +111,6 @@ def check(opts: DemoOptions) -> WholeFile | None:
     check_device(opts.device)
     if opts.json:
         return None
-    out = WholeFile(opts.out, "--out", has_png_mark(SOFTWARE), checkpoint_files(opts.checkpoint))
+    out = WholeFile(opts.out, "--out", has_png_mark(SOFTWARE), checkpoint_files(checkpoint_path(opts.checkpoint)))
     out.check()
     return out

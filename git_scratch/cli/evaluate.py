@@ -16,9 +16,10 @@ from pathlib import Path
 from ..constants import EXIT_OK, EXIT_USAGE
 from ..data.shapes import VAL_OFFSET
 from ..evaluation.evaluate import EvalOptions, evaluate, prepare
-from ..load import checkpoint_dir
-from .options import text_positions
-from .preflight import WholeFile, check_device, checkpoint_files
+from ..generation.checks import decoding_error, flag, room_error
+from ..precision import check_device
+from .options import add_model_options, checkpoint_path, open_checkpoint, text_positions
+from .preflight import WholeFile, checkpoint_files
 
 # The first bytes of every results file eval writes (json.dumps, indent 1, "git_scratch" its first key):
 # how a rerun knows a file it may replace.
@@ -34,7 +35,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
                               "  git-scratch eval val.jsonl --checkpoint ckpt/ft --results val_results.json\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="'shapes', or an annotation file")
-    p.add_argument("--checkpoint", "-c", required=True)
     p.add_argument("--images", help="image folder (default: the annotation file's folder)")
     p.add_argument("--results", metavar="FILE.json",
                    help="write the generated captions / answers, COCO style, whole at the end: a new file, or "
@@ -47,8 +47,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--shapes-samples", type=int, default=500)
     p.add_argument("--shapes-offset", type=int, default=VAL_OFFSET,
                    help="shapes: first seed (default: unseen in training)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true")
+    add_model_options(p)
     p.set_defaults(run=run_eval)
     return p
 
@@ -63,11 +63,16 @@ def eval_command(opts: EvalOptions) -> int:
     """Score as `git-scratch eval` does: the scores as one JSON line on stdout; the exit code."""
     try:
         results_file = check(opts)
-        model, processor, data = prepare(opts)
+        opened = open_checkpoint(opts)
+        if opened.onnx:
+            raise ValueError(f"--checkpoint {opts.checkpoint}: eval scores the losses too, which need the torch "
+                             "checkpoint (an ONNX export gives only the next token's logits)")
+        model, processor = opened.model, opened.processor
+        data = prepare(opts, processor)
         scores, results = evaluate(model, data, processor, opts.batch_size, opts.progress,
                                    max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams)
         if results_file:
-            mark = {"command": "eval", "checkpoint": str(checkpoint_dir(opts.checkpoint).resolve()),
+            mark = {"command": "eval", "checkpoint": str(opened.path.resolve()),
                     "data": opts.data}
             text = json.dumps({"git_scratch": mark, **results}, indent=1) + "\n"
             results_file.write(lambda f: f.write(text.encode("utf-8")))
@@ -81,18 +86,17 @@ def eval_command(opts: EvalOptions) -> int:
 def check(opts: EvalOptions) -> WholeFile | None:
     """ValueError naming the flag for options that cannot run, before anything is loaded; -> the checked
     --results file, or None."""
-    for flag, value, least in (("--batch-size", opts.batch_size, 1), ("--max-new-tokens", opts.max_new_tokens, 1),
-                               ("--num-beams", opts.num_beams, 1), ("--shapes-samples", opts.shapes_samples, 1),
+    for name, value, least in (("--batch-size", opts.batch_size, 1), ("--shapes-samples", opts.shapes_samples, 1),
                                ("--shapes-offset", opts.shapes_offset, 0)):
         if value < least:
-            raise ValueError(f"{flag} must be at least {least}, got {value}")
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+    if why := decoding_error(opts.max_new_tokens, opts.num_beams, spell=flag):
+        raise ValueError(why)
     check_device(opts.device)
-    ckpt = checkpoint_dir(opts.checkpoint)  # a run directory or its `latest`: the checkpoint it names
+    ckpt = checkpoint_path(opts.checkpoint)
     limit = text_positions(ckpt)  # None where there is no config.json (loading says what is wrong)
-    if limit is not None and opts.max_new_tokens > limit:
-        raise ValueError(f"--max-new-tokens {opts.max_new_tokens} cannot be reached: {ckpt} has {limit} text "
-                         f"positions (max_position_embeddings), so at most {limit} new tokens after [CLS], fewer "
-                         "after a question")
+    if limit is not None and (why := room_error(1, opts.max_new_tokens, limit, spell=flag)):
+        raise ValueError(why)
     if opts.results is None:
         return None
     inputs = checkpoint_files(ckpt) + (() if opts.data == "shapes" else (Path(opts.data),))

@@ -14,10 +14,14 @@ import sys
 from pathlib import Path
 
 from ..constants import EXIT_OK, EXIT_USAGE
-from .batch import SetupError, _reason, load_checkpoint
+from ..export.runtime import is_export
+from ..generation.checks import decoding_error, flag, room_error
+from .batch import _reason
 from .items import expand
-from .options import RunOptions, text_positions
+from .options import add_model_options, checkpoint_path, open_checkpoint
 from .preflight import WholeFile, checkpoint_files, has_png_mark, png_mark
+
+ONNX = "explain needs the torch checkpoint: an ONNX export has no attention maps to draw"
 
 LEGENDS = {
     "last": "Each panel: where the model looked while choosing that word (the last decoder layer's attention "
@@ -62,13 +66,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "a heat map of its attention to the image patches, in one PNG.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", metavar="IMAGE", help="one image file")
-    p.add_argument("--checkpoint", "-c", required=True, metavar="DIR", help="a git_scratch checkpoint directory")
     p.add_argument("--question", "-q", help="a question (default: none, a caption)")
     p.add_argument("--out", default="explain.png", metavar="FILE.png", help="the picture (default explain.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object per new token instead of a PNG")
     p.add_argument("--method", choices=("last", "rollout"), default="last", help="default: last")
     p.add_argument("--max-new-tokens", type=int, default=20, metavar="N", help="at least 1 (default 20)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_model_options(p, dtype=False, quantize=False)
     p.set_defaults(run=run_explain)
     return p
 
@@ -76,8 +79,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def check(args: argparse.Namespace) -> WholeFile | None:
     """ValueError naming the flag for options that cannot run, before the model loads; -> the checked --out
     (None with --json)."""
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if why := decoding_error(max_new_tokens=args.max_new_tokens, spell=flag):
+        raise ValueError(why)
+    if is_export(ckpt := checkpoint_path(args.checkpoint)):
+        raise ValueError(f"--checkpoint {args.checkpoint}: {ONNX}")
     if args.question is not None and not args.question.strip():
         raise ValueError("--question must not be empty")
     items = expand([args.image])
@@ -86,7 +91,7 @@ def check(args: argparse.Namespace) -> WholeFile | None:
         raise ValueError(f"{args.image}: {why}")
     if args.json:
         return None
-    out = WholeFile(args.out, "--out", has_png_mark(SOFTWARE), checkpoint_files(args.checkpoint) + (Path(args.image),))
+    out = WholeFile(args.out, "--out", has_png_mark(SOFTWARE), checkpoint_files(ckpt) + (Path(args.image),))
     out.check()
     return out
 
@@ -99,22 +104,17 @@ def run_explain(args: argparse.Namespace) -> int:
 
     try:
         out = check(args)
-        opts = RunOptions([args.image], args.checkpoint, device=args.device)
-        limit = text_positions(Path(args.checkpoint))
-        model, processor = load_checkpoint(opts)
-        if processor.tokenizer is None:
-            raise ValueError(f"--checkpoint {args.checkpoint}: no tokenizer files (tokenizer.json or vocab.txt)")
+        opened = open_checkpoint(args)
+        model, processor = opened.model, opened.processor
         prompt = processor.tokenizer.encode(args.question) if args.question else [processor.tokenizer.cls_id]
-        if limit is not None and len(prompt) + args.max_new_tokens - 1 > limit:
-            raise ValueError(f"--question is {len(prompt)} tokens long (with [CLS]); with --max-new-tokens "
-                             f"{args.max_new_tokens} it needs {len(prompt) + args.max_new_tokens - 1} text "
-                             f"positions, the model has {limit}")
+        if why := room_error(len(prompt), args.max_new_tokens, opened.room, what="--question", spell=flag):
+            raise ValueError(why)
         item = expand([args.image])[0]
         try:
             pixels = processor(images=[item.path]).pixel_values  # (1, 3, H, W)
         except Exception as e:  # noqa: BLE001 -- an unreadable image is this run's one input: a usage error
             raise ValueError(f"{args.image}: {_reason(e, item)}") from None
-    except (ValueError, OSError, SetupError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     words = explain(model, processor.tokenizer, pixels, torch.tensor([prompt]), method=args.method,

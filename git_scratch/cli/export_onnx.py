@@ -8,7 +8,6 @@ OUT_DIR and renamed onto it at the end, so an export that fails or is stopped le
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -17,7 +16,8 @@ from pathlib import Path
 
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..export import MANIFEST, MIN_OPSET, OPSET
-from ..load import checkpoint_dir, umask_mode
+from ..load import umask_mode
+from .options import NAME_HELP, checkpoint_path
 
 EPILOG = """\
 graphs (Bi images, K rows per image, n new tokens, S text slots; the rest are the checkpoint's sizes):
@@ -51,7 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "a checkpoint that caption and vqa run on onnxruntime with git_scratch's own "
                                    "greedy and beam searches. Needs pip install 'git_scratch[onnx]'.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", metavar="CKPT", help="a converted git_scratch checkpoint directory")
+    p.add_argument("checkpoint", metavar="NAME", help=NAME_HELP)
     p.add_argument("out", metavar="OUT_DIR", help="the folder to write: new, or empty")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} or more (default {OPSET})")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
@@ -64,24 +64,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def check(args: argparse.Namespace) -> str | None:
     """The usage error in these arguments, or None; nothing is loaded or written."""
     try:
-        ckpt = checkpoint_dir(args.checkpoint)
+        ckpt = checkpoint_path(args.checkpoint)
     except ValueError as e:
-        return f"CKPT: {e}"
+        return str(e)
     out = Path(args.out)
-    if not ckpt.is_dir():
-        return f"CKPT {ckpt}: no such checkpoint directory"
-    if not (ckpt / "config.json").is_file():
-        return f"CKPT {ckpt}: no config.json (is this a git_scratch checkpoint directory?)"
-    try:
-        kind = json.loads((ckpt / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        kind = None  # loading says what is wrong with it
-    if kind == "git":
-        return f"CKPT {ckpt} is a Hugging Face checkpoint; convert it first: git-scratch convert {ckpt} DIR"
     if (ckpt / MANIFEST).is_file():
-        return f"CKPT {ckpt} is an ONNX export already; export the torch checkpoint it came from"
-    if not (ckpt / "model.safetensors").is_file():
-        return f"CKPT {ckpt}: no model.safetensors (is this a git_scratch checkpoint directory?)"
+        return f"{args.checkpoint} is an ONNX export already; export the torch checkpoint it came from"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return f"OUT_DIR {out}: {'not empty' if out.is_dir() else 'a file'}; give a new or empty folder"
     if out.resolve() == ckpt.resolve() or ckpt.resolve() in out.resolve().parents:
@@ -109,7 +97,7 @@ def run_export(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from ..export.onnx import compare, export_checkpoint
 
-    ckpt, out = checkpoint_dir(args.checkpoint), Path(args.out)
+    ckpt, out = checkpoint_path(args.checkpoint), Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # renamed onto OUT_DIR when done
     work.chmod(umask_mode(directory=True))  # mkdtemp's is 0700; the folder should be an ordinary one

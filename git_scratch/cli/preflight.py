@@ -23,7 +23,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
-from ..load import checkpoint_dir, umask_mode
+from ..load import umask_mode
 
 def png_mark(software: str) -> PngImagePlugin.PngInfo:
     """A PNG's text chunk Software = `software` ("git-scratch demo", "git-scratch explain"): the mark by which a
@@ -46,8 +46,8 @@ def has_png_mark(software: str) -> Callable[[Path], bool]:
 
 
 def checkpoint_files(checkpoint) -> tuple[Path, ...]:
-    """The files a run reads from `checkpoint` (a run directory or its `latest`: the checkpoint it names)."""
-    ckpt = checkpoint_dir(checkpoint)
+    """The files a run reads from the checkpoint folder `checkpoint` (options.checkpoint_path resolves a name)."""
+    ckpt = Path(checkpoint)
     return tuple(ckpt / name for name in ("config.json", "model.safetensors", *PREPROCESSOR_FILES, *TOKENIZER_FILES))
 
 

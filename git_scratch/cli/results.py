@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from ..evaluation.records import checkpoint_fingerprint, settings
-from ..load import dtype_name
+from ..precision import precision
 from .options import RunOptions
 
 RECORD_START = b'{"input": '  # every record's first bytes: json.dumps of a dict whose first key is "input"
@@ -39,7 +39,7 @@ def resume_key(path: Path) -> str:
 def run_settings(opts: RunOptions) -> dict:
     """The options that change a result (evaluation/records.settings, which the server shares)."""
     sampling = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "seed": opts.seed}
-    dtype = dtype_name(opts.dtype, opts.device, opts.quantize)  # "auto" as what it means here
+    dtype = precision(opts.device, opts.dtype, opts.quantize).dtype  # "auto" as what it means here
     return settings(checkpoint_fingerprint(opts.checkpoint), dtype, opts.max_new_tokens, opts.num_beams,
                     sampling if opts.sample else None, opts.compat, opts.max_length, opts.quantize)
 

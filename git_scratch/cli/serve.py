@@ -14,13 +14,13 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from ..constants import DTYPE_HELP, EXIT_USAGE, RUN_DTYPES
-from ..data.shapes import CHECKPOINT as DEMO_CHECKPOINT
+from ..constants import EXIT_USAGE
+from .options import add_model_options, open_checkpoint
 from .stops import stopped_code, stopped_name
 
 EPILOG = """\
 examples:
-  git-scratch serve -c ckpt/git-base-coco                      # http://127.0.0.1:8000/ (the page), /docs (the API)
+  git-scratch serve -c microsoft/git-base-coco                 # http://127.0.0.1:8000/ (the page), /docs (the API)
   git-scratch serve                                            # the shipped demo model (shapes), to try it
   git-scratch serve -c ckpt/git-base-vqav2 --max-batch 16 --max-wait-ms 20 --port 9000
   curl -F image=@cat.jpg http://127.0.0.1:8000/v1/caption
@@ -59,8 +59,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "requests decoded together in batches (each image encoded once), and a page at / "
                                    "to try it in a browser. Binds 127.0.0.1 unless --host says otherwise.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", "-c", default=str(DEMO_CHECKPOINT), metavar="DIR",
-                   help="a converted git_scratch checkpoint directory (default: the shipped demo model)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=_at_least(0), default=8000, help="default 8000; 0: any free port (printed)")
@@ -79,8 +77,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="keep the encodings of the last N images by the hash of their bytes, so that questions about "
                         "a photo already seen skip the vision encoder (default 64, ~0.6 MB an image at git-base; "
                         "0: none)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="float32", choices=RUN_DTYPES, help=DTYPE_HELP)
+    add_model_options(p, default="demo")
     p.set_defaults(run=run)
     return p
 
@@ -106,19 +103,18 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with sock:
         from ..serve.app import ServeOptions, create_app
-        from .batch import SetupError, load_checkpoint
-        from .options import RunOptions
 
         try:
-            model, processor = off_main(load_checkpoint, RunOptions(inputs=[], checkpoint=args.checkpoint,
-                                                                    device=args.device, dtype=args.dtype,
-                                                                    max_pixels=args.max_pixels))
-        except SetupError as e:
+            opened = off_main(lambda: open_checkpoint(args, max_pixels=args.max_pixels))
+        except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
-        opts = ServeOptions(args.checkpoint, args.dtype, args.max_batch, args.max_wait_ms, args.queue,
-                            args.max_upload_mb, args.image_cache)
-        app = create_app(model, processor, opts)
+        for said in opened.warnings:
+            print(f"warning: {said}", file=sys.stderr)
+        model = opened.model
+        opts = ServeOptions(str(opened.path), opened.precision.settings(), args.max_batch, args.max_wait_ms,
+                            args.queue, args.max_upload_mb, args.image_cache)
+        app = create_app(model, opened.processor, opts)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         print(f"serving {args.checkpoint} on {url}/ (the page; the API: {url}/docs), device {model.device}, "

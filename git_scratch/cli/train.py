@@ -22,7 +22,7 @@ from ..training.checkpoints import RunError, latest_checkpoint
 from ..training.rundir import RunDir, check_resume
 from ..training.feed import default_workers
 from ..training.loop import BF16, LOSSES, Diverged, TrainOptions, TrainRun, prepare, run_record, train
-from .preflight import check_device
+from ..precision import check_device
 from .stops import stopped_code, stopped_name
 
 EPILOG = """\

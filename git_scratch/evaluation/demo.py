@@ -20,9 +20,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data import shapes
-from ..data.batches import check_tokenizer
-from ..load import load
-from ..preprocessing.processor import Processor
 from .evaluate import generated_texts
 
 CAPTION_TOKENS = 24  # the longest caption is 16 words, each one token, then [SEP]
@@ -40,20 +37,10 @@ class DemoOptions:
     n: int = 6  # how many images
     json: bool = False  # one JSON line per caption and per question instead of the contact sheet
     out: str = "git-scratch-demo.png"  # the contact sheet
-    checkpoint: str = str(shapes.CHECKPOINT)  # the shipped demo model
+    checkpoint: str = "demo"  # the shipped demo model (sources.resolve names it so)
     device: str = "cpu"
     dtype: str = "float32"  # as load takes it; with quantize, the vision encoder's alone
     quantize: str | None = None  # "int8": the decoder and LM head in int8 (quantize.py)
-
-
-def prepare(opts: DemoOptions):
-    """(model, processor) of opts.checkpoint; ValueError or OSError says what is wrong."""
-    model = load(opts.checkpoint, device=opts.device, dtype=opts.dtype, quantize=opts.quantize)
-    processor = Processor.from_pretrained(opts.checkpoint)
-    if processor.tokenizer is None:
-        raise ValueError(f"{opts.checkpoint} has no tokenizer files: the demo needs a shapes checkpoint")
-    check_tokenizer(processor, model.config.text.vocab_size, opts.checkpoint)
-    return model, processor
 
 
 def predict(model, processor, seeds, batch_size: int = 64) -> list[dict]:

@@ -17,20 +17,20 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from ..data.batches import check_tokenizer, mean_losses
+from ..data.batches import mean_losses
 from ..data.datasets import ShapesDataset, load_dataset
 from ..data.shapes import VAL_OFFSET
-from ..generation.options import GenerationOptions, room_error
-from ..load import load
+from ..generation.checks import room_error
+from ..generation.options import GenerationOptions
 from ..preprocessing.processor import Processor
 
 
 @dataclass
 class EvalOptions:
-    """What `git-scratch eval` scores and how: `prepare` loads the checkpoint and data, `evaluate` takes the rest."""
+    """What `git-scratch eval` scores and how: `prepare` reads the data, `evaluate` takes the rest."""
 
     data: str  # "shapes" (the built-in task), or an annotation file (.jsonl, .csv, COCO .json)
-    checkpoint: str
+    checkpoint: str  # a name (sources.resolve): demo, a folder, a Hugging Face folder or hub id
     images: str | None = None  # image folder; None: the annotation file's folder
     results: str | None = None  # a file for the COCO-style captions and answers; None: not written
     batch_size: int = 16
@@ -40,6 +40,8 @@ class EvalOptions:
     shapes_samples: int = 500
     shapes_offset: int = VAL_OFFSET  # shapes: the first seed (default: unseen in training)
     device: str = "auto"
+    dtype: str = "float32"  # precision.py: the choices
+    quantize: str | None = None
     progress: bool = True
 
 
@@ -76,7 +78,7 @@ def generate_all(model, data, processor, todo: list[Group], batch_size: int, pro
         texts = iter([])
         if ok:
             place = {i: u for u, i in enumerate(dict.fromkeys(g.image_id for g in ok))}  # image id -> its row
-            pixels = torch.from_numpy(processor.pixel_values([read[i][0] for i in place])).to(model.device)
+            pixels = torch.from_numpy(processor.pixel_values([read[i][0] for i in place])).to(model.device, model.dtype)
             image = model.encode_image(pixels)  # (U, N, D): each image once
             order = sorted(range(len(ok)), key=lambda j: place[ok[j].image_id])  # image-major, as generate takes
             counts = [0] * len(place)
@@ -139,13 +141,9 @@ def check_room(model, processor, todo: list[Group], max_new_tokens: int, source:
         raise ValueError(f"{source}: {why}" if source else why)
 
 
-def prepare(opts: EvalOptions):
-    """(model, processor, data) that `opts` names; ValueError or OSError says what is wrong."""
-    processor = Processor.from_pretrained(opts.checkpoint)
+def prepare(opts: EvalOptions, processor: Processor):
+    """The data `opts` names, read with `processor` (images checked as caption checks them); ValueError or
+    OSError says what is wrong. The model is opened by the caller (cli/evaluate.py: sources.open_model)."""
     if opts.data == "shapes":
-        data = ShapesDataset(opts.shapes_samples, opts.task, offset=opts.shapes_offset)
-    else:  # read before the model loads, so a bad file is said at once; images checked as caption checks them
-        data = load_dataset(opts.data, opts.images, processor=processor)
-    model = load(opts.checkpoint, device=opts.device)
-    check_tokenizer(processor, model.config.text.vocab_size, opts.checkpoint)
-    return model, processor, data
+        return ShapesDataset(opts.shapes_samples, opts.task, offset=opts.shapes_offset)
+    return load_dataset(opts.data, opts.images, processor=processor)

@@ -79,7 +79,8 @@ def rank(model, labels: list[list[int]], pixel_values=None, *, image=None, promp
     seqs = [prompt + ids + [eos] for ids in labels]
     mask = model.mask(N, T, device=image.device)
     C = max(1, min(len(seqs), rows // Bi))  # labels per pass; each pass has Bi * C rows
-    cached = None if why_inexact(mask, N) else Cached(model, image, Bi * C, mask)
+    stepped = not hasattr(model, "head")  # a model run elsewhere (an ONNX export): its decoder's steps give logits
+    cached = None if stepped or why_inexact(mask, N) else Cached(model, image, Bi * C, mask)
     if cached is not None:
         cached.prefill_image()
     out = torch.empty(Bi, len(seqs))
@@ -90,7 +91,9 @@ def rank(model, labels: list[list[int]], pixel_values=None, *, image=None, promp
         for r, seq in enumerate(chunk):
             ids[r, : len(seq)] = torch.tensor(seq)
         ids = ids.repeat(Bi, 1)  # (Bi * C, T): image-major, as the cache's rows are
-        if cached is not None:
+        if stepped:
+            logits = _stepped(model, image, ids, P)  # (R, T - P, V)
+        elif cached is not None:
             x = cached.hidden(ids, torch.zeros(len(ids), 1, dtype=torch.long, device=ids.device))  # (R, T, D)
             logits = model.head(x[:, P - 1 : T - 1])  # (R, T - P, V): predicting the label and its [SEP]
         else:  # a mask the cache cannot serve: the full forward per row (padding after a row's end is causal)
@@ -100,6 +103,17 @@ def rank(model, labels: list[list[int]], pixel_values=None, *, image=None, promp
         lp = lp.masked_fill(torch.arange(T - P, device=ids.device) >= n[:, None], 0.0)
         out[:, s : s + C] = lp.sum(dim=-1).view(Bi, C)[:, : min(C, len(seqs) - s)].cpu()
     return out
+
+
+def _stepped(model, image: torch.Tensor, ids: torch.Tensor, P: int) -> torch.Tensor:
+    """Logits (R, T - P, V) predicting ids[:, P:] (R, T) after the prompt ids[:, :P], teacher-forced one token a
+    step through the model's decoder (decoders.decoder): the route of a model with no `head` of its own."""
+    R, T = ids.shape
+    dec = decoder(model, image, R, T - 1)  # the last token ([SEP]) is only predicted, never fed
+    lengths = torch.full((R,), P, device=ids.device)
+    steps = [dec.prefill(ids[:, :P], lengths)]
+    steps += [dec.decode_step(ids[:, t], lengths + (t - P)) for t in range(P, T - 1)]
+    return torch.stack(steps, dim=1)
 
 
 def best(scores: torch.Tensor, k: int) -> Ranked:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..constants import check_compat
 from ..model import check_pixels
+from .checks import decoding_error, room_error
 
 
 def prompts(input_ids, attention_mask, n_images: int, bos: int, pad: int, eos: int, device):
@@ -75,14 +76,12 @@ class GenerationOptions:
 
     def __post_init__(self):
         check_compat(self.compat)
-        if self.max_new_tokens < 1 or self.min_new_tokens < 0:
-            raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {self.max_new_tokens}, "
-                             f"{self.min_new_tokens}")
-        if self.num_beams < 1 or self.num_return_sequences < 1:
-            raise ValueError(f"num_beams and num_return_sequences must be >= 1, got {self.num_beams}, "
+        if why := decoding_error(self.max_new_tokens, self.num_beams, self.do_sample, self.temperature, self.top_k,
+                                 self.top_p):
+            raise ValueError(why)
+        if self.min_new_tokens < 0 or self.num_return_sequences < 1:
+            raise ValueError(f"need min_new_tokens >= 0 and num_return_sequences >= 1, got {self.min_new_tokens}, "
                              f"{self.num_return_sequences}")
-        if self.do_sample and self.num_beams > 1:
-            raise ValueError("beam sampling (do_sample with num_beams > 1) is not supported")
         if not self.do_sample and self.num_return_sequences > self.num_beams:
             raise ValueError(f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): "
                              "beam search returns at most num_beams sequences (sample with do_sample=True for more)")
@@ -90,27 +89,12 @@ class GenerationOptions:
             raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        if self.do_sample and not (self.temperature > 0 and self.top_k >= 0 and 0 < self.top_p <= 1):
-            raise ValueError(f"need temperature > 0, top_k >= 0, 0 < top_p <= 1; got {self.temperature}, "
-                             f"{self.top_k}, {self.top_p}")
 
     def resolve(self, text) -> GenerationOptions:
         """The model's (config `text`) EOS and pad ids where none are given; then `eos`, `pad` are set."""
         self.eos = text.eos_id if self.eos_token_id is None else self.eos_token_id
         self.pad = text.pad_id if self.pad_token_id is None else self.pad_token_id
         return self
-
-
-def room_error(prompt: int, max_new_tokens: int, limit: int, what: str = "the longest prompt",
-               option: str = "max_new_tokens") -> str | None:
-    """Why a prompt of `prompt` tokens ([CLS] included) and `max_new_tokens` new ones do not fit `limit` text
-    positions, or None. The last new token is never fed back, so they need prompt + max_new_tokens - 1.
-    The one wording of this check: generate, the command line, evaluation and the server all say it so."""
-    need = prompt + max_new_tokens - 1
-    if need <= limit:
-        return None
-    return (f"{what} is {prompt} tokens long (with [CLS]); with {option} {max_new_tokens} it needs {need} text "
-            f"positions, the model has {limit} (max_position_embeddings)")
 
 
 def check_request(model, pixel_values, image, shown_rows: int, lengths, o: GenerationOptions,
