@@ -5,7 +5,8 @@
     POST /v1/explain   multipart: image, question (optional), max_new_tokens -> {"words": [{token, id, map}]}
                        (the image's encoding from --image-cache when a caption or question about it has run)
     GET  /health       200 {"status": "ok", ...} (the port opens once the model is loaded)
-    GET  /             the page (page/index.html); GET /docs the OpenAPI page
+    GET  /             the page (page/index.html); GET /docs the API (page/docs.html, drawn from /openapi.json
+                       with nothing from a CDN, so that it works offline)
 
 A record is what `caption --json` / `vqa --json` print for a file: "input" is the upload's file name as the client
 sent it (the command line's path as given), "file" is "sha256:" + the digest of the uploaded bytes (the command
@@ -16,9 +17,10 @@ What a client sends cannot harm the server or another client:
     413  a body over --max-upload-mb: refused from its Content-Length before any of it is read, or, without one,
          as soon as the bytes read pass the limit (UploadLimit)
     422  a missing field or bad option; a request with nothing that can run (no readable image; no question
-         that fits) has the reason as its one `error`. Images are read as the command line reads them
-         (preprocessing/processor.py: the pixel budget before decoding, truncated data, the resize budget of an
-         extreme aspect ratio), so they fail with its reasons
+         that fits; /v1/explain of an ONNX export, which has no attention maps) has the reason as its one
+         `error`. Images are read as the command line reads them (preprocessing/processor.py: the pixel budget
+         before decoding, truncated data, the resize budget of an extreme aspect ratio), so they fail with its
+         reasons
     503  the queue (--queue requests) is full, or the server is stopping: with Retry-After
 Every error body is one JSON object {"error": "..."}.
 """
@@ -30,7 +32,7 @@ import hashlib
 import re
 import tempfile
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -43,8 +45,8 @@ from starlette.exceptions import HTTPException
 
 from ..evaluation.records import checkpoint_fingerprint, settings
 from ..explain import explain as explain_words
+from ..export.runtime import OnnxGIT
 from ..generation.options import room_error
-from ..load import dtype_name
 from .batcher import Arrivals, Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, encode, run_jobs
 
 PAGE = Path(__file__).parent / "page"
@@ -60,7 +62,7 @@ LINGER_S = 0.5  # after a 413, how long the client may pause before the connecti
 @dataclass
 class ServeOptions:
     checkpoint: str  # the checkpoint directory (its fingerprint goes into every record's settings)
-    dtype: str = "float32"  # as --dtype names it ("auto" too); the settings say what it resolved to, as the CLI's do
+    precision: dict = field(default_factory=lambda: {"dtype": "float32"})  # what results record of how the model computes: Precision.settings(), {"dtype", "quantize"}
     max_batch: int = 8  # rows (image, prompt) per generate call
     max_wait_ms: float = 100.0  # the longest the first request of a batch waits for others on their way
     queue: int = 64  # requests waiting; more get 503
@@ -154,7 +156,6 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     """The app serving `model` (loaded, eval mode) and `processor` (its checkpoint's, with a tokenizer)."""
     tok = processor.tokenizer
     fingerprint = checkpoint_fingerprint(opts.checkpoint)
-    dtype = dtype_name(opts.dtype, model.device)  # "auto" as what it means on this machine
     limit = model.config.text.max_positions
     cache = ImageCache(opts.image_cache) if opts.image_cache else None
     arrivals = Arrivals()
@@ -168,7 +169,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         yield
         await anyio.to_thread.run_sync(batcher.close)  # uvicorn has let the requests in flight finish
 
-    app = FastAPI(title="git-scratch serve", lifespan=lifespan,
+    app = FastAPI(title="git-scratch serve", lifespan=lifespan, docs_url=None, redoc_url=None,  # theirs load a CDN
                   description="GIT captions and answers, batched across concurrent requests. Records are those "
                               "`git-scratch caption --json` and `vqa --json` print.")
     app.state.batcher, app.state.image_cache = batcher, cache  # GET /health reads them; tests hold the worker
@@ -199,7 +200,8 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         return Decoding(max_new_tokens, num_beams)
 
     def record_settings(d: Decoding) -> dict:
-        return settings(fingerprint, dtype, d.max_new_tokens, d.num_beams)
+        return settings(fingerprint, opts.precision["dtype"], d.max_new_tokens, d.num_beams,
+                        quantize=opts.precision.get("quantize"))
 
     def read(data: bytes, name: str) -> tuple[str, torch.Tensor | str]:
         """("sha256:...", (3, H, W) pixels or the reason there are none) of an upload, read as the command line
@@ -245,6 +247,10 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(PAGE / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return FileResponse(PAGE / "docs.html")
 
     @app.get("/health")
     async def health():
@@ -298,6 +304,8 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                       max_new_tokens: int = Form(20, ge=1), method: str = Form("last", pattern="^(last|rollout)$")):
         """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
         patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
+        if isinstance(model, OnnxGIT):
+            raise ClientError(422, "explain needs the torch checkpoint: an ONNX export has no attention maps")
         d = decoding(max_new_tokens, 1)
         name, key, px = await load(image, 0)
         if not torch.is_tensor(px):

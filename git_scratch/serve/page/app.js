@@ -77,10 +77,10 @@ async function explain() {
   try {
     words = (await post("/v1/explain", { max_new_tokens: $("max_new_tokens").value })).words;
   } catch (e) {
-    $("explain").style.display = "none"; // a server without explain: the rest of the page still works
+    $("words").textContent = `(${e.message})`; // say why (an ONNX export has no maps); the rest still works
+    $("words").dataset.state = "error";
     return;
   }
-  $("explain").style.display = "";
   await picture.decode().catch(() => {});
   for (const w of words) $("words").appendChild(heatmap(w));
   $("words").dataset.state = "done";

