@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -39,28 +38,20 @@ def checkpoint_dir(path) -> Path:
 
 
 def load(path, device=None, dtype=None, quantize=None, fast_paths: bool = True) -> GIT:
-    """The model of a checkpoint, in eval mode, computing as `precision(device, dtype, quantize)` says
-    (precision.py: the choices), with the speed tricks of fast.py unless `fast_paths` is False (the plain
-    model, as an export traces it). `path` may also be a training run directory or its `latest` file.
+    """The model a name names (sources.resolve: a checkpoint folder, a training run or its `latest` file, a
+    Hugging Face GIT folder or hub id converted once into the cache, or "demo"), in eval mode, computing as
+    `precision(device, dtype, quantize)` says (precision.py: the choices), with the speed tricks of fast.py unless
+    `fast_paths` is False (the plain model, as an export traces it).
     """
+    from .sources import is_export, resolve  # sources sits above the model files: it may convert
+
     p = precision(device, dtype, quantize)  # a bad choice fails before any reading
-    path = checkpoint_dir(path)
+    path = resolve(path)  # a git_scratch checkpoint (config.json + model.safetensors) or an export-onnx folder
+    if is_export(path):
+        raise ValueError(f"{path}: an export-onnx folder, which runs on onnxruntime: open it with "
+                         "git_scratch.export.runtime.OnnxGIT, not load")
     cfg_path, weights = path / "config.json", path / "model.safetensors"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (is this a git_scratch checkpoint directory?)")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-    if raw.get("model_type") == "git":
-        raise ValueError(
-            f"{path} is a Hugging Face checkpoint; convert it first: git-scratch convert {path} CONVERTED_DIR"
-        )
-    if raw.get("model_type") != "git_scratch":
-        raise ValueError(f"{cfg_path}: not a git_scratch checkpoint (model_type {raw.get('model_type')!r})")
     cfg = GitConfig.from_json(cfg_path)
-    if not weights.is_file():
-        raise FileNotFoundError(f"{path}: no model.safetensors")
     try:
         state = load_file(weights, device=str(p.device) if p.device.type != "mps" else "cpu")
     except (SafetensorError, OSError) as e:

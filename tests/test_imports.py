@@ -19,10 +19,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "git_scratch"
-FLOORS = {"cli": 5, "pipeline": 5, "serve": 4, "training": 3, "evaluation": 3, "convert": 3, "export": 3, "explain": 3, "data": 2,
+FLOORS = {"cli": 5, "pipeline": 5, "serve": 4, "sources": 4, "training": 3, "evaluation": 3, "convert": 3, "export": 3, "explain": 3, "data": 2,
           "generation": 1, "preprocessing": 1}
 ALLOWED_UP = {("git_scratch.model", "git_scratch.generation.generate"),  # GIT.generate, imported when called
-              ("git_scratch.model", "git_scratch.preprocessing.processor")}  # GIT.generate(images)
+              ("git_scratch.model", "git_scratch.preprocessing.processor"),  # GIT.generate(images)
+              # load(NAME) and Processor.from_pretrained(NAME) resolve the name when called (it may convert)
+              ("git_scratch.load", "git_scratch.sources"),
+              ("git_scratch.preprocessing.processor", "git_scratch.sources"),
+              ("git_scratch.convert.__main__", "git_scratch.cli.main")}  # python -m git_scratch.convert: an entry point
 
 
 def module_name(path: Path) -> str:
@@ -86,7 +90,8 @@ def test_the_model_files_import_only_each_other():
     model = {m for m in MODULES if room(m) == "" and m != "git_scratch"}
     assert {m: sorted(d - model) for m, d in GRAPH.items() if m in model and d - model - {"git_scratch"}} == {
         "git_scratch.model": ["git_scratch.generation.generate",  # GIT.generate, when called
-                              "git_scratch.preprocessing.processor"]}  # its images, when given
+                              "git_scratch.preprocessing.processor"],  # its images, when given
+        "git_scratch.load": ["git_scratch.sources"]}  # load(NAME) resolves the name, when called
 
 
 def test_there_are_no_import_cycles():
@@ -113,7 +118,7 @@ def test_every_room_is_a_floor_of_the_house():  # a new folder must be placed be
 
 def test_the_graph_sees_imports():  # the tests above would pass on an empty graph
     assert {"git_scratch.constants", "git_scratch.cli.results"} <= GRAPH["git_scratch.cli.batch"]
-    assert "git_scratch.convert.__main__" in GRAPH["git_scratch.cli.main"]  # in run_convert, when the command runs
+    assert "git_scratch.convert.convert" in GRAPH["git_scratch.cli.convert"]  # in run, when the command runs
     assert {"git_scratch.config", "git_scratch.model"} <= GRAPH["git_scratch.convert.convert"]
     assert floor("git_scratch.cli.main") > floor("git_scratch.training.loop") > floor("git_scratch.data.batches")
     assert floor("git_scratch.data.batches") > floor("git_scratch.generation.cache") > floor("git_scratch.model")

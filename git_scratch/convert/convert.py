@@ -19,13 +19,14 @@ import torch
 
 from git_scratch.config import GitConfig
 from git_scratch.constants import PREPROCESSOR_FILES
-from git_scratch.load import DTYPES
+from git_scratch.precision import DTYPES
 from git_scratch.model import GIT
 from git_scratch.preprocessing.processor import no_preprocessing_settings
 
 from .files import (cast, check_tokenizer, read_config, read_json, read_original, read_tensors, read_weights,
                     write_checkpoint)
 from .hf_config import config_from_hf, config_to_hf
+from .hub import download, is_hub_id
 from .mapping import DROPPED, HF_LEGACY, NAME_MAP
 from .original import ORIGINAL_DROPPED, ORIGINAL_EMBED_LN_EPS, ORIGINAL_NAME_MAP, SPLITS, WRAPPER_PREFIX
 from .rename import ConversionError, check_complete, inverse, lookup, rename, split_packed, strip_wrappers
@@ -212,14 +213,17 @@ def convert(src, dst, dtype: str | None = None, to_hf: bool = False, overwrite: 
             trust_pickle: bool = False, config=None, preset: str | None = None) -> dict:
     """Convert one checkpoint. Returns a summary (counts, what was dropped, files copied, warnings).
 
-    src: a Hugging Face checkpoint directory (a git_scratch one with to_hf), or the original GIT's model.pt
-    with its shape from `config` (a Hugging Face GIT config.json, whose directory's tokenizer and preprocessing
-    files are copied too) or `preset` (a name, e.g. "git-base-coco").
+    src: a Hugging Face checkpoint directory (a git_scratch one with to_hf), or, where no such path exists, a
+    Hugging Face hub id owner/name[@revision] (fetched by hub.py into huggingface_hub's cache), or the original
+    GIT's model.pt with its shape from `config` (a Hugging Face GIT config.json, whose directory's tokenizer and
+    preprocessing files are copied too) or `preset` (a name, e.g. "git-base-coco").
     trust_pickle: read a .bin/.pt file that holds pickled Python objects besides tensors
     (unpickling can run any code: only for files from a trusted source).
     """
     src, dst = Path(src), Path(dst)
     original = src.is_file() or config is not None or preset is not None
+    if not original and not src.exists() and is_hub_id(str(src)):
+        src = download(str(src))
     check_source(src, original, to_hf, config, preset)
     if src.resolve() == dst.resolve():
         raise ConversionError("source and destination are the same directory; the source is never modified")

@@ -48,7 +48,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import GitConfig, TextConfig
 from ..constants import PREPROCESSOR_FILES, VIDEO_EXTS, check_compat
-from ..load import checkpoint_dir
 from .truncation import original_question
 from .pixels import (  # noqa: F401 -- re-exported: `from git_scratch.processor import preprocess` keeps working
     CLIP_MEAN, CLIP_STD, ORIGINAL_MAX_SIZE, ImageConfig, center_crop, original_pixels, original_resize_shape,
@@ -272,10 +271,10 @@ class Processor:
         compat="transformers": `preprocessor_config.json` or `processor_config.json` (GIT's defaults, with a
         warning, when neither is there). compat="original": config.json (original_sizes); preprocessor files
         are not read."""
-        path = checkpoint_dir(path)  # a run directory or its `latest` file: the checkpoint it names
+        from ..sources import processor_dir  # sources sits above the preprocessing files: it may convert
+
         check_compat(compat)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: not a checkpoint directory")
+        path = processor_dir(path)  # any name load takes (sources.resolve), or any folder of these files
         has_tok = (path / "tokenizer.json").exists() or (path / "vocab.txt").exists()
         tok = Tokenizer.from_pretrained(path) if has_tok else None
         ids = config_special_ids(path)
