@@ -72,8 +72,8 @@ def test_pil_images_arrays_and_tensors_give_the_records_of_their_png(pictures, f
 
 
 def test_a_float_tensor_is_refused_not_guessed(pictures):
-    pixels = torch.from_numpy(np.asarray(pictures[0])).permute(2, 0, 1) / 255  # (3, H, W) in 0..1
-    with pytest.raises(ValueError, match=r"uint8 \(3, H, W\)"):
+    pixels = torch.from_numpy(np.array(pictures[0])).permute(2, 0, 1) / 255  # (3, H, W) in 0..1
+    with pytest.raises(ValueError, match=r"uint8 \(C, H, W\)"):
         git_scratch.caption(pixels)
 
 

@@ -6,7 +6,7 @@ preprocessed, batched and decoded, in one call; what transformers' `pipeline` us
     git_scratch.caption(["cat.jpg", pil_image], model="ckpt/git-base-coco", num_beams=3)
     git_scratch.answer(pil_image, ["what color is the circle?", "how many shapes are there?"])
 
-An image is a path, a PIL image, a uint8 numpy array (H, W) or (H, W, 1|3|4), or a uint8 tensor (3, H, W)
+An image is a path, a PIL image, a uint8 numpy array (H, W) or (H, W, 1|3|4), or a uint8 tensor (1|3|4, H, W)
 as torchvision.io.read_image gives it; already-preprocessed pixel_values go to `GIT.generate` instead.
 A record is what `caption --json` and `vqa --json` print less "input", "file" and "settings": for the same image
 and options, the same text, ids and score. Each batch of images is encoded once for all its questions, as
@@ -41,7 +41,8 @@ def caption(images, model="demo", *, batch_size: int = 8, progress: bool | None 
     top_k, top_p, ...; num_return_sequences=k gives k records an image). seed: with do_sample, each image draws
     from its own generator seeded with it (the command line's --seed). progress: a bar on stderr; None shows
     it when the images fill more than one batch."""
-    return run(images, [None], model, (device, dtype, quantize, compat), batch_size, progress, seed, decoding)
+    return run(images, [None], batch_size, progress, seed, decoding, model=model, device=device, dtype=dtype,
+               quantize=quantize, compat=compat)
 
 
 def answer(images, questions, model="demo", *, batch_size: int = 8, progress: bool | None = None,
@@ -52,7 +53,8 @@ def answer(images, questions, model="demo", *, batch_size: int = 8, progress: bo
     questions = [questions] if isinstance(questions, str) else list(questions)
     if not questions or not all(isinstance(q, str) and q.strip() for q in questions):
         raise ValueError(f"questions must be one or more non-empty strings, got {questions!r}")
-    return run(images, questions, model, (device, dtype, quantize, compat), batch_size, progress, seed, decoding)
+    return run(images, questions, batch_size, progress, seed, decoding, model=model, device=device, dtype=dtype,
+               quantize=quantize, compat=compat)
 
 
 @lru_cache(maxsize=2)
@@ -65,18 +67,17 @@ def opened(model, device="auto", dtype=None, quantize=None, compat: str = "trans
     return o
 
 
-def run(images, questions: list[str | None], model, model_options: tuple, batch_size: int, progress: bool | None,
-        seed: int | None, decoding: dict) -> list[dict]:
-    """The records of every image (a list, or one) for every question, image-major, in batches of batch_size."""
+def run(images, questions: list[str | None], batch_size: int, progress: bool | None, seed: int | None,
+        decoding: dict, **opening) -> list[dict]:
+    """The records of every image (a list, or one) for every question, image-major, in batches of batch_size;
+    `opening`: what `opened` takes."""
     images = list(images) if isinstance(images, (list, tuple)) else [images]
-    compat = model_options[-1]
-    if compat == "transformers":
+    decoding = {**decoding, "compat": opening["compat"]}  # "original": the original's beam search (original.py)
+    if decoding["compat"] != "original":  # whose options generate checks when it runs
         GenerationOptions(**decoding)  # the shared checks, before anything is loaded
     if seed is not None and not decoding.get("do_sample"):
         raise ValueError("seed is for do_sample=True: greedy decoding and beam search draw nothing")
-    if compat == "original":  # the original's beam search (generation/original.py)
-        decoding = {"compat": compat, **decoding}
-    m = opened(model, *model_options)
+    m = opened(**opening)
     # seeded samples, and images that keep their aspect ratio (compat="original" VQA), run one at a time
     size = 1 if seed is not None or m.processor.max_size is not None else batch_size
     prompts = [prompt(m, q) for q in questions]
@@ -122,6 +123,6 @@ def as_image(image):
     if not torch.is_tensor(image):
         return image
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-        raise ValueError(f"image tensors must be uint8 (3, H, W) as torchvision.io.read_image gives them, got "
-                         f"{image.dtype} {tuple(image.shape)}; give preprocessed pixel_values to GIT.generate")
+        raise ValueError(f"image tensors must be uint8 (C, H, W), C 1, 3 or 4, as torchvision.io.read_image gives "
+                         f"them, got {image.dtype} {tuple(image.shape)}; give preprocessed pixel_values to GIT.generate")
     return np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
