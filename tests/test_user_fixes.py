@@ -4,6 +4,7 @@ cannot draw; a folder input says which files it skipped."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -13,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _cli_helpers import in_process, records
 from _serve_helpers import DEMO, shape_png
-from git_scratch.serve.app import PAGE
 
 
 # ---------------------------------------------------------------- the server
@@ -133,3 +134,48 @@ def test_the_page_shows_why_an_onnx_export_has_no_maps(onnx_url, browser, tmp_pa
     caption = browser.find_element(By.ID, "caption")
     WebDriverWait(browser, 120).until(lambda b: caption.get_attribute("data-state") != "busy")
     assert caption.get_attribute("data-state") == "done"  # the caption still shows
+
+
+# ---------------------------------------------------------------- convert --to-hf
+INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
+def test_a_to_hf_folder_runs_in_transformers_pipeline_giving_git_scratchs_captions_and_answers(tmp_path, capsys):
+    """transformers 5's image-text-to-text pipeline (image-to-text is gone) on `convert --to-hf` of the demo
+    model. Without model_input_names its tokenizer also makes token_type_ids, which GIT's generate refuses.
+    Its processor ends a text with [SEP], as BERT's does, so text="" prompts GIT with [CLS] [SEP]: the pipeline
+    gives what GitForCausalLM.generate gives on those inputs. GIT's own prompt is [CLS] (+ the question):
+    text="[CLS] ..." without special tokens, and then the pipeline gives git_scratch's captions and answers."""
+    from PIL import Image
+    from transformers import pipeline
+
+    rc, _, err = in_process(capsys, "convert", DEMO, tmp_path / "hf", "--to-hf")
+    assert rc == 0, err
+    written = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert written == {**json.loads((DEMO / "tokenizer_config.json").read_text()), "model_input_names": INPUT_NAMES}
+
+    paths = [shape_png(tmp_path, seed) for seed in range(3)]
+    question = "what color is the circle?"
+    captions = records(in_process(capsys, "caption", *paths, "-c", DEMO, "--json")[1])
+    answers = records(in_process(capsys, "vqa", *paths, "-q", question, "-c", DEMO, "--json")[1])
+    run = pipeline("image-text-to-text", model=str(tmp_path / "hf"))
+    up_to = {"max_new_tokens": 20}
+    for path, caption, answer in zip(paths, captions, answers):
+        image = Image.open(path)
+        (said,) = run(images=image, text="", generate_kwargs=up_to)
+        ids = run.model.generate(**run.processor(images=image, text="", return_tensors="pt"), **up_to)
+        assert said["generated_text"] == run.processor.decode(ids[0], skip_special_tokens=True)
+        git = {"add_special_tokens": False, "return_full_text": False, "generate_kwargs": up_to}
+        (said,) = run(images=image, text="[CLS]", **git)
+        assert said["generated_text"] == caption["text"]
+        (said,) = run(images=image, text=f"[CLS] {question}", **git)
+        assert said["generated_text"].strip() == answer["text"]
+
+
+def test_to_hf_writes_a_tokenizer_config_naming_the_inputs_where_there_was_none(tmp_path, capsys):
+    src = tmp_path / "ours"
+    shutil.copytree(DEMO, src)
+    (src / "tokenizer_config.json").unlink()
+    rc, _, err = in_process(capsys, "convert", src, tmp_path / "hf", "--to-hf")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text()) == {"model_input_names": INPUT_NAMES}

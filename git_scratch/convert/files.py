@@ -22,6 +22,8 @@ from git_scratch.preprocessing.tokenizer import Tokenizer, special_ids_disagree
 
 from .rename import ConversionError, listing
 
+HF_INPUT_NAMES = ["input_ids", "attention_mask"]  # what GitForCausalLM.forward takes of a tokenizer's outputs
+
 
 # ---------------------------------------------------------------- reading
 def read_json(path: Path) -> dict:
@@ -151,21 +153,29 @@ def _write_atomically(dst: Path, fill, overwrite: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def hf_tokenizer_config(files: Path | None) -> dict:
+    """`files`' tokenizer_config.json (or none) naming the inputs transformers' GitForCausalLM takes. Why: BERT's
+    tokenizer also makes token_type_ids by default, which GIT's generate refuses, so transformers' pipelines fail."""
+    path = files / "tokenizer_config.json" if files is not None else None
+    return {**(read_json(path) if path is not None and path.is_file() else {}), "model_input_names": HF_INPUT_NAMES}
+
+
 def write_checkpoint(dst: Path, state: dict[str, torch.Tensor], config: dict, files: Path | None,
                      overwrite: bool) -> list[str]:
     """dst written atomically: model.safetensors, config.json, and the tokenizer and preprocessing files found in
-    `files`. Returns the names of those copied."""
+    `files`; a Hugging Face checkpoint's tokenizer_config.json names its model's inputs (hf_tokenizer_config).
+    Returns the names of the files copied."""
     copied: list[str] = []
 
     def fill(tmp: Path) -> None:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if files is None:
-            return
         for name in TOKENIZER_FILES + PREPROCESSOR_FILES:
-            if (files / name).is_file():
+            if files is not None and (files / name).is_file():
                 shutil.copy2(files / name, tmp / name)
                 copied.append(name)
+        if config.get("model_type") == "git":  # a Hugging Face checkpoint (--to-hf): transformers reads it
+            (tmp / "tokenizer_config.json").write_text(json.dumps(hf_tokenizer_config(files), indent=2) + "\n")
 
     try:
         _write_atomically(dst, fill, overwrite)
