@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFont
 
 import git_scratch
 from git_scratch import GIT, GitConfig, cli, init_weights
 from git_scratch.data import shapes
 from git_scratch.explain import explain, picture
 from git_scratch.explain.maps import rollout
+from git_scratch.explain.picture import label
 
 DEMO = str(shapes.CHECKPOINT)
 GRID = shapes.SIZE // 12  # the demo model's 8 x 8 patch grid (shapes-tiny: patch 12 on 96 px)
@@ -201,3 +202,13 @@ def test_picture_of_a_video_lays_the_frames_side_by_side():
     words = [{"token": "w", "id": 5, "map": (np.ones((3, 4, 4)) / 48).tolist()}]
     sheet = picture(strip, words, "a video", "method: last")
     assert sheet.width > strip.width and sheet.height > strip.height
+
+
+@pytest.mark.parametrize("font", [ImageFont.load_default(size=15), ImageFont.load_default_imagefont()],
+                         ids=["scalable", "bitmap"])  # Pillow's own, and its Latin-1 fallback without FreeType
+def test_a_token_the_font_cannot_draw_is_labelled_by_its_id(font):
+    assert label(font, {"token": "##リ", "id": 30246}) == "[id 30246]"  # not an empty box
+    assert label(font, {"token": "猫", "id": 5000}) == "[id 5000]"
+    for token in ("dog", "##s", "[SEP]", "3", "'"):
+        assert label(font, {"token": token, "id": 1}) == token
+

@@ -25,6 +25,28 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+MISSING = "\uffff"  # a noncharacter: no font has it, so it draws as the font's missing-glyph box
+
+
+def _drawn(font, text: str) -> bytes | None:
+    """The pixels `text` draws as in `font`, on a canvas big enough for one character; None where the font
+    refuses it (Pillow's bitmap fallback font takes Latin-1 only)."""
+    canvas = Image.new("L", (64, 64))
+    try:
+        ImageDraw.Draw(canvas).text((0, 0), text, font=font, fill=255)
+    except UnicodeEncodeError:
+        return None
+    return canvas.tobytes()
+
+
+def label(font, word: dict) -> str:
+    """What is written under a word's panel: its token, or "[id N]" where `font` lacks one of its characters
+    (Pillow's default font has no accents or CJK: "##リ" would be an empty box)."""
+    box = _drawn(font, MISSING)
+    drawable = all(_drawn(font, ch) != box for ch in word["token"])
+    return word["token"] if drawable else f"[id {word['id']}]"
+
+
 def colour(values: np.ndarray) -> np.ndarray:
     """Values in 0..1, any shape -> RGB float array (..., 3) along SCALE."""
     at = [p for p, _ in SCALE]
@@ -75,7 +97,7 @@ def _wrap(d: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
 
 
 def picture(image: Image.Image, words: list[dict], title: str, legend: str = "") -> Image.Image:
-    """The image, then one panel per word of explain's `words` ({"token", "map"}), under `title` (the
+    """The image, then one panel per word of explain's `words` ({"token", "id", "map"}), under `title` (the
     question and answer, or the caption) and a `legend` line (which method made the maps)."""
     image = image.convert("RGB")
     scale = PANEL / max(image.size)
@@ -111,7 +133,7 @@ def picture(image: Image.Image, words: list[dict], title: str, legend: str = "")
         x = x0 + (k % cols) * (size[0] + pad)
         yy = top + (k // cols) * (size[1] + word_h + pad)
         sheet.paste(overlay(shown, w["map"]), (x, yy))
-        token = w["token"]
+        token = label(font, w)
         tw = d.textlength(token, font=font)
         d.text((x + (size[0] - tw) / 2, yy + size[1] + 3), token, fill=(20, 20, 20), font=font)
     return sheet
