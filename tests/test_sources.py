@@ -10,11 +10,11 @@ with torch.equal: the same converter writes the same weights, and the same proce
 import hashlib
 import http.server
 import json
-import os
 import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 
 import git_scratch
 from _cli_helpers import build_checkpoint, cli_env
-from git_scratch.convert import convert
 from git_scratch.data import shapes
 from git_scratch.export import MANIFEST
 from git_scratch.sources import DEMO, processor_dir, resolve
@@ -254,8 +253,6 @@ def test_the_converters_warnings_are_shown_once_when_it_converts(checkpoints, ca
     (bare / "preprocessor_config.json").unlink()
     with pytest.warns(UserWarning, match=f"^{bare} has no preprocessing settings"):
         resolve(bare)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resolve(bare)  # found in the cache: no conversion, nothing to say
@@ -271,6 +268,15 @@ def test_a_folder_that_fails_to_convert_leaves_nothing_in_the_cache(checkpoints,
         git_scratch.load(broken)
     assert "\n" not in str(info.value)
     assert list((cache / "converted").iterdir()) == []  # the temporary sibling is gone too
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(checkpoints, tmp_path, monkeypatch):
+    hf_dir, *_ = checkpoints
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("GIT_SCRATCH_CACHE", str(tmp_path / "a file" / "cache"))
+    with pytest.raises(ValueError, match=f"^cannot convert {hf_dir} into the cache {tmp_path / 'a file' / 'cache'} "
+                                         r"\(.*\); GIT_SCRATCH_CACHE names another cache folder$"):
+        git_scratch.load(hf_dir)
 
 
 def test_a_file_digest_is_remembered_by_its_stat_and_recomputed_when_the_file_changes(tmp_path):
@@ -323,7 +329,7 @@ def not_a_model(tmp_path: Path, how: str) -> Path:
     ("onnx graphs alone", "ONNX graphs without onnx_export.json, so not a folder export-onnx wrote whole"),
     ("git_scratch without weights", "no model.safetensors"),
     ("hub cache folder", "a Hugging Face hub cache folder; name the model by its hub id, owner/tiny"),
-    ("a file", "a file, not a checkpoint folder"),
+    ("a file", "is a file; pass the checkpoint directory, the folder that holds config.json and model.safetensors"),
 ])
 def test_a_folder_that_is_no_kind_of_model_says_what_it_lacks(tmp_path, how, says):
     path = not_a_model(tmp_path, how)

@@ -66,7 +66,8 @@ def folder(path: Path) -> Path:
     if is_export(path):
         return path
     if not path.is_dir():
-        raise ValueError(f"{path}: a file, not a checkpoint folder (a model is named as {KINDS})")
+        raise ValueError(f"{path} is a file; pass the checkpoint directory, the folder that holds config.json and "
+                         "model.safetensors")
     if not (path / "config.json").is_file():
         raise ValueError(lacking(path))
     kind = read_json(path / "config.json").get("model_type")

@@ -69,11 +69,20 @@ def converted(src: Path) -> Path:
         dst = root / "converted" / source_digest(src, root)
         if dst.is_dir():  # renamed into place whole, so present means complete
             return dst
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    except OSError as e:
-        raise ValueError(f"{src}: cannot convert it into the cache {root} ({e.strerror or e}); set "
-                         "GIT_SCRATCH_CACHE to a folder you can write") from None
+        said = convert_into(src, dst)
+    except OSError as e:  # a source file that cannot be read, a cache that cannot be written
+        why = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        raise ValueError(f"cannot convert {src} into the cache {root} ({why}); GIT_SCRATCH_CACHE names another "
+                         "cache folder") from None
+    for warning in said:
+        warnings.warn(warning, stacklevel=4)  # attributed to resolve's caller: converted <- folder <- resolve
+    return dst
+
+
+def convert_into(src: Path, dst: Path) -> list[str]:
+    """Convert `src` into a temporary sibling of `dst` and rename it into place; the converter's warnings."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
         summary = write_converted(hf_to_ours_dir(src, None, trust_pickle=False), src, tmp / "ckpt", overwrite=False)
         try:
@@ -81,9 +90,7 @@ def converted(src: Path) -> Path:
         except OSError:
             if not dst.is_dir():
                 raise
-            return dst  # another process converted the same files first: theirs is the same checkpoint
+            # another process converted the same files first: theirs is the same checkpoint
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for warning in summary["warnings"]:
-        warnings.warn(warning, stacklevel=4)
-    return dst
+    return summary["warnings"]
