@@ -1,4 +1,6 @@
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,9 @@ import torch
 from reference import build
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+# Hugging Face folders given by name are converted into this cache (sources/cache.py): the session's own, so no test
+# reads a conversion another run left, and none writes into the home folder. Subprocesses inherit it.
+os.environ["GIT_SCRATCH_CACHE"] = tempfile.mkdtemp(prefix="git-scratch-test-cache-")
 
 
 @pytest.fixture(scope="session")

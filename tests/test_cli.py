@@ -27,6 +27,7 @@ from _cli_helpers import HFPipeline, build_checkpoint, cli_command, cli_env, pho
 
 from git_scratch import cli
 from git_scratch.cli import batch
+from git_scratch.sources import open as sources_open
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 QUESTIONS = ("what is in the picture?", "how many people are there?")
@@ -391,7 +392,7 @@ def test_nothing_left_to_do_exits_0_without_loading(ckpt, tmp_path, capsys, monk
     def no_loading(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded with nothing left to do")
 
-    monkeypatch.setattr(batch, "load_checkpoint", no_loading)
+    monkeypatch.setattr(sources_open, "open_model", no_loading)  # how every command opens its model
     rc, stdout, err = main(capsys, "caption", img, "-c", ckpt[1], "-o", out, *FAST)
     assert rc == 0 and stdout == "" and "resuming: 1 result(s)" in err
 

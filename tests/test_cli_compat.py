@@ -125,7 +125,7 @@ def test_results_made_in_one_mode_do_not_resume_the_other(ckpt, tmp_path, capsys
      "--stream cannot be combined with --compat original, which runs the original GIT's beam search"),
     (("--max-length", "9"),
      "--max-length is for --compat original (the original counts [CLS], question and [SEP]); use --max-new-tokens"),
-    (("--compat", "original", "--max-length", "66"), "--max-length 66 cannot be reached: {ckpt} has 64 text "
+    (("--compat", "original", "--max-length", "66"), "--max-length 66 cannot be reached: the model has 64 text "
      "positions (max_position_embeddings), so at most 65 tokens with the final [SEP]"),
     (("--compat", "orignal"), "argument --compat: invalid choice: 'orignal' (choose from 'transformers', 'original')"),
 ])

@@ -227,7 +227,9 @@ def test_a_setup_error_leaves_no_output_file_behind(tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     rc, _, err = main(capsys, "caption", photo("coffee.png"), "-c", tmp_path / "nope", "-o", out, *FAST)
     assert rc == 2 and not out.exists()
-    assert err == f"error: cannot load checkpoint: {tmp_path / 'nope'}: no such checkpoint directory\n"
+    (line,) = err.splitlines()  # the name, and how a model may be named (sources.resolve)
+    assert line.startswith(f"error: cannot load checkpoint: {tmp_path / 'nope'}: no such checkpoint directory (a "
+                           "model is named as a checkpoint folder"), line
 
 
 # ---------------------------------------------------------------- 5. messages, not tracebacks
@@ -296,19 +298,24 @@ def _ckpt_variant(src: Path, dst: Path, how: str) -> Path:
     ("truncated weights", "truncated or corrupt"),
     ("no tokenizer", "no tokenizer.json or vocab.txt"),
     ("another model", "not a git_scratch checkpoint"),
-    ("hugging face", "convert it first"),
 ])
-def test_a_bad_checkpoint_is_one_line_and_exit_code_2(ckpt, hf_ckpt, tmp_path, capsys, how, reason):
-    if how == "missing":
-        path = tmp_path / "nope"
-    elif how == "hugging face":
-        path = hf_ckpt
-    else:
-        path = _ckpt_variant(ckpt, tmp_path / "ckpt", how)
+def test_a_bad_checkpoint_is_one_line_and_exit_code_2(ckpt, tmp_path, capsys, how, reason):
+    path = tmp_path / "nope" if how == "missing" else _ckpt_variant(ckpt, tmp_path / "ckpt", how)
     rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", path, *FAST)
     assert rc == 2 and out == ""
     (line,) = err.strip().splitlines()
     assert line.startswith("error: cannot load checkpoint: ") and str(path) in line and reason in line, line
+
+
+def test_a_hugging_face_folder_runs_as_its_converted_checkpoint_and_is_left_untouched(ckpt, hf_ckpt, capsys,
+                                                                                      tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_SCRATCH_CACHE", str(tmp_path / "cache"))  # the conversion goes here, not into hf_ckpt
+    before = sorted(p.name for p in hf_ckpt.iterdir())
+    _, converted, _ = main(capsys, "caption", photo("coffee.png"), "-c", ckpt, "--json", *FAST)
+    rc, direct, err = main(capsys, "caption", photo("coffee.png"), "-c", hf_ckpt, "--json", *FAST)
+    assert rc == 0, err
+    assert [json.loads(r)["ids"] for r in direct.splitlines()] == [json.loads(r)["ids"] for r in converted.splitlines()]
+    assert sorted(p.name for p in hf_ckpt.iterdir()) == before and any((tmp_path / "cache").rglob("model.safetensors"))
 
 
 def test_video_needs_a_video_checkpoint(ckpt, capsys):
@@ -436,7 +443,7 @@ def test_a_name_that_is_not_utf8_is_escaped_and_resumes(ckpt, tmp_path, capsys, 
     (("--seed", "3"), "--seed needs --sample: without it decoding is greedy (or beam search) and it would be ignored"),
     (("--temperature", "0.5", "--top-k", "5", "--top-p", "0.9"), "--temperature, --top-k, --top-p need --sample: "
      "without it decoding is greedy (or beam search) and they would be ignored"),
-    (("--max-new-tokens", "65"), "--max-new-tokens 65 cannot be reached: {ckpt} has 64 text positions "
+    (("--max-new-tokens", "65"), "--max-new-tokens 65 cannot be reached: the model has 64 text positions "
      "(max_position_embeddings), so at most 64 new tokens after [CLS], fewer after a question"),
 ])
 def test_option_errors_are_one_usage_error_of_the_subcommand_before_any_input(ckpt, capsys, args, message):
@@ -484,8 +491,9 @@ def test_the_most_new_tokens_the_checkpoint_has_room_for_run(ckpt, capsys):
 def test_a_checkpoint_option_naming_a_file_says_so(ckpt, capsys):
     rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt / "config.json", *FAST)
     assert (rc, out) == (2, "")
-    assert err.splitlines()[-1] == (f"git-scratch caption: error: --checkpoint {ckpt / 'config.json'} is a file; pass "
-                                    "the checkpoint directory, the folder that holds config.json and model.safetensors")
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: cannot load checkpoint: {ckpt / 'config.json'}: a file, not a checkpoint folder "
+                           "(a model is named as a checkpoint folder"), line
 
 
 def test_converting_a_converted_checkpoint_suggests_to_hf(ckpt, tmp_path, capsys):

@@ -331,6 +331,9 @@ def test_trust_pickle_reads_a_trusted_pickle(tiny, tmp_path, capsys):
     assert torch.equal(logits(git_scratch.load(tmp_path / "out"), tiny), logits(tiny.ours, tiny))
 
 
-def test_load_refuses_an_unconverted_checkpoint(tiny):
-    with pytest.raises(ValueError, match="convert it first"):
-        git_scratch.load(tiny.hf_dir)
+def test_load_of_an_unconverted_checkpoint_is_its_conversion(tiny):
+    model, before = git_scratch.load(tiny.hf_dir, device="cpu"), sorted(p.name for p in tiny.hf_dir.iterdir())
+    converted = git_scratch.load(tiny.our_dir, device="cpu")
+    assert model.state_dict().keys() == converted.state_dict().keys()
+    assert all(torch.equal(a, converted.state_dict()[k]) for k, a in model.state_dict().items())
+    assert sorted(p.name for p in tiny.hf_dir.iterdir()) == before  # converted into the cache, not beside it

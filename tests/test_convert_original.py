@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import git_scratch
 from reference import SHAPES
 from git_scratch.convert import ConversionError, convert
-from git_scratch.convert.__main__ import main
+from git_scratch.cli.main import main as cli_main
 from git_scratch.convert.convert import NAME_MAP, rename
 
 # Same reasoning as test_parity.py: both sides compute in float32 in a different order (SDPA with a bool mask
@@ -145,7 +145,7 @@ def assert_matches_tied(out_dir, hf):
 def test_an_original_checkpoint_converts_and_matches_transformers_with_a_tied_head(tiny, tmp_path, prefix, capsys):
     hf, config = tiny
     src = write_original(hf, tmp_path / "model.pt", prefix)
-    assert main([str(src), str(tmp_path / "out"), "--config", str(config)]) == 0
+    assert cli_main(["convert", str(src), str(tmp_path / "out"), "--config", str(config)]) == 0
     err = capsys.readouterr().err
     assert err.startswith(f"converted {src} -> {tmp_path / 'out'} (original GIT -> git_scratch): ")
     assert "  LM head tied to the word embedding, as the original builds it\n" in err
@@ -195,7 +195,7 @@ def test_a_video_checkpoint_keeps_its_temporal_embeddings(tmp_path):
     hf = scrambled_transformers("tiny-video")
     hf.config.to_json_file(tmp_path / "config.json")
     src = write_original(hf, tmp_path / "model.pt", "module.")
-    assert main([str(src), str(tmp_path / "out"), "--config", str(tmp_path / "config.json")]) == 0
+    assert cli_main(["convert", str(src), str(tmp_path / "out"), "--config", str(tmp_path / "config.json")]) == 0
     assert_matches_tied(tmp_path / "out", hf)  # 3 frames, each shifted by its own (random) temporal embedding
 
 
@@ -216,12 +216,12 @@ class PickledState(dict):
 def test_a_pickle_with_more_than_tensors_is_refused_unless_trusted(tiny, tmp_path, capsys):
     hf, config = tiny
     src = write_original(hf, tmp_path / "model.pt", wrap=PickledState)
-    assert main([str(src), str(tmp_path / "out"), "--config", str(config)]) == 2  # 2 from both entry points
+    assert cli_main(["convert", str(src), str(tmp_path / "out"), "--config", str(config)]) == 2  # 2 from both entry points
     assert capsys.readouterr().err == (
         f"error: {src}: holds more than tensors (it names the Python object {__name__}.PickledState), and "
         "unpickling it could run any code it carries; only for a file from a source you trust, pass --trust-pickle\n")
     assert not (tmp_path / "out").exists()
-    assert main([str(src), str(tmp_path / "out"), "--config", str(config), "--trust-pickle"]) == 0
+    assert cli_main(["convert", str(src), str(tmp_path / "out"), "--config", str(config), "--trust-pickle"]) == 0
     assert_matches_tied(tmp_path / "out", hf)
 
 

@@ -85,4 +85,5 @@ def test_demo_names_a_checkpoint_without_a_tokenizer(tmp_path, capsys):
     ckpt = tmp_path / "no-tokenizer"
     shutil.copytree(shapes.CHECKPOINT, ckpt, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
     assert cli.main(["demo", "-c", str(ckpt), "--n", "1"]) == 2
-    assert capsys.readouterr().err == f"error: {ckpt} has no tokenizer files: the demo needs a shapes checkpoint\n"
+    assert capsys.readouterr().err == (f"error: cannot load checkpoint: {ckpt}: no tokenizer.json or vocab.txt, so ids "
+                                       "cannot become text\n")

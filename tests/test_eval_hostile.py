@@ -24,6 +24,7 @@ from _train_helpers import mini_config, new_model, one_thread  # noqa: F401 (an 
 
 import git_scratch.evaluation.demo as demo_lib
 import git_scratch.evaluation.evaluate as eval_lib
+import git_scratch.sources.open as open_lib
 from _cli_helpers import in_process as main, one_error
 from git_scratch.cli import demo as demo_cli
 from git_scratch.cli.preflight import WholeFile
@@ -47,8 +48,7 @@ def no_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the refusal")
 
-    monkeypatch.setattr(eval_lib, "load", refuse)
-    monkeypatch.setattr(demo_lib, "load", refuse)
+    monkeypatch.setattr(open_lib, "load", refuse)  # how every command loads a torch checkpoint
 
 
 # ---------------------------------------------------------------- 5. usage errors, before any compute
@@ -215,8 +215,8 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused_before_any_compute(sm
     monkeypatch.setattr(demo_cli, "predictions", no_compute)
     rc, out, err = main(capsys, *command, "-c", small_vocab)
     assert rc == 2 and out == ""
-    assert one_error(err) == (f"error: {small_vocab}: the tokenizer has 94 tokens, the model 50: tokenizer files of "
-                              "another model?")
+    assert one_error(err) == (f"error: cannot load checkpoint: {small_vocab}: the tokenizer has 94 tokens, the model "
+                              "50: tokenizer files of another model?")
 
 
 # ---------------------------------------------------------------- 7. nothing evaluated is an error

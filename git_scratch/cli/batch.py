@@ -17,7 +17,7 @@ import sys
 
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..evaluation.records import results
-from .options import RunOptions
+from .options import RunOptions, checkpoint_path
 from .items import Item, Sink, Streamer, expand  # noqa: F401 (expand: batch.expand in tests)
 from .results import OutputError, ResultsFile, differences, run_settings
 
@@ -210,6 +210,12 @@ def _run_inputs(opts: RunOptions) -> int:
     from ..training import distributed
 
     main, world = distributed.is_main(), distributed.world()
+    try:
+        opts.checkpoint = str(checkpoint_path(opts.checkpoint))  # a name: the folder it names (cheap if done)
+    except ValueError as e:
+        if main:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     settings = run_settings(opts)
     log, code, work = None, None, []
     try:

@@ -1,6 +1,6 @@
-"""The items of a batched run, in and out: `expand` turns paths, folders and globs into `Item`s; `Sink` writes
-one flushed record (or text line) per result, to stdout and the --output file, and the `error:` lines;
-`Streamer` prints a caption's words as they come (--stream).
+"""The items of a batched run, in and out: `expand` turns paths, folders and globs into `Item`s (and warns of
+what a folder held besides images); `Sink` writes one flushed record (or text line) per result, to stdout and
+the --output file, and the `error:` lines; `Streamer` prints a caption's words as they come (--stream).
 Text output keeps one result per line: a name that would break the line is shown escaped (`processor.printable`).
 """
 
@@ -10,10 +10,11 @@ import glob
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import IMAGE_EXTS
+from ..constants import IMAGE_EXTS, VIDEO_EXTS
 from ..preprocessing.processor import printable
 from .results import ResultsFile, resume_key
 
@@ -33,15 +34,20 @@ class Item:
 def expand(args: list[str], folders_are_inputs: bool = False) -> list[Item]:
     """Command-line arguments -> inputs: files as given, folders -> their images, glob patterns -> matches.
 
-    For video, a folder is one input (its files are the frames). Arguments that name nothing become
-    error items, so they are reported with the rest instead of stopping the run. Each real file is
-    one input, however many paths lead to it (`./a.jpg` and `a.jpg`, symlinks, a symlink loop under `**`).
+    For video, a folder is one input (its files are the frames). A folder's other entries (videos, other
+    files, subfolders; not hidden ones) are skipped, with one `warning:` line on stderr per folder counting
+    them. Arguments that name nothing become error items, so they are reported with the rest instead of
+    stopping the run. Each real file is one input, however many paths lead to it (`./a.jpg` and `a.jpg`,
+    symlinks, a symlink loop under `**`).
     """
     out: list[Item] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir() and not folders_are_inputs:
-            images = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."))
+            kinds = {f: kind(f) for f in sorted(path.iterdir()) if not f.name.startswith(".")}
+            images = [f for f, k in kinds.items() if k == "image"]
+            if note := skipped(arg, Counter(kinds.values())):
+                print(f"warning: {note}", file=sys.stderr)
             out += [Item(os.path.join(arg, f.name), f) for f in images]
             if not images:
                 out.append(Item(arg, error=f"no image files ({', '.join(sorted(IMAGE_EXTS))}) in this folder"))
@@ -57,6 +63,24 @@ def expand(args: list[str], folders_are_inputs: bool = False) -> list[Item]:
             out.append(Item(arg, error="no such file or directory"))
     seen: set[str] = set()
     return [i for i in out if not (i.key in seen or seen.add(i.key))]
+
+
+def kind(entry: Path) -> str:
+    """A folder entry as expand sorts it: "image", "video", "subfolder" or "other file"."""
+    if entry.is_dir():
+        return "subfolder"
+    ext = entry.suffix.lower()
+    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else "other file"
+
+
+def skipped(folder: str, kinds: Counter) -> str | None:
+    """What a folder held besides images, in one line with what to do instead; None when nothing else."""
+    nested = printable(os.path.join(folder, "**", "*.jpg"))
+    advice = {"video": " (use `git-scratch video`)", "subfolder": f" (not searched: pass '{nested}')", "other file": ""}
+    said = [f"{kinds[k]} {k}{'s' if kinds[k] > 1 else ''}{why}" for k, why in advice.items() if kinds[k]]
+    if not said:
+        return None
+    return f"{printable(folder)}: skipped {sum(kinds[k] for k in advice)} that are not images: {', '.join(said)}"
 
 
 def shorten(question: str, words: int = 8) -> str:

@@ -42,22 +42,35 @@ def add_model_options(p: argparse.ArgumentParser, default: str | None = None, dt
 
 def checkpoint_path(name: str | None):
     """The folder -c NAME names (sources.resolve: it may fetch and convert), or ValueError, one line."""
+    import sys
+    import warnings
+
     from ..sources import resolve
 
     if name is None:
         raise ValueError(MISSING)
     try:
-        return resolve(name)
+        with warnings.catch_warnings(record=True) as caught:  # a conversion's notes, said once as the CLI says them
+            warnings.simplefilter("always")
+            path = resolve(name)
     except ValueError as e:
         raise ValueError(f"cannot load checkpoint: {e}") from None
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return path
 
 
 def open_checkpoint(args: argparse.Namespace, compat: str = "transformers", video: bool = False, max_pixels=None):
     """sources.open_model with the model options `add_model_options` put on the parser; ValueError, one line."""
+    import sys
+
     from ..sources.open import open_model
 
-    return open_model(checkpoint_path(args.checkpoint), args.device, getattr(args, "dtype", None),
-                      getattr(args, "quantize", None), getattr(args, "compile", False), compat, max_pixels, video)
+    opened = open_model(checkpoint_path(args.checkpoint), args.device, getattr(args, "dtype", None),
+                        getattr(args, "quantize", None), getattr(args, "compile", False), compat, max_pixels, video)
+    for said in opened.warnings:  # e.g. no preprocessing settings: which defaults are used
+        print(f"warning: {said}", file=sys.stderr)
+    return opened
 
 
 def text_positions(ckpt) -> int | None:
@@ -139,10 +152,12 @@ def run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> RunOpti
         p.error("--recompute needs --output: it recomputes results that file holds")
     if any(not q.strip() for q in args.question or []):
         p.error("--question must not be empty")
+    if args.checkpoint is None:
+        p.error(MISSING)
     try:
         ckpt = checkpoint_path(args.checkpoint)
-    except ValueError as e:
-        p.error(str(e))
+    except ValueError:  # not a usage error: run_inputs says what is wrong with the checkpoint, as loading would
+        ckpt = args.checkpoint
     limit = text_positions(ckpt)
     if original and limit is not None and args.max_length is not None and args.max_length > limit + 1:
         p.error(f"--max-length {args.max_length} cannot be reached: the model has {limit} text positions "

@@ -109,8 +109,6 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
-        for said in opened.warnings:
-            print(f"warning: {said}", file=sys.stderr)
         model = opened.model
         opts = ServeOptions(str(opened.path), opened.precision.settings(), args.max_batch, args.max_wait_ms,
                             args.queue, args.max_upload_mb, args.image_cache)

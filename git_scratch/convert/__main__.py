@@ -2,6 +2,6 @@
 
 import sys
 
-from git_scratch.cli import main
+from git_scratch.cli.main import main
 
 sys.exit(main(["convert", *sys.argv[1:]]))

@@ -26,18 +26,18 @@ def decoding_error(max_new_tokens: int = 20, num_beams: int = 1, do_sample: bool
     for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
         if not value >= 1:
             return f"{spell(name)} must be at least 1, got {value}"
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    given = [spell(name) for name, off in SAMPLING.items() if sampling[name] != off]
-    if given and not do_sample:
-        one = len(given) == 1
-        return (f"{', '.join(given)} {'needs' if one else 'need'} {spell('do_sample')}: without it decoding is "
-                f"greedy (or beam search) and {'it' if one else 'they'} would be ignored")
     if not temperature > 0:
         return f"{spell('temperature')} must be > 0, got {temperature}"
     if not top_k >= 0:
         return f"{spell('top_k')} must be >= 0 (0: every token), got {top_k}"
     if not 0 < top_p <= 1:
         return f"{spell('top_p')} must be in (0, 1], got {top_p}"
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    given = [spell(name) for name, off in SAMPLING.items() if sampling[name] != off]
+    if given and not do_sample:
+        one = len(given) == 1
+        return (f"{', '.join(given)} {'needs' if one else 'need'} {spell('do_sample')}: without it decoding is "
+                f"greedy (or beam search) and {'it' if one else 'they'} would be ignored")
     if do_sample and num_beams > 1:
         return f"{spell('do_sample')} and {spell('num_beams')} > 1 cannot be combined (no beam sampling)"
     return None

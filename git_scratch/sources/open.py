@@ -49,10 +49,13 @@ def open_model(name, device="auto", dtype=None, quantize=None, compile: bool = F
     "cannot load checkpoint:", for anything that cannot run (before any input is read). `video`: the run
     takes videos (a video checkpoint is required; an image checkpoint's ONNX export refuses videos)."""
     check_device(device)
-    try:
-        path = resolve(name)
-    except ValueError as e:
-        raise ValueError(f"cannot load checkpoint: {e}") from None
+    with warnings.catch_warnings(record=True) as caught:  # a Hugging Face folder's conversion notes
+        warnings.simplefilter("always")
+        try:
+            path = resolve(name)
+        except ValueError as e:
+            raise ValueError(f"cannot load checkpoint: {e}") from None
+    said = [str(w.message) for w in caught]
     bad = f"cannot load checkpoint: {path}:"
     onnx = is_export(path)
     torch_only = [flag for flag, on in (("--compile", compile), (f"--quantize {quantize}", quantize),
@@ -60,7 +63,6 @@ def open_model(name, device="auto", dtype=None, quantize=None, compile: bool = F
     if onnx and torch_only:
         raise ValueError(f"{bad} an ONNX export runs its float32 graphs on onnxruntime; {torch_only[0]} is for "
                          "torch checkpoints")
-    said = []
     try:
         p = precision(device, None if onnx else dtype, quantize)
         with warnings.catch_warnings(record=True) as caught:
@@ -68,7 +70,7 @@ def open_model(name, device="auto", dtype=None, quantize=None, compile: bool = F
             model = OnnxGIT(path, device) if onnx else load(path, device=device, dtype=dtype, quantize=quantize)
             processor = Processor.from_pretrained(path, PILLOW_LIMIT if max_pixels is None else max_pixels,
                                                   compat=compat)
-        said = [str(w.message) for w in caught]  # e.g. no preprocessing settings: which defaults are used
+        said += [str(w.message) for w in caught]  # e.g. no preprocessing settings: which defaults are used
     except ImportError:  # OnnxGIT without onnxruntime
         raise ValueError(f"{bad} an ONNX export runs on onnxruntime: pip install 'git_scratch[onnx]'") from None
     except (OSError, ValueError, RuntimeError) as e:  # load's messages name the file at fault
