@@ -76,7 +76,7 @@ def run(images, questions: list[str | None], batch_size: int, progress: bool | N
     if decoding["compat"] != "original":  # whose options generate checks when it runs
         GenerationOptions(**decoding)  # the shared checks, before anything is loaded
     if seed is not None and not decoding.get("do_sample"):
-        raise ValueError("seed is for do_sample=True: greedy decoding and beam search draw nothing")
+        raise ValueError("seed needs do_sample: without it decoding is greedy (or beam search) and it would be ignored")
     m = opened(**opening)
     # seeded samples, and images that keep their aspect ratio (compat="original" VQA), run one at a time
     size = 1 if seed is not None or m.processor.max_size is not None else batch_size
@@ -119,10 +119,10 @@ def prompt(m: Opened, question: str | None) -> torch.Tensor:
 
 
 def as_image(image):
-    """An image as the Processor takes it: a uint8 tensor (3, H, W) becomes an (H, W, 3) array."""
+    """An image as the Processor takes it: a uint8 tensor (C, H, W) becomes an (H, W, C) array."""
     if not torch.is_tensor(image):
         return image
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3, 4):
         raise ValueError(f"image tensors must be uint8 (C, H, W), C 1, 3 or 4, as torchvision.io.read_image gives "
-                         f"them, got {image.dtype} {tuple(image.shape)}; give preprocessed pixel_values to GIT.generate")
+                         f"them, got {image.dtype} {tuple(image.shape)}; give pixel_values to GIT.generate")
     return np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
