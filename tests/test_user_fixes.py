@@ -179,3 +179,32 @@ def test_to_hf_writes_a_tokenizer_config_naming_the_inputs_where_there_was_none(
     rc, _, err = in_process(capsys, "convert", src, tmp_path / "hf", "--to-hf")
     assert rc == 0, err
     assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text()) == {"model_input_names": INPUT_NAMES}
+
+
+# ---------------------------------------------------------------- a folder's other files
+def test_a_folder_says_once_what_it_skipped_and_why(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(2):
+        shape_png(folder, seed)
+    for name in ("a.mp4", "b.MOV", "notes.txt", ".DS_Store"):  # the hidden file is not counted
+        (folder / name).write_bytes(b"x")
+    (folder / "more").mkdir()
+    shape_png(folder / "more", 2)
+    rc, out, err = in_process(capsys, "caption", folder, "-c", DEMO, "--json", "--no-progress")
+    assert rc == 0 and [r["input"] for r in records(out)] == [str(folder / "shape-0.png"), str(folder / "shape-1.png")]
+    assert err.splitlines() == [f"warning: {folder}: skipped 4 that are not images: 2 videos (use `git-scratch "
+                                f"video`), 1 subfolder (not searched: pass '{folder}/**/*.jpg'), 1 other file"]
+
+
+def test_a_folder_of_images_alone_warns_of_nothing(tmp_path, capsys):
+    from git_scratch.cli.items import expand
+
+    shape_png(tmp_path, 0)
+    (tmp_path / ".hidden").write_bytes(b"x")
+    assert [i.path.name for i in expand([str(tmp_path)])] == ["shape-0.png"]
+    assert capsys.readouterr().err == ""
+    (tmp_path / "clip.webm").write_bytes(b"x")
+    expand([str(tmp_path)])
+    assert capsys.readouterr().err == f"warning: {tmp_path}: skipped 1 that are not images: 1 video (use " \
+                                      "`git-scratch video`)\n"
