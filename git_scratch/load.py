@@ -64,6 +64,7 @@ def load(path, device=None, dtype=None, quantize=None, fast_paths: bool = True) 
         raise ValueError(f"{weights}: does not match its config.json: {e}") from None
     if cfg.text.tie_embeddings:
         model.lm_head.weight = model.embed.tok_embed.weight
+    model.source = path  # the checkpoint folder: GIT.generate(images) reads its processor from there
     return to_precision(model, p, fast_paths)
 
 

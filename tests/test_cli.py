@@ -225,7 +225,7 @@ def test_sampling_with_a_seed_repeats(ckpt, capsys):
      "--stream needs greedy or --sample decoding: beam search knows its best sequence only at the end"),
     (("--stream", "--json"), "--stream prints text; it cannot be combined with --json (use --output for JSON records)"),
     (("--top-p", "0"), "--top-p must be in (0, 1], got 0.0"),
-    (("--max-new-tokens", "0"), "argument --max-new-tokens: must be > 0, got 0"),
+    (("--max-new-tokens", "0"), "--max-new-tokens must be at least 1, got 0"),  # generation/checks.py's wording
     (("--batch-size", "-1"), "argument --batch-size/-b: must be > 0, got -1"),
     (("--recompute",), "--recompute needs --output: it recomputes results that file holds"),
 ])

@@ -492,8 +492,8 @@ def test_a_checkpoint_option_naming_a_file_says_so(ckpt, capsys):
     rc, out, err = main(capsys, "caption", photo("coffee.png"), "-c", ckpt / "config.json", *FAST)
     assert (rc, out) == (2, "")
     (line,) = err.splitlines()
-    assert line.startswith(f"error: cannot load checkpoint: {ckpt / 'config.json'}: a file, not a checkpoint folder "
-                           "(a model is named as a checkpoint folder"), line
+    assert line == (f"error: cannot load checkpoint: {ckpt / 'config.json'} is a file; pass the checkpoint directory, "
+                    "the folder that holds config.json and model.safetensors")
 
 
 def test_converting_a_converted_checkpoint_suggests_to_hf(ckpt, tmp_path, capsys):

@@ -211,7 +211,7 @@ def test_export_usage_errors(words, tmp_path, capsys, monkeypatch):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
     cases = [((tmp_path / "nope", tmp_path / "a"), "no such checkpoint directory"),
-             ((hf_dir / "config.json", tmp_path / "b"), "a file, not a checkpoint folder"),
+             ((hf_dir / "config.json", tmp_path / "b"), "is a file; pass the checkpoint directory"),
              ((out, tmp_path / "c"), "is an ONNX export already"),
              ((ckpt, tmp_path / "full"), "not empty"),
              ((ckpt, tmp_path / "d", "--opset", "11"), "--opset 11"),

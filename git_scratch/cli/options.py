@@ -140,7 +140,7 @@ def run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> RunOpti
     if given.get("seed") is not None and not args.sample:
         p.error("--seed needs --sample: without it decoding is greedy (or beam search) and it would be ignored")
     given.pop("seed", None)
-    if why := decoding_error(max_new_tokens or 1, num_beams, args.sample, **given, spell=flag):
+    if why := decoding_error(1 if original else max_new_tokens, num_beams, args.sample, **given, spell=flag):
         p.error(why)
     sampling = {name: default if getattr(args, name) is None else getattr(args, name)
                 for name, default in SAMPLING.items()}
