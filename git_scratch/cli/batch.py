@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from ..evaluation.records import results
+from ..evaluation.records import ask, prompt
 from .options import RunOptions, checkpoint_path
 from .items import Item, Sink, Streamer, expand  # noqa: F401 (expand: batch.expand in tests)
 from .results import OutputError, ResultsFile, differences, run_settings
@@ -40,24 +40,16 @@ class Runner:
         return self.processor(images=[item.path]).pixel_values[0]  # (1, 3, H, W) under compat="original" on video
 
     def prompt(self, question: str | None):
-        """(1, T) prompt ids: [CLS] for a caption, [CLS] + question for VQA (GIT's format: no [SEP])."""
-        import torch
-
-        if question is None:
-            return torch.tensor([[self.processor.tokenizer.cls_id]], device=self.model.device)
-        return torch.from_numpy(self.processor.encode_text(question)[0]).to(self.model.device)  # compat: cut
+        """(1, T) prompt ids (records.prompt)."""
+        return prompt(self.processor, question, self.model.device)
 
     def generate(self, image, questions: list[str | None], stream: Item | None = None) -> list[dict]:
         """Records for each row of `image` (B, N, D) and each of `questions`, image-major (image 0's, then image
         1's, ...): one generate call, so each image goes through the decoder once for all its questions."""
         import torch
 
-        from ..generation.generate import generate
-
         a, tok = self.opts, self.processor.tokenizer
         prompts = [self.prompt(q) for q in questions]  # (1, T) each
-        # one question: its (1, T) prompt serves every row; several: each image's own, image-major
-        ids = prompts[0] if len(prompts) == 1 else [p[0].tolist() for _ in range(len(image)) for p in prompts]
         question = questions[0]  # streaming and seeded sampling ask one question a call (run_batch)
         printer = Streamer(tok, stream.input, question) if stream else None
         # --seed: draws of their own for this prompt, the same whatever ran before (one row: see run)
@@ -68,8 +60,7 @@ class Runner:
             search = dict(max_new_tokens=a.max_new_tokens, num_beams=a.num_beams, do_sample=a.sample,
                           temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=generator,
                           on_token=printer.add if printer else None, compile=a.compile)
-        out = generate(self.model, image=image, input_ids=ids, return_scores=True, **search)
-        recs = results(tok, out, [p.shape[1] for p in prompts] * len(image), questions * len(image))
+        recs = ask(self.model, tok, image, prompts, questions, **search)
         if printer:
             printer.end(recs[0]["text"])
         return recs

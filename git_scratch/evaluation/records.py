@@ -14,7 +14,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import torch
+
 from ..constants import PREPROCESSOR_FILES, TOKENIZER_FILES
+from ..generation.generate import generate
 
 _SAMPLE = 1 << 20  # bytes read from each end of the weights file for the checkpoint fingerprint
 
@@ -71,3 +74,25 @@ def results(tokenizer, out, prompt_lengths: list[int], questions: list[str | Non
         recs.append({"question": q, "text": tokenizer.decode(new), "ids": seq[width - t : width + n],
                      "score": logprob / max(n, 1)})
     return recs
+
+
+def prompt(processor, question: str | None, device) -> torch.Tensor:
+    """(1, T) prompt ids: [CLS] for a caption, [CLS] + question for VQA (GIT's format: no [SEP]; with
+    compat="original", the original's cut of the question)."""
+    if question is None:
+        return torch.tensor([[processor.tokenizer.cls_id]], device=device)
+    return torch.from_numpy(processor.encode_text(question)[0]).to(device)
+
+
+def ask(model, tokenizer, image: torch.Tensor, prompts: list[torch.Tensor], questions: list[str | None],
+        **options) -> list[dict]:
+    """The records of each row of `image` (B, N, D) for each of `questions` (their (1, T) `prompts`), image-major
+    (image 0's, then image 1's; k of each with num_return_sequences k): one generate call, so each image goes
+    through the decoder once for all of them. options: generate's. The command line, the one-call API and
+    their tests read records from here."""
+    k = options.get("num_return_sequences", 1)
+    # one question: its (1, T) prompt serves every row; several: each image's own, image-major
+    ids = prompts[0] if len(prompts) == 1 else [p[0].tolist() for _ in range(len(image)) for p in prompts]
+    out = generate(model, image=image, input_ids=ids, return_scores=True, **options)
+    rows = [(p.shape[1], q) for _ in range(len(image)) for p, q in zip(prompts, questions) for _ in range(k)]
+    return results(tokenizer, out, [n for n, _ in rows], [q for _, q in rows])

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..evaluation.records import results
-from ..generation.generate import generate
+from ..evaluation.records import ask, prompt
 from ..generation.options import GenerationOptions
 from ..sources.open import Opened, open_model
 
@@ -80,7 +79,7 @@ def run(images, questions: list[str | None], batch_size: int, progress: bool | N
     m = opened(**opening)
     # seeded samples, and images that keep their aspect ratio (compat="original" VQA), run one at a time
     size = 1 if seed is not None or m.processor.max_size is not None else batch_size
-    prompts = [prompt(m, q) for q in questions]
+    prompts = [prompt(m.processor, q, m.model.device) for q in questions]
     recs = []
     show = len(images) > size if progress is None else progress
     with tqdm(total=len(images) * len(questions), file=sys.stderr, unit="input", disable=not show) as bar:
@@ -89,33 +88,21 @@ def run(images, questions: list[str | None], batch_size: int, progress: bool | N
             with torch.inference_mode():
                 pixels = m.processor(images=batch).pixel_values.to(m.model.device, m.model.dtype)
                 image = m.model.encode_image(pixels)  # (B, N, D): encoded once for all the questions
-                recs += ask(m, image, prompts, questions, seed, decoding)
+                recs += ask_all(m, image, prompts, questions, seed, decoding)
             bar.update(len(batch) * len(questions))
     return recs
 
 
-def ask(m: Opened, image: torch.Tensor, prompts: list[torch.Tensor], questions: list[str | None], seed: int | None,
-        decoding: dict) -> list[dict]:
-    """Records of each row of `image` (B, N, D) for each question, image-major: one generate call, each image
-    through the decoder once for all its questions. Sampling asks one question a call, each with its own draws,
-    as the command line does (cli/batch.py, Runner.generate)."""
+def ask_all(m: Opened, image: torch.Tensor, prompts: list[torch.Tensor], questions: list[str | None],
+            seed: int | None, decoding: dict) -> list[dict]:
+    """Records of each row of `image` (B, N, D) for each question, image-major (records.ask). Sampling asks one
+    question a call, each with its own draws, as the command line does (cli/batch.py, Runner.run_batch)."""
     k = decoding.get("num_return_sequences", 1)  # records per (image, question)
     if decoding.get("do_sample") and len(questions) > 1:
-        each = [ask(m, image, [p], [q], seed, decoding) for p, q in zip(prompts, questions)]
+        each = [ask_all(m, image, [p], [q], seed, decoding) for p, q in zip(prompts, questions)]
         return [rec for i in range(len(image)) for one in each for rec in one[i * k : (i + 1) * k]]
-    # one question: its (1, T) prompt serves every row; several: each image's own, image-major
-    ids = prompts[0] if len(prompts) == 1 else [p[0].tolist() for _ in range(len(image)) for p in prompts]
     generator = None if seed is None else torch.Generator(m.model.device).manual_seed(seed)
-    out = generate(m.model, image=image, input_ids=ids, return_scores=True, generator=generator, **decoding)
-    rows = [(p.shape[1], q) for _ in range(len(image)) for p, q in zip(prompts, questions) for _ in range(k)]
-    return results(m.processor.tokenizer, out, [n for n, _ in rows], [q for _, q in rows])
-
-
-def prompt(m: Opened, question: str | None) -> torch.Tensor:
-    """(1, T) prompt ids: [CLS] for a caption, [CLS] + question for VQA (GIT's format: no [SEP])."""
-    if question is None:
-        return torch.tensor([[m.processor.tokenizer.cls_id]], device=m.model.device)
-    return torch.from_numpy(m.processor.encode_text(question)[0]).to(m.model.device)  # compat="original": cut
+    return ask(m.model, m.processor.tokenizer, image, prompts, questions, generator=generator, **decoding)
 
 
 def as_image(image):
