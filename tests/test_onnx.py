@@ -225,3 +225,34 @@ def test_export_usage_errors(words, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(export_onnx, "_installed", lambda module: module != "onnxruntime")
     rc, _, err = in_process(capsys, "export-onnx", ckpt, tmp_path / "e")
     assert rc == 2 and "pip install 'git_scratch[onnx]'" in one_error(err)
+
+
+@pytest.mark.parametrize("method", ["rank", "trie"])
+def test_classify_runs_an_export_as_it_runs_the_torch_checkpoint(words, tmp_path, capsys, method):
+    """rank needs only the decoder's logits, teacher-forced step by step through the graphs; trie decodes."""
+    ckpt, _, out, _ = words
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\ngreen\nblue\na cat\na dog\nrocket\n")
+    search = ("--method", "trie", "--num-beams", "3") if method == "trie" else ()
+    args = ("classify", photo("astronaut.png"), photo("coffee.png"), "--labels", labels, "--json", "--top-k", "3",
+            "-q", "what is it?", *search)
+    got = []
+    for checkpoint in (ckpt, out):
+        rc, stdout, err = in_process(capsys, *args, "-c", checkpoint)
+        assert rc == 0, err
+        got.append([json.loads(line) for line in stdout.splitlines()])
+    torch_recs, onnx_recs = got
+    assert len(torch_recs) == 2
+    for t, o in zip(torch_recs, onnx_recs, strict=True):
+        assert t["labels"] == o["labels"]
+        largest = max(1.0, *(abs(s) for s in t["scores"]))
+        assert all(abs(a - b) <= SCORE_TOLERANCE * largest for a, b in zip(t["scores"], o["scores"], strict=True))
+
+
+def test_explain_refuses_an_export_before_any_work(words, tmp_path, capsys):
+    _, _, out, _ = words
+    picture = tmp_path / "explain.png"
+    rc, stdout, err = in_process(capsys, "explain", photo("astronaut.png"), "-c", out, "--out", picture)
+    assert rc == 2 and not stdout and not picture.exists()
+    assert one_error(err) == f"error: --checkpoint {out}: explain needs the torch checkpoint: an ONNX export has no " \
+                             "attention maps"

@@ -314,14 +314,16 @@ LONG = "what is " + "the colour of " * 40 + "the circle?"  # 326 wordpieces of t
 @pytest.mark.parametrize("endpoint, files, fields, status, said", [
     ("/v1/caption", False, {}, 422, "image: field required"),
     ("/v1/vqa", True, {}, 422, "question: field required"),
-    ("/v1/caption", True, {"num_beams": "0"}, 422, "num_beams: input should be greater than or equal to 1"),
+    ("/v1/caption", True, {"num_beams": "0"}, 422, "num_beams must be at least 1, got 0"),  # generation/checks.py
+    ("/v1/caption", True, {"max_new_tokens": "0"}, 422, "max_new_tokens must be at least 1, got 0"),
+    ("/v1/caption", True, {"num_beams": "17"}, 422, "num_beams must be at most 16 on this server, got 17"),
     ("/v1/caption", True, {"num_beams": "lots"}, 422, "num_beams: input should be a valid integer"),
     ("/v1/caption", True, {"max_new_tokens": "1000"}, 422, "max_new_tokens 1000 cannot be reached: the model has 64"),
     ("/v1/vqa", True, {"question": LONG}, 422, "the question is 326 tokens long (with [CLS]); with max_new_tokens 20"),
     ("/v1/vqa", True, {"question": " "}, 422, "the question is empty"),
     ("/v1/explain", True, {"method": "guess"}, 422, "method: string should match pattern"),
-], ids=["no image", "no question", "zero beams", "beams not a number", "too many tokens", "long question",
-        "empty question", "bad explain method"])
+], ids=["no image", "no question", "zero beams", "no new tokens", "too many beams", "beams not a number",
+        "too many tokens", "long question", "empty question", "bad explain method"])
 def test_a_bad_request_is_one_json_error_and_the_server_keeps_serving(server, images, endpoint, files, fields,
                                                                         status, said):
     r = post(server, endpoint, [upload(images[0])] if files else None, **fields)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..constants import EXIT_OK, EXIT_USAGE
+from ..explain import NEEDS_TORCH
 from ..export.runtime import is_export
 from ..generation.checks import decoding_error, flag, room_error
 from .batch import _reason
@@ -21,7 +22,6 @@ from .items import expand
 from .options import add_model_options, checkpoint_path, open_checkpoint
 from .preflight import WholeFile, checkpoint_files, has_png_mark, png_mark
 
-ONNX = "explain needs the torch checkpoint: an ONNX export has no attention maps to draw"
 
 LEGENDS = {
     "last": "Each panel: where the model looked while choosing that word (the last decoder layer's attention "
@@ -82,7 +82,7 @@ def check(args: argparse.Namespace) -> WholeFile | None:
     if why := decoding_error(max_new_tokens=args.max_new_tokens, spell=flag):
         raise ValueError(why)
     if is_export(ckpt := checkpoint_path(args.checkpoint)):
-        raise ValueError(f"--checkpoint {args.checkpoint}: {ONNX}")
+        raise ValueError(f"--checkpoint {args.checkpoint}: {NEEDS_TORCH}")
     if args.question is not None and not args.question.strip():
         raise ValueError("--question must not be empty")
     items = expand([args.image])

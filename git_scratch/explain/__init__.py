@@ -7,4 +7,7 @@
 from .maps import explain
 from .picture import picture
 
-__all__ = ["explain", "picture"]
+# What the command line and the server say when asked to explain an ONNX export's words
+NEEDS_TORCH = "explain needs the torch checkpoint: an ONNX export has no attention maps"
+
+__all__ = ["NEEDS_TORCH", "explain", "picture"]
