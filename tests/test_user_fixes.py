@@ -1,54 +1,26 @@
 """What a new user hit, each held: the API page works offline; explain on an ONNX export is a 422 that the page
-shows; a `convert --to-hf` folder runs in transformers' pipeline; explain's picture names the tokens its font
-cannot draw; a folder input says which files it skipped."""
+shows; a `convert --to-hf` folder runs in transformers' pipeline; a folder input says which files it skipped.
+(Explain's picture labelling the tokens its font cannot draw: test_explain.py.)"""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
-import threading
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 
 from _cli_helpers import in_process, records
 from _serve_helpers import DEMO, shape_png
+from test_serve import demo_app, serving
+from test_serve_browser import browser  # noqa: F401 -- the fixture: headless Chromium
 
 
 # ---------------------------------------------------------------- the server
-def app_of(checkpoint, model):
-    from git_scratch.preprocessing.processor import Processor
-    from git_scratch.serve.app import ServeOptions, create_app
-
-    return create_app(model, Processor.from_pretrained(checkpoint), ServeOptions(str(checkpoint)))
-
-
-@contextmanager
-def serving(app):
-    """`app` on uvicorn in a thread of this process, on a free port: yields its URL; stops it after."""
-    import uvicorn
-
-    from git_scratch.cli.serve import listen
-
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
-
-
 @pytest.fixture(scope="module")
 def demo_url():
-    from git_scratch.load import load
-
-    with serving(app_of(DEMO, load(DEMO))) as url:
+    with serving(demo_app()) as url:
         yield url
 
 
@@ -57,28 +29,13 @@ def onnx_url(tmp_path_factory):
     """A server of the demo model's ONNX export (~20 s to export)."""
     from git_scratch.export.onnx import export_checkpoint
     from git_scratch.export.runtime import OnnxGIT
+    from git_scratch.preprocessing.processor import Processor
+    from git_scratch.serve.app import ServeOptions, create_app
 
     out = tmp_path_factory.mktemp("demo") / "onnx"
     export_checkpoint(DEMO, out, log=lambda line: None)
-    with serving(app_of(out, OnnxGIT(out))) as url:
+    with serving(create_app(OnnxGIT(out), Processor.from_pretrained(out), ServeOptions(str(out)))) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver"
-    opts = Options()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,860"):
-        opts.add_argument(arg)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
-    yield b
-    b.quit()
 
 
 def test_the_api_page_fetches_nothing_from_outside(demo_url):

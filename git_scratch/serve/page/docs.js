@@ -36,7 +36,8 @@ function fields(op, spec) {
   if (schema.$ref) schema = spec.components.schemas[schema.$ref.split("/").pop()];
   const required = new Set(schema.required || []);
   const table = element("table");
-  table.appendChild(element("tr")).append(...["field", "type", "default", "limits", "what"].map((h) => element("th", h)));
+  const heads = ["field", "type", "default", "limits", "what"];
+  table.appendChild(element("tr")).append(...heads.map((h) => element("th", h)));
   for (const [name, s] of Object.entries(schema.properties || {})) {
     const need = required.has(name) ? "required" : s.default !== undefined ? `default ${JSON.stringify(s.default)}`
                                                                             : "optional";
