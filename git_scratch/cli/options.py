@@ -10,7 +10,11 @@ and tested without a command line.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..constants import DTYPE_HELP, QUANTIZE_HELP, QUANTIZE_MODES, RUN_DTYPES
 from ..generation.checks import decoding_error, flag, room_error
@@ -42,10 +46,7 @@ def add_model_options(p: argparse.ArgumentParser, default: str | None = None, dt
 
 def checkpoint_path(name: str | None):
     """The folder -c NAME names (sources.resolve: it may fetch and convert), or ValueError, one line."""
-    import sys
-    import warnings
-
-    from ..sources import resolve
+    from ..sources import resolve  # with the model files: loaded when a command runs, not for --help
 
     if name is None:
         raise ValueError(MISSING)
@@ -62,8 +63,6 @@ def checkpoint_path(name: str | None):
 
 def open_checkpoint(args: argparse.Namespace, compat: str = "transformers", video: bool = False, max_pixels=None):
     """sources.open_model with the model options `add_model_options` put on the parser; ValueError, one line."""
-    import sys
-
     from ..sources.open import open_model
 
     opened = open_model(checkpoint_path(args.checkpoint), args.device, getattr(args, "dtype", None),
@@ -75,9 +74,6 @@ def open_checkpoint(args: argparse.Namespace, compat: str = "transformers", vide
 
 def text_positions(ckpt) -> int | None:
     """The checkpoint's text positions, read from its config.json; None where that fails (loading says why)."""
-    import json
-    from pathlib import Path
-
     try:
         return int(json.loads((Path(ckpt) / "config.json").read_text())["text"]["max_positions"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -89,7 +85,7 @@ class RunOptions:
     """A `caption`, `vqa` or `video` run with every default filled in (run_options reads one from the command line)."""
 
     inputs: list[str]  # image or video files, folders, glob patterns, as given
-    checkpoint: str  # a converted git_scratch checkpoint directory
+    checkpoint: str  # a model's name (sources.resolve); run_options and run_inputs make it the folder it names
     questions: list[str] = field(default_factory=list)  # empty: one caption per input
     video: bool = False  # each input is a video (a folder is one input: its frames)
     # generation: compat "original" has no max_new_tokens (max_length bounds it) and no sampling

@@ -44,9 +44,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from ..evaluation.records import checkpoint_fingerprint, settings
-from ..explain import explain as explain_words
+from ..explain import NEEDS_TORCH, explain as explain_words
 from ..export.runtime import OnnxGIT
-from ..generation.options import room_error
+from ..generation.checks import decoding_error, room_error
 from .batcher import Arrivals, Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, encode, run_jobs
 
 PAGE = Path(__file__).parent / "page"
@@ -54,6 +54,8 @@ MAX_BEAMS = 16  # a request's beams are rows of the batch: bounded so that one r
 MAX_IMAGES = 32  # images per caption request
 MAX_QUESTIONS = 32  # questions per vqa request
 MAX_QUESTION_CHARS = 4096  # refused before tokenizing; the text positions bound what is left
+# Bounds shown in /openapi.json; decoding() checks them (generation/checks.py), in the command line's words
+AT_LEAST_1, BEAMS = {"minimum": 1}, {"minimum": 1, "maximum": MAX_BEAMS}
 RETRY_AFTER_S = 1
 CLOSE = {"Connection": "close"}  # after a 413: the body past the limit is never kept
 LINGER_S = 0.5  # after a 413, how long the client may pause before the connection closes (UploadLimit)
@@ -194,9 +196,11 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         return error_response(422, "; ".join(said))
 
     def decoding(max_new_tokens: int, num_beams: int) -> Decoding:
-        if max_new_tokens > limit:
-            raise ClientError(422, f"max_new_tokens {max_new_tokens} cannot be reached: the model has {limit} text "
-                                   "positions, so at most that many new tokens after [CLS], fewer after a question")
+        """The request's decoding options, checked as generate and the command line check them (generation/checks)."""
+        if why := decoding_error(max_new_tokens, num_beams) or room_error(1, max_new_tokens, limit):
+            raise ClientError(422, why)
+        if num_beams > MAX_BEAMS:
+            raise ClientError(422, f"num_beams must be at most {MAX_BEAMS} on this server, got {num_beams}")
         return Decoding(max_new_tokens, num_beams)
 
     def record_settings(d: Decoding) -> dict:
@@ -263,7 +267,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
 
     @app.post("/v1/caption")
     async def caption(request: Request, image: list[UploadFile] = File(..., description="one or more image files"),
-                      max_new_tokens: int = Form(20, ge=1), num_beams: int = Form(1, ge=1, le=MAX_BEAMS)):
+                      max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS)):
         """One caption record per image, in upload order; an image that cannot be read is an error record."""
         if len(image) > MAX_IMAGES:
             raise ClientError(422, f"{len(image)} images: at most {MAX_IMAGES} per request")
@@ -282,7 +286,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     @app.post("/v1/vqa")
     async def vqa(request: Request, image: UploadFile = File(..., description="one image file"),
                   question: list[str] = Form(..., description="one or more questions"),
-                  max_new_tokens: int = Form(20, ge=1), num_beams: int = Form(1, ge=1, le=MAX_BEAMS)):
+                  max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS)):
         """One answer record per question, in order; a question that cannot be asked is an error record."""
         if len(question) > MAX_QUESTIONS:
             raise ClientError(422, f"{len(question)} questions: at most {MAX_QUESTIONS} per request")
@@ -301,11 +305,11 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
 
     @app.post("/v1/explain")
     async def explain(request: Request, image: UploadFile = File(...), question: str | None = Form(None),
-                      max_new_tokens: int = Form(20, ge=1), method: str = Form("last", pattern="^(last|rollout)$")):
+                      max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), method: str = Form("last", pattern="^(last|rollout)$")):
         """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
         patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
         if isinstance(model, OnnxGIT):
-            raise ClientError(422, "explain needs the torch checkpoint: an ONNX export has no attention maps")
+            raise ClientError(422, NEEDS_TORCH)
         d = decoding(max_new_tokens, 1)
         name, key, px = await load(image, 0)
         if not torch.is_tensor(px):
