@@ -44,6 +44,14 @@ class Server:
         return rc
 
 
+def error(r) -> str:
+    """The error of a JSON error answer, checked to be the server's one shape: {"error", "request_id"}, the id
+    that of the X-Request-ID header."""
+    body = r.json()
+    assert list(body) == ["error", "request_id"] and body["request_id"] == r.headers["x-request-id"], body
+    return body["error"]
+
+
 def shape_png(folder: Path, seed: int) -> Path:
     """A shapes-task image (96 x 96 PNG) of `seed`, past every training seed, saved as FOLDER/shape-SEED.png."""
     image, _, _ = shapes.sample(shapes.VAL_OFFSET + seed)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from _cli_helpers import in_process, records
-from _serve_helpers import DEMO, shape_png
+from _serve_helpers import DEMO, error, shape_png
 from test_serve import demo_app, serving
 from test_serve_browser import browser  # noqa: F401 -- the fixture: headless Chromium
 
@@ -61,7 +61,8 @@ def test_the_api_page_lists_each_endpoint_with_its_form_fields(demo_url, browser
     WebDriverWait(browser, 60).until(lambda b: listed.get_attribute("data-state") != "busy")
     assert listed.get_attribute("data-state") == "done", browser.find_element(By.ID, "error").text
     sections = {s.get_attribute("data-endpoint"): s for s in listed.find_elements(By.TAG_NAME, "section")}
-    assert set(sections) == {"GET /health", "POST /v1/caption", "POST /v1/vqa", "POST /v1/explain"}
+    assert set(sections) == {"GET /health", "GET /health/live", "GET /health/ready", "POST /v1/caption", "POST /v1/vqa",
+                             "POST /v1/explain"}
     caption = sections["POST /v1/caption"]
     assert "One caption record per image" in caption.text
     rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in caption.find_elements(By.TAG_NAME, "tr")]
@@ -75,7 +76,7 @@ def test_explain_of_an_onnx_export_is_a_422_saying_why(onnx_url, tmp_path):
     assert httpx.post(onnx_url + "/v1/caption", files=files, timeout=120).status_code == 200  # the export serves
     r = httpx.post(onnx_url + "/v1/explain", files=files, timeout=120)
     assert r.status_code == 422
-    assert r.json() == {"error": "explain needs the torch checkpoint: an ONNX export has no attention maps"}
+    assert error(r) == "explain needs the torch checkpoint: an ONNX export has no attention maps"
 
 
 def test_the_page_shows_why_an_onnx_export_has_no_maps(onnx_url, browser, tmp_path):

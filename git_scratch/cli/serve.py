@@ -10,9 +10,13 @@ FastAPI and uvicorn are an optional extra, imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
+import os
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from ..constants import EXIT_USAGE
 from .options import add_model_options, open_checkpoint
@@ -30,10 +34,16 @@ endpoints:
   POST /v1/caption   form fields: image (repeat for several), max_new_tokens, num_beams -> {"results": [...]}
   POST /v1/vqa       form fields: image, question (repeat for several), max_new_tokens, num_beams
   POST /v1/explain   form fields: image, question (optional), max_new_tokens -> {"words": [{token, id, map}]}
-  GET  /health       200 once the model is loaded; GET / the page; GET /docs the OpenAPI page
+  GET  /health       200 once the model is loaded; /health/live, /health/ready (503 while draining)
+  GET  /metrics      Prometheus text (needs prometheus_client); GET / the page; GET /docs the OpenAPI page
   Each result is the record `caption --json` / `vqa --json` prints ("input": the upload's file name, "file":
-  "sha256:" + its digest). Errors are {"error": "..."}: 413 over --max-upload-mb, 422 a bad request or nothing
-  in it readable, 503 (with Retry-After) when --queue requests are already waiting.
+  "sha256:" + its digest). Errors are {"error": "...", "request_id": "..."}: 400 a bad Host or framing, 401 no
+  API key, 403 a cross-origin POST, 408 a header or body too slow, 413 over --max-upload-mb, 422 a bad request
+  or nothing in it readable, 503 (with Retry-After) when --queue requests wait, or past --max-connections.
+
+memory: each upload being read holds its file and its decoded pixels: at --max-pixels 16M (the default), about
+  16M x 4 bytes (RGBA) + 16M x 3 (RGB) ~ 110 MB an image at worst; two images are decoded at once, so the worst
+  case is about 2 x 110 MB above the model, plus the bodies of uploads in flight (--max-upload-mb each).
 
 exit codes:
   2    usage error, the port cannot be bound, the checkpoint cannot be loaded, or FastAPI/uvicorn missing
@@ -71,8 +81,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="largest request body, MiB (default 20); larger ones get 413 before they are read")
     p.add_argument("--queue", type=_at_least(1), default=64, metavar="N",
                    help="requests that may wait for the model (default 64); more get 503 with Retry-After")
-    p.add_argument("--max-pixels", type=_at_least(1), metavar="N",
-                   help="refuse images with more than N pixels (decompression bombs); default: Pillow's limit")
+    p.add_argument("--max-pixels", type=_at_least(1), default=16_000_000, metavar="N",
+                   help="refuse images with more than N pixels, from their header, before decoding (default 16M: "
+                        "~110 MB at worst to decode one; see memory below)")
+    g = p.add_argument_group("limits on clients (every wait bounded)")
+    g.add_argument("--header-timeout", type=_at_least(0.1, float), default=10.0, metavar="S",
+                   help="a connection's request header must come whole within S seconds (default 10), else 408")
+    g.add_argument("--body-timeout", type=_at_least(0.1, float), default=30.0, metavar="S",
+                   help="each part of a request body must come within S seconds (default 30), else 408")
+    g.add_argument("--timeout-keep-alive", type=_at_least(0.1, float), default=5.0, metavar="S",
+                   help="an idle connection between requests is closed after S seconds (default 5)")
+    g.add_argument("--max-connections", type=_at_least(1), default=256, metavar="N",
+                   help="connections open at once (default 256); more are answered 503 and closed")
+    g.add_argument("--shutdown-timeout", type=_at_least(0, float), default=30.0, metavar="S",
+                   help="after SIGTERM, requests in flight have S seconds to finish (default 30); then the rest "
+                        "are cancelled and the process exits")
+    g = p.add_argument_group("who may ask")
+    g.add_argument("--api-key", metavar="KEY",
+                   help="require this key on /v1/ and /metrics (Authorization: Bearer KEY or X-API-Key: KEY); "
+                        "also from $GIT_SCRATCH_API_KEY; /health and the page stay open")
+    g.add_argument("--api-key-file", metavar="FILE", help="read the key from FILE (its first line)")
+    g.add_argument("--allowed-hosts", metavar="H,H", help="Host header values served (default: the bound host, "
+                   "localhost, 127.0.0.1, ::1; '*': any)")
+    g.add_argument("--cors-origins", metavar="O,O", default="",
+                   help="other origins whose pages may call the API, e.g. https://app.example (default none)")
     p.add_argument("--image-cache", type=_at_least(0), default=64, metavar="N",
                    help="keep the encodings of the last N images by the hash of their bytes, so that questions about "
                         "a photo already seen skip the vision encoder (default 64, ~0.6 MB an image at git-base; "
@@ -101,8 +133,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --host {args.host} --port {args.port}: cannot listen there: {e.strerror or e}",
               file=sys.stderr)
         return EXIT_USAGE
+    try:
+        key = api_key(args)
+    except OSError as e:
+        print(f"error: --api-key-file {args.api_key_file}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     with sock:
         from ..serve.app import ServeOptions, create_app
+        from ..serve.guard import Limits, guarded_protocol
 
         try:
             opened = off_main(lambda: open_checkpoint(args, max_pixels=args.max_pixels))
@@ -110,16 +148,31 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         model = opened.model
-        opts = ServeOptions(str(opened.path), opened.precision.settings(), args.max_batch, args.max_wait_ms,
-                            args.queue, args.max_upload_mb, args.image_cache)
-        app = create_app(model, opened.processor, opts)
         host, port = sock.getsockname()[:2]
+        limits = Limits(args.header_timeout, args.body_timeout, args.max_connections, key,
+                        split(args.allowed_hosts) or [args.host, host, "localhost", "127.0.0.1", "::1"],
+                        split(args.cors_origins))
+        shown = Path(args.checkpoint).name if Path(args.checkpoint).exists() else args.checkpoint  # no local path
+        opts = ServeOptions(str(opened.path), shown, opened.precision.settings(), args.max_batch, args.max_wait_ms,
+                            args.queue, args.max_upload_mb, args.image_cache, limits)
+        app = create_app(model, opened.processor, opts)
+        if key is None and not loopback(host):
+            print(f"warning: serving on {host} with no API key: anyone who can reach this address can use it "
+                  "(--api-key)", file=sys.stderr)
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         print(f"serving {args.checkpoint} on {url}/ (the page; the API: {url}/docs), device {model.device}, "
               f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, queue {args.queue}, image cache "
               f"{args.image_cache}", file=sys.stderr,
               flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=None))
+        access = logging.getLogger("git_scratch.serve")
+        access.setLevel(logging.INFO)
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        access.addHandler(handler)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, http=guarded_protocol(limits),
+                                               timeout_keep_alive=args.timeout_keep_alive,
+                                               timeout_graceful_shutdown=args.shutdown_timeout))
+        app.state.draining = lambda: server.should_exit
         try:
             server.run(sockets=[sock])  # on SIGTERM/SIGINT: in-flight requests finish, then the signal is re-raised
         except KeyboardInterrupt as e:  # stops.Terminated for SIGTERM
@@ -138,6 +191,26 @@ def off_main(f, *args):
     one here. The batcher is then the only thread with a team."""
     with ThreadPoolExecutor(1, thread_name_prefix="git-scratch-load") as pool:
         return pool.submit(f, *args).result()  # the thread ends with the `with`, and its team with it
+
+
+def api_key(args) -> str | None:
+    """The key from --api-key, else --api-key-file, else $GIT_SCRATCH_API_KEY; None: no key. OSError: no file."""
+    if args.api_key:
+        return args.api_key
+    if args.api_key_file:
+        return (Path(args.api_key_file).read_text().splitlines() or [""])[0].strip() or None
+    return os.environ.get("GIT_SCRATCH_API_KEY") or None
+
+
+def split(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -5,6 +5,8 @@
     POST /v1/explain   multipart: image, question (optional), max_new_tokens -> {"words": [{token, id, map}]}
                        (the image's encoding from --image-cache when a caption or question about it has run)
     GET  /health       200 {"status": "ok", ...} (the port opens once the model is loaded)
+    GET  /health/live  200 while the process serves; GET /health/ready 200 once loaded, 503 while draining
+    GET  /metrics      Prometheus' text format (serve/metrics.py); 501 without prometheus_client
     GET  /             the page (page/index.html); GET /docs the API (page/docs.html, drawn from /openapi.json
                        with nothing from a CDN, so that it works offline)
 
@@ -22,7 +24,9 @@ What a client sends cannot harm the server or another client:
          before decoding, truncated data, the resize budget of an extreme aspect ratio), so they fail with its
          reasons
     503  the queue (--queue requests) is full, or the server is stopping: with Retry-After
-Every error body is one JSON object {"error": "..."}.
+Every error body is one JSON object {"error": "...", "request_id": "..."}; serve/guard.py adds the bounds on
+slow and idle clients (408), on connections (503), the Host allow-list (400), the Origin check (403) and the
+API key (401). A form field the endpoint does not take, or one that takes one value sent twice, is a 422.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import anyio
 import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -48,6 +52,8 @@ from ..explain import NEEDS_TORCH, explain as explain_words
 from ..export.runtime import OnnxGIT
 from ..generation.checks import decoding_error, room_error
 from .batcher import Arrivals, Batcher, Closed, Decoding, ImageCache, Job, QueueFull, Row, encode, run_jobs
+from .guard import BodyTimeout, Front, Limits
+from .metrics import INSTALL, Metrics
 
 PAGE = Path(__file__).parent / "page"
 MAX_BEAMS = 16  # a request's beams are rows of the batch: bounded so that one request cannot take the memory
@@ -59,17 +65,21 @@ AT_LEAST_1, BEAMS = {"minimum": 1}, {"minimum": 1, "maximum": MAX_BEAMS}
 RETRY_AFTER_S = 1
 CLOSE = {"Connection": "close"}  # after a 413: the body past the limit is never kept
 LINGER_S = 0.5  # after a 413, how long the client may pause before the connection closes (UploadLimit)
+STALLED_S = 0.05  # a body that pauses this long stops counting as arriving until its next part (Arriving)
+DECODING_FIELDS = {"max_new_tokens", "num_beams"}
 
 
 @dataclass
 class ServeOptions:
     checkpoint: str  # the checkpoint directory (its fingerprint goes into every record's settings)
+    name: str = ""  # what /health shows of the checkpoint: the name the user gave, never a path on this disk
     precision: dict = field(default_factory=lambda: {"dtype": "float32"})  # what results record of how the model computes: Precision.settings(), {"dtype", "quantize"}
     max_batch: int = 8  # rows (image, prompt) per generate call
     max_wait_ms: float = 100.0  # the longest the first request of a batch waits for others on their way
     queue: int = 64  # requests waiting; more get 503
     max_upload_mb: float = 20.0  # request body limit, MiB
     image_cache: int = 64  # images whose encodings are kept (batcher.ImageCache); 0: none
+    limits: Limits = field(default_factory=Limits)  # timeouts, connections, key, hosts (serve/guard.py)
 
 
 class ClientError(HTTPException):
@@ -91,7 +101,7 @@ class UploadLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await error_response(413, self.too_large(), CLOSE)(scope, receive, send)
+            return await error_response(413, self.too_large(), CLOSE, scope)(scope, receive, send)
         seen = 0
 
         async def counted():
@@ -113,7 +123,8 @@ class Arriving:
     """ASGI middleware: counts each POST to /v1/ in `arrivals` from its first byte until its job is queued
     (`request.state.arrived()`, called by the endpoint) or it has failed, whichever comes first. So a batch waits
     for requests still being received and read (their forms are parsed before an endpoint runs), and only for
-    those: a lone request starts within batcher.QUIET_S (Batcher.gather)."""
+    those: a lone request starts within batcher.QUIET_S (Batcher.gather). A body that pauses for STALLED_S stops
+    counting until its next part comes, so that a stalled upload never holds every batch for --max-wait-ms."""
 
     def __init__(self, app, arrivals: Arrivals):
         self.app, self.arrivals = app, arrivals
@@ -129,10 +140,24 @@ class Arriving:
                 pending = False
                 self.arrivals.arrived()
 
+        async def watched():
+            nonlocal pending
+            part = asyncio.ensure_future(receive())
+            done, _ = await asyncio.wait({part}, timeout=STALLED_S)
+            if not done and pending:  # stalled: not on its way until the next part comes
+                pending = False
+                self.arrivals.arrived()
+                try:
+                    await part
+                finally:
+                    pending = True
+                    self.arrivals.expect()
+            return await part
+
         self.arrivals.expect()
         scope.setdefault("state", {})["arrived"] = arrived
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, watched, send)
         finally:
             arrived()
 
@@ -150,8 +175,21 @@ async def drain(receive, message: dict, cap: int) -> None:
         dropped += len(message.get("body", b""))
 
 
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: dict | None = None, scope: dict | None = None) -> JSONResponse:
+    """The one error shape: {"error": message, "request_id": the id serve/guard.Front gave the request}."""
+    request_id = (scope or {}).get("state", {}).get("request_id")
+    return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
+
+
+def only_fields(form, single: set, multi: set = frozenset()) -> None:
+    """422 for a field the endpoint does not take, or a one-value field sent more than once (never the last
+    value silently)."""
+    names = [name for name, _ in form.multi_items()]
+    if unknown := sorted(set(names) - single - multi):
+        raise ClientError(422, f"unknown field{'s' * (len(unknown) > 1)}: {', '.join(unknown)}; this endpoint "
+                               f"takes {', '.join(sorted(single | multi))}")
+    if twice := sorted({n for n in names if n in single and names.count(n) > 1}):
+        raise ClientError(422, f"{', '.join(twice)}: one value only, sent {names.count(twice[0])} times")
 
 
 def create_app(model, processor, opts: ServeOptions) -> FastAPI:
@@ -161,8 +199,14 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     limit = model.config.text.max_positions
     cache = ImageCache(opts.image_cache) if opts.image_cache else None
     arrivals = Arrivals()
-    batcher = Batcher(lambda jobs: run_jobs(model, tok, jobs, opts.max_batch, cache), opts.max_batch,
-                      opts.max_wait_ms / 1000, opts.queue, arrivals)
+    metrics = Metrics(lambda: {"queue_depth": batcher.queue.qsize(), "rows_in_flight": batcher.running,
+                               "arriving": arrivals.n, "cut": opts.limits.cut})
+
+    def run_batch(jobs: list[Job]) -> list:
+        metrics.batch(sum(j.size for j in jobs))
+        return run_jobs(model, tok, jobs, opts.max_batch, cache)
+
+    batcher = Batcher(run_batch, opts.max_batch, opts.max_wait_ms / 1000, opts.queue, arrivals)
     reading = anyio.CapacityLimiter(2)  # images decoded at once: each may take up to the pixel budget
 
     @asynccontextmanager
@@ -175,17 +219,21 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                   description="GIT captions and answers, batched across concurrent requests. Records are those "
                               "`git-scratch caption --json` and `vqa --json` print.")
     app.state.batcher, app.state.image_cache = batcher, cache  # GET /health reads them; tests hold the worker
+    app.state.draining = lambda: batcher.closed  # the command line adds: uvicorn has had SIGTERM
+    app.add_middleware(BodyTimeout, limits=opts.limits, error=ClientError)
     app.add_middleware(UploadLimit, limit=int(opts.max_upload_mb * 2**20))
-    app.add_middleware(Arriving, arrivals=arrivals)  # the outer one: a request refused with 413 is counted too
+    app.add_middleware(Arriving, arrivals=arrivals)  # outside those two: a request they refuse is counted too
+    app.add_middleware(Front, limits=opts.limits, metrics=metrics)  # the outermost: every answer has its id
     app.mount("/page", StaticFiles(directory=PAGE), name="page")
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):
-        return error_response(e.status_code, str(e.detail), getattr(e, "headers", None))
+        return error_response(e.status_code, str(e.detail), getattr(e, "headers", None), request.scope)
 
     @app.exception_handler(Exception)
     async def server_error(request, e: Exception):  # the worker failed (say, out of memory): logged, and JSON
-        return error_response(500, f"internal error: {type(e).__name__}: {' '.join(str(e).split())}")
+        return error_response(500, f"internal error: {type(e).__name__}: {' '.join(str(e).split())}", None,
+                              request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, e: RequestValidationError):
@@ -193,7 +241,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         for err in e.errors():
             field = ".".join(str(x) for x in err.get("loc", ())[1:]) or "body"
             said.append(f"{field}: {err.get('msg', 'invalid').lower()}")
-        return error_response(422, "; ".join(said))
+        return error_response(422, "; ".join(said), None, request.scope)
 
     def decoding(max_new_tokens: int, num_beams: int) -> Decoding:
         """The request's decoding options, checked as generate and the command line check them (generation/checks)."""
@@ -223,6 +271,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     async def load(upload: UploadFile, n: int) -> tuple[str, str, torch.Tensor | str]:
         """(name, "sha256:...", pixels or the reason they cannot be had), decoded off the event loop."""
         name = upload.filename or f"upload-{n}"
+        metrics.read(1)
         return name, *await anyio.to_thread.run_sync(read, await upload.read(), name, limiter=reading)
 
     def prompt(question: str | None, d: Decoding) -> list[int] | str:
@@ -258,17 +307,34 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "checkpoint": opts.checkpoint, "fingerprint": fingerprint,
+        return {"status": "ok", "checkpoint": opts.name, "fingerprint": fingerprint,
                 "arriving": arrivals.n, "queued": batcher.queue.qsize(), "running": batcher.running,
                 "batches": batcher.batches,
                 "max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms,
                 "image_cache": None if cache is None else {"size": cache.size, "images": len(cache.store),
                                                            "hits": cache.hits, "misses": cache.misses}}
 
+    @app.get("/health/live")
+    async def live():
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def ready(request: Request):
+        if request.app.state.draining():
+            return error_response(503, "the server is shutting down", None, request.scope)
+        return {"status": "ready"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape(request: Request):
+        if (text := metrics.text()) is None:
+            return error_response(501, INSTALL, None, request.scope)
+        return Response(text[0], media_type=text[1])
+
     @app.post("/v1/caption")
     async def caption(request: Request, image: list[UploadFile] = File(..., description="one or more image files"),
                       max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS)):
         """One caption record per image, in upload order; an image that cannot be read is an error record."""
+        only_fields(await request.form(), DECODING_FIELDS, {"image"})
         if len(image) > MAX_IMAGES:
             raise ClientError(422, f"{len(image)} images: at most {MAX_IMAGES} per request")
         d = decoding(max_new_tokens, num_beams)
@@ -288,6 +354,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                   question: list[str] = Form(..., description="one or more questions"),
                   max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS)):
         """One answer record per question, in order; a question that cannot be asked is an error record."""
+        only_fields(await request.form(), DECODING_FIELDS | {"image"}, {"question"})
         if len(question) > MAX_QUESTIONS:
             raise ClientError(422, f"{len(question)} questions: at most {MAX_QUESTIONS} per request")
         d = decoding(max_new_tokens, num_beams)
@@ -308,6 +375,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                       max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), method: str = Form("last", pattern="^(last|rollout)$")):
         """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
         patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
+        only_fields(await request.form(), {"image", "question", "max_new_tokens", "method"})
         if isinstance(model, OnnxGIT):
             raise ClientError(422, NEEDS_TORCH)
         d = decoding(max_new_tokens, 1)
