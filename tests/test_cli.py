@@ -26,7 +26,7 @@ from PIL import Image
 from _cli_helpers import HFPipeline, build_checkpoint, cli_command, cli_env, photo, records, run_cli
 
 from git_scratch import cli
-from git_scratch.cli import batch
+from git_scratch.cli.items import expand
 from git_scratch.sources import open as sources_open
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
@@ -241,7 +241,7 @@ def test_folders_and_globs_expand_in_name_order(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "d.png").write_bytes(b"x")
-    items = batch.expand([str(tmp_path), str(tmp_path / "**" / "*.png"), str(tmp_path / "none*.png")])
+    items = expand([str(tmp_path), str(tmp_path / "**" / "*.png"), str(tmp_path / "none*.png")])
     names = [Path(i.input).name for i in items]
     # the folder gives its images (not recursive), the glob adds d.png (b.png only once), no match is an error
     assert names == ["a.JPG", "b.png", "d.png", "none*.png"]

@@ -25,7 +25,7 @@ from PIL import Image
 
 from _cli_helpers import build_checkpoint, cli_command, cli_env, photo, records, in_process as main
 
-from git_scratch.cli import batch
+from git_scratch.cli.items import expand
 from git_scratch.load import umask_mode
 
 FAST = ("--max-new-tokens", "8", "--no-progress")
@@ -143,7 +143,7 @@ def test_one_file_by_any_path_is_one_input_and_resumes(ckpt, tmp_path, capsys, m
 def test_a_symlink_loop_under_double_star_gives_each_file_once(tmp_path):
     shutil.copy(photo("coffee.png"), tmp_path / "a.png")
     (tmp_path / "loop").symlink_to(tmp_path)  # tmp/loop/loop/loop/... is tmp again
-    items = batch.expand([str(tmp_path / "**" / "*.png")])
+    items = expand([str(tmp_path / "**" / "*.png")])
     assert [(i.input, i.key) for i in items] == [(str(tmp_path / "a.png"), str(tmp_path / "a.png"))]
 
 

@@ -18,7 +18,7 @@ import sys
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..evaluation.records import ask, prompt
 from .options import RunOptions, checkpoint_path
-from .items import Item, Sink, Streamer, expand  # noqa: F401 (expand: batch.expand in tests)
+from .items import Item, Sink, Streamer, expand, reason
 from .results import OutputError, ResultsFile, differences, run_settings
 
 
@@ -95,7 +95,7 @@ class Runner:
                 try:
                     pixels = self.load(item)
                 except Exception as e:  # noqa: BLE001 -- any unreadable input is reported, never fatal
-                    self.sink.error(item, _reason(e, item), questions)
+                    self.sink.error(item, reason(e, item), questions)
                 else:
                     for q in questions:
                         if q in bad:
@@ -161,19 +161,7 @@ class Runner:
         else:
             for item, _, qs in left:
                 for q in qs:
-                    self.sink.error(item, _reason(failed[q], item), [q], question=q)
-
-
-def _reason(e: Exception, item: Item) -> str:
-    """One line: the reason alone (the caller names the input), with the exception type where it helps."""
-    from ..preprocessing.processor import ImageLoadError
-
-    if isinstance(e, ImageLoadError):
-        return e.reason
-    msg = " ".join(str(e).split())
-    for prefix in (f"{item.input}: ", f"{item.path}: "):  # messages that already name the file
-        msg = msg.removeprefix(prefix)
-    return msg if isinstance(e, (ValueError, OSError)) and msg else f"{type(e).__name__}: {msg}"
+                    self.sink.error(item, reason(failed[q], item), [q], question=q)
 
 
 def run_inputs(opts: RunOptions) -> int:

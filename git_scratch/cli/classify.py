@@ -16,8 +16,7 @@ from pathlib import Path
 from ..constants import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..generation.checks import decoding_error, flag
 from ..preprocessing.processor import printable
-from .batch import _reason
-from .items import expand, line_start
+from .items import expand, line_start, reason
 from .options import add_model_options, checkpoint_path, open_checkpoint, text_positions
 
 EPILOG = """\
@@ -185,7 +184,7 @@ def classify_batch(model, processor, items, ids, questions, args, top_k: int, ou
             pixels.append(processor(images=[item.path]).pixel_values[0])
             good.append(item)
         except Exception as e:  # noqa: BLE001 -- any unreadable input is reported, never fatal
-            out.error(item, _reason(e, item))
+            out.error(item, reason(e, item))
     if not good:
         return
     found = {}  # question -> per image, the (label index, score) pairs best first
@@ -200,7 +199,7 @@ def classify_batch(model, processor, items, ids, questions, args, top_k: int, ou
                     found[q] = trie(model, ids, image=image, prompt=prompt, num_beams=args.num_beams or 1)
     except Exception as e:  # noqa: BLE001 -- out of memory, say: every input of this batch fails with it
         for item in good:
-            out.error(item, _reason(e, item))
+            out.error(item, reason(e, item))
         return
     for i, item in enumerate(good):  # image-major, as caption and vqa print
         for q in questions:
@@ -224,9 +223,9 @@ class Printer:
                 print(f"{line_start(item.input, question)}{printable(name)}\t{score:.4f}")
         sys.stdout.flush()
 
-    def error(self, item, reason: str) -> None:
+    def error(self, item, why: str) -> None:
         self.n_failed += 1
-        print(f"error: {printable(item.input)}: {reason}", file=sys.stderr)
+        print(f"error: {printable(item.input)}: {why}", file=sys.stderr)
         if self.json:
-            print(json.dumps({"input": item.input, "file": item.key, "error": reason, "settings": self.settings},
+            print(json.dumps({"input": item.input, "file": item.key, "error": why, "settings": self.settings},
                              ensure_ascii=False))

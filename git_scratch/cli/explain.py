@@ -17,8 +17,7 @@ from ..constants import EXIT_OK, EXIT_USAGE
 from ..explain import NEEDS_TORCH
 from ..export.runtime import is_export
 from ..generation.checks import decoding_error, flag, room_error
-from .batch import _reason
-from .items import expand
+from .items import expand, reason
 from .options import add_model_options, checkpoint_path, open_checkpoint
 from .preflight import WholeFile, checkpoint_files, has_png_mark, png_mark
 
@@ -113,7 +112,7 @@ def run_explain(args: argparse.Namespace) -> int:
         try:
             pixels = processor(images=[item.path]).pixel_values  # (1, 3, H, W)
         except Exception as e:  # noqa: BLE001 -- an unreadable image is this run's one input: a usage error
-            raise ValueError(f"{args.image}: {_reason(e, item)}") from None
+            raise ValueError(f"{args.image}: {reason(e, item)}") from None
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

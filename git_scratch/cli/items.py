@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..constants import IMAGE_EXTS, VIDEO_EXTS
-from ..preprocessing.processor import printable
+from ..preprocessing.processor import ImageLoadError, printable
 from .results import ResultsFile, resume_key
 
 
@@ -94,6 +94,16 @@ def shorten(question: str, words: int = 8) -> str:
 def line_start(input: str, question: str | None) -> str:
     """How a text result line starts: "INPUT<TAB>", or "INPUT<TAB>QUESTION<TAB>"; the text follows."""
     return "".join(printable(field) + "\t" for field in (input, question) if field is not None)
+
+
+def reason(e: Exception, item: Item) -> str:
+    """One line: the reason alone (the caller names the input), with the exception type where it helps."""
+    if isinstance(e, ImageLoadError):
+        return e.reason
+    msg = " ".join(str(e).split())
+    for prefix in (f"{item.input}: ", f"{item.path}: "):  # messages that already name the file
+        msg = msg.removeprefix(prefix)
+    return msg if isinstance(e, (ValueError, OSError)) and msg else f"{type(e).__name__}: {msg}"
 
 
 class Sink:
