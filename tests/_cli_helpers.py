@@ -18,7 +18,7 @@ import torch
 from reference import SHAPES, build
 
 from git_scratch.constants import TOKENIZER_FILES as VOCAB_FILES
-from git_scratch.preprocessing.processor import CLIP_MEAN, CLIP_STD
+from git_scratch.preprocessing.pixels import CLIP_MEAN, CLIP_STD
 
 
 

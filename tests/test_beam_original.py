@@ -1,4 +1,4 @@
-"""The original GIT's beam search (git_scratch.beam_original) against two references written here:
+"""The original GIT's beam search (git_scratch.generation.original) against two references written here:
 
 - `plain_original`: the original's rules (GenerativeImage2Text @ faae4fb, layers/decoder.py:1083-1341) for one
   image and one prompt, written out plainly: Python lists and floats, a float32 running sum, and the model's

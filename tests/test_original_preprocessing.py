@@ -18,7 +18,7 @@ from PIL import Image
 from git_scratch import GIT, GitConfig, Processor
 from git_scratch.preprocessing.truncation import original_question
 from git_scratch.record import recording
-from git_scratch.preprocessing.processor import original_pixels
+from git_scratch.preprocessing.pixels import original_pixels
 
 # The original's Normalize arguments (inference.py:126-129), written out rather than imported.
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)

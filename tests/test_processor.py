@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from git_scratch.preprocessing.processor import CLIP_MEAN, CLIP_STD, ImageConfig, ImageLoadError, Processor, load_image
+from git_scratch.preprocessing.pixels import CLIP_MEAN, CLIP_STD, ImageConfig
+from git_scratch.preprocessing.processor import ImageLoadError, Processor, load_image
 
 TOL = 1e-6  # see the module docstring
 

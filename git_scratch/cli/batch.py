@@ -54,7 +54,7 @@ class Runner:
         printer = Streamer(tok, stream.input, question) if stream else None
         # --seed: draws of their own for this prompt, the same whatever ran before (one row: see run)
         generator = None if a.seed is None else torch.Generator(self.model.device).manual_seed(a.seed)
-        if a.compat == "original":  # the original's beam search, which takes only these (beam_original.py)
+        if a.compat == "original":  # the original's beam search, which takes only these (generation/original.py)
             search = dict(compat="original", num_beams=a.num_beams, max_length=a.max_length)
         else:
             search = dict(max_new_tokens=a.max_new_tokens, num_beams=a.num_beams, do_sample=a.sample,

@@ -139,7 +139,7 @@ def model_view(processor, pixels):
     import numpy as np
     from PIL import Image
 
-    from ..preprocessing.processor import CLIP_MEAN, CLIP_STD
+    from ..preprocessing.pixels import CLIP_MEAN, CLIP_STD
 
     cfg = processor.image_config
     mean, std = (cfg.image_mean, cfg.image_std) if cfg is not None and cfg.do_normalize else (CLIP_MEAN, CLIP_STD)

@@ -11,7 +11,8 @@ import torch
 
 from ..loss import hf_loss, original_loss
 from ..model import GIT
-from ..preprocessing.processor import Processor, preprocess
+from ..preprocessing.pixels import preprocess
+from ..preprocessing.processor import Processor
 from ..preprocessing.truncation import example_ids
 
 

@@ -35,7 +35,7 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
     prompts_per_image: how many of the prompts (image-major) are each image's, where they differ (an image's
     keys/values are still computed once; each prompt's rows read a copy).
     `options`: GenerationOptions' fields (max_new_tokens, num_beams, use_cache, ...), checked first;
-    compat="original": the original GIT's beam search and its options (beam_original.original_generate).
+    compat="original": the original GIT's beam search and its options (original.original_generate).
     Returns (P * num_return_sequences, T + n) ids, the prompt as given then the new tokens, finished rows
     padded; with `return_scores` a `Generation`. `on_token(tokens (R,))` streams greedy/sampled steps.
 
@@ -44,7 +44,7 @@ def generate(model, pixel_values=None, input_ids=None, attention_mask=None, *, i
         two_each = model.generate(pixels[:2], input_ids=[q0_img0, q1_img0, q0_img1, q1_img1])
         two_one = model.generate(pixels[:2], input_ids=[q0_img0, q1_img0, q0_img1], prompts_per_image=[2, 1])
     """
-    if options.get("compat") == "original":  # the original GIT's beam search (beam_original.py)
+    if options.get("compat") == "original":  # the original GIT's beam search (original.py)
         return original_generate(model, pixel_values, input_ids, attention_mask, image=image,
                                  prompts_per_image=prompts_per_image, return_scores=return_scores,
                                  on_token=on_token, generator=generator, **options)

@@ -72,7 +72,7 @@ class GenerationOptions:
     pad_token_id: int | None = None
     use_cache: bool = True  # False: the whole sequence through forward each step (slow; the reference)
     compile: bool = False  # the decode step under torch.compile; on CUDA replayed from a CUDA graph (compiled.py)
-    compat: str = "transformers"  # "original": the original GIT's beam search instead (beam_original.py)
+    compat: str = "transformers"  # "original": the original GIT's beam search instead (original.py)
 
     def __post_init__(self):
         check_compat(self.compat)

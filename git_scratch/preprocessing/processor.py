@@ -49,10 +49,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..config import GitConfig, TextConfig
 from ..constants import PREPROCESSOR_FILES, VIDEO_EXTS, check_compat
 from .truncation import original_question
-from .pixels import (  # noqa: F401 -- re-exported: `from git_scratch.processor import preprocess` keeps working
-    CLIP_MEAN, CLIP_STD, ORIGINAL_MAX_SIZE, ImageConfig, center_crop, original_pixels, original_resize_shape,
-    preprocess, resize_shape,
-)
+from .pixels import ORIGINAL_MAX_SIZE, ImageConfig, original_pixels, original_resize_shape, preprocess, resize_shape
 from .tokenizer import Tokenizer, special_ids_disagree
 
 PILLOW_LIMIT = -1  # max_pixels default: Pillow's Image.MAX_IMAGE_PIXELS, read at call time

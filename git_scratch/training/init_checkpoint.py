@@ -17,7 +17,7 @@ from ..constants import TOKENIZER_FILES
 from ..init import init_weights
 from ..load import save
 from ..model import GIT
-from ..preprocessing.processor import CLIP_MEAN, CLIP_STD
+from ..preprocessing.pixels import CLIP_MEAN, CLIP_STD
 from ..preprocessing.tokenizer import Tokenizer, special_id_differences
 
 
