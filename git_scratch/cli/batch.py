@@ -94,7 +94,7 @@ class Runner:
             else:
                 try:
                     pixels = self.load(item)
-                except Exception as e:  # noqa: BLE001 -- any unreadable input is reported, never fatal
+                except Exception as e:  # any unreadable input is reported, never fatal
                     self.sink.error(item, reason(e, item), questions)
                 else:
                     for q in questions:
@@ -131,7 +131,7 @@ class Runner:
                         done |= {(i, q): next(recs) for i in rows for q in qs}
                     except BrokenPipeError:
                         raise
-                    except Exception:  # noqa: BLE001 -- asked question by question below, each failing alone
+                    except Exception:  # asked question by question below, each failing alone
                         pass
                 for q in dict.fromkeys(q for _, _, qs in batch for q in qs):
                     rows = [i for i, (_, _, qs) in enumerate(batch) if q in qs and (i, q) not in done]
@@ -143,11 +143,11 @@ class Runner:
                             done[i, q] = rec
                     except BrokenPipeError:  # --stream into a closed stdout: the run ends (cli.main)
                         raise
-                    except Exception as e:  # noqa: BLE001 -- this question only; the others go on
+                    except Exception as e:  # this question only; the others go on
                         failed[q] = e
         except BrokenPipeError:
             raise
-        except Exception as e:  # noqa: BLE001 -- the encoding itself: every question of the batch
+        except Exception as e:  # the encoding itself: every question of the batch
             failed = {q: e for _, _, qs in batch for q in qs if q not in failed} | failed
         for i, (item, _, qs) in enumerate(batch):  # image-major order, whatever finished
             for q in qs:

@@ -183,7 +183,7 @@ def classify_batch(model, processor, items, ids, questions, args, top_k: int, ou
         try:
             pixels.append(processor(images=[item.path]).pixel_values[0])
             good.append(item)
-        except Exception as e:  # noqa: BLE001 -- any unreadable input is reported, never fatal
+        except Exception as e:  # any unreadable input is reported, never fatal
             out.error(item, reason(e, item))
     if not good:
         return
@@ -197,7 +197,7 @@ def classify_batch(model, processor, items, ids, questions, args, top_k: int, ou
                     found[q] = best(rank(model, ids, image=image, prompt=prompt), top_k)
                 else:
                     found[q] = trie(model, ids, image=image, prompt=prompt, num_beams=args.num_beams or 1)
-    except Exception as e:  # noqa: BLE001 -- out of memory, say: every input of this batch fails with it
+    except Exception as e:  # out of memory, say: every input of this batch fails with it
         for item in good:
             out.error(item, reason(e, item))
         return

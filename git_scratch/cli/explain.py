@@ -111,7 +111,7 @@ def run_explain(args: argparse.Namespace) -> int:
         item = expand([args.image])[0]
         try:
             pixels = processor(images=[item.path]).pixel_values  # (1, 3, H, W)
-        except Exception as e:  # noqa: BLE001 -- an unreadable image is this run's one input: a usage error
+        except Exception as e:  # an unreadable image is this run's one input: a usage error
             raise ValueError(f"{args.image}: {reason(e, item)}") from None
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ def has_png_mark(software: str) -> Callable[[Path], bool]:
         try:
             with Image.open(path) as im:
                 return im.format == "PNG" and im.info.get("Software") == software
-        except Exception:  # noqa: BLE001 -- anything Pillow cannot open (or calls a bomb) is not ours
+        except Exception:  # anything Pillow cannot open (or calls a bomb) is not ours
             return False
 
     return ours

@@ -63,7 +63,7 @@ def read_tensors(path: Path, trust_pickle: bool = False, advice: str = SAFE_WAYS
         ) from None
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise ConversionError(f"{path}: cannot read weights ({type(e).__name__}: {e}); truncated or corrupt?") from None
-    except Exception as e:  # noqa: BLE001 -- a file trusted with --trust-pickle may raise anything
+    except Exception as e:  # a file trusted with --trust-pickle may raise anything
         raise ConversionError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
 
 

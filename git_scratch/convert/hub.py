@@ -55,7 +55,7 @@ def download(name: str) -> Path:
             folder = fetch(PICKLES, folder.name)
     except ConversionError:
         raise
-    except Exception as e:  # noqa: BLE001 -- whatever huggingface_hub raises becomes one line
+    except Exception as e:  # whatever huggingface_hub raises becomes one line
         raise ConversionError(hub_error(name, e)) from None
     return folder
 

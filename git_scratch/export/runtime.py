@@ -127,7 +127,7 @@ class OnnxGIT:
                 raise FileNotFoundError(f"{path / name}: missing; export the checkpoint again")
             try:
                 self.sessions[name] = ort.InferenceSession(str(path / name), options, providers=chosen)
-            except Exception as e:  # noqa: BLE001 -- onnxruntime's own exception types: one message
+            except Exception as e:  # onnxruntime's own exception types: one message
                 raise ValueError(f"{path / name}: onnxruntime cannot load it ({' '.join(str(e).split())})") from None
         self.pixel_shape = tuple(self.sessions["image_encoder.onnx"].get_inputs()[0].shape[1:])  # all but Bi
 

@@ -119,7 +119,7 @@ class Tokenizer:
         if (path / "tokenizer.json").exists():
             try:
                 backend = _Backend.from_file(str(path / "tokenizer.json"))
-            except Exception as e:  # noqa: BLE001 -- the tokenizers library raises a bare Exception
+            except Exception as e:  # the tokenizers library raises a bare Exception
                 raise ValueError(f"{path / 'tokenizer.json'}: not a tokenizer file the tokenizers library can "
                                  f"read ({' '.join(str(e).split())})") from None
         elif (path / "vocab.txt").exists():
