@@ -21,7 +21,8 @@ class Server:
     """`git-scratch serve --port 0 FLAGS` in a subprocess; .url once it serves, .stderr its lines so far."""
 
     def __init__(self, *flags, checkpoint=DEMO, log: Path | None = None):
-        out = open(log, "w") if log else subprocess.DEVNULL  # uvicorn's access lines
+        out = open(log, "w") if log else subprocess.DEVNULL  # the access lines (serve/guard.py)
+        self.log = log
         self.proc = subprocess.Popen([*cli_command(), "serve", "-c", str(checkpoint), "--port", "0", *map(str, flags)],
                                      stdout=out, stderr=subprocess.PIPE, text=True, env=cli_env())
         self.stderr: list[str] = []

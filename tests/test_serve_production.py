@@ -91,7 +91,9 @@ def test_a_stalled_body_is_answered_408_and_the_server_keeps_serving(server, ima
 def test_an_idle_keep_alive_connection_is_closed(server):
     with connect(server) as s:
         s.sendall(b"GET /health/live HTTP/1.1\r\n" + HOST + b"\r\n")
-        first = s.recv(65536)
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):  # the head and the body may come in two packets
+            first += s.recv(65536)
         assert first.startswith(b"HTTP/1.1 200")
         start = time.monotonic()
         assert s.recv(65536) == b""  # closed by the server, with no answer: nothing was asked
@@ -144,3 +146,157 @@ def test_a_stalled_upload_does_not_hold_a_batch_for_max_wait(image):
             r = httpx.post(url + "/v1/vqa", files=[upload(image)], data={"question": QUESTIONS[0]}, timeout=60)
             took = time.monotonic() - start
     assert r.status_code == 200 and took < 20  # not the 30 s a batch waits for a request on its way
+
+
+# ---------------------------------------------------------------- memory bounded
+def test_an_image_over_the_servers_pixel_budget_is_refused_from_its_header(server, image):
+    """--max-pixels defaults to 16M on the server (Pillow's budget is ~89M): 1 pixel over is a 422 before any
+    decoding; the budget's worst case is stated in --help."""
+    from test_serve import png_claiming
+
+    r = httpx.post(server.url + "/v1/caption", files=[("image", ("big.png", png_claiming(4001, 4000), "image/png"))],
+                   timeout=60)
+    assert (r.status_code, error(r)) == (422, "big.png: 4001x4000 = 16004000 pixels is over the budget of 16000000 "
+                                              "(possible decompression bomb)")
+
+
+def test_the_help_states_the_pixel_budgets_worst_case(capsys):
+    from _cli_helpers import in_process
+
+    rc, out, _ = in_process(capsys, "serve", "--help")
+    out = " ".join(out.split())
+    assert rc == 0
+    assert "--max-pixels N" in out and "default 16M" in out and "four concurrent 16 Mpx RGBA uploads" in out
+
+
+# ---------------------------------------------------------------- who may ask, and what the operator sees
+def test_every_answer_has_a_request_id_the_clients_when_it_is_plain(server, image):
+    r = httpx.get(server.url + "/health", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = httpx.post(server.url + "/v1/vqa", files=[upload(image)], headers={"X-Request-ID": "bad id\x7f" + "x" * 80})
+    assert r.status_code == 422 and len(r.headers["x-request-id"]) == 32  # not the client's: a fresh uuid
+    assert error(r) == "question: field required"
+
+
+def test_the_access_log_has_latency_the_request_id_and_the_errors_reason(server, image):
+    httpx.post(server.url + "/v1/caption", files=[upload(image)], data={"num_beams": "0"},
+               headers={"X-Request-ID": "find-me-42"})
+    time.sleep(0.2)
+    lines = [line for line in server.log.read_text().splitlines() if "id=find-me-42" in line]
+    assert len(lines) == 1 and '"POST /v1/caption" 422' in lines[0] and "ms id=find-me-42" in lines[0]
+    assert 'error="num_beams must be at least 1, got 0"' in lines[0]
+
+
+def test_liveness_readiness_and_no_local_path_in_health(server):
+    assert httpx.get(server.url + "/health/live").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/health/ready").json() == {"status": "ready"}
+    health = httpx.get(server.url + "/health").text
+    assert "/" not in json.loads(health)["checkpoint"] and "shapes_demo" in health
+
+
+def test_metrics_parse_and_count_requests_batches_and_cut_clients(server, image):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    httpx.post(server.url + "/v1/caption", files=[upload(image)], timeout=60).raise_for_status()
+    with connect(server) as idle:  # cut by the header timeout
+        read_answer(idle)
+    r = httpx.get(server.url + "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    ok = [s for s in families["git_scratch_requests"].samples
+          if s.name.endswith("_total") and s.labels == {"endpoint": "/v1/caption", "status": "200"}]
+    assert ok and ok[0].value >= 1
+    assert any(s.name == "git_scratch_batch_rows_count" and s.value >= 1 for s in families["git_scratch_batch_rows"].samples)
+    assert any(s.name == "git_scratch_request_seconds_bucket" for s in families["git_scratch_request_seconds"].samples)
+    cut = {s.labels["reason"]: s.value for s in families["git_scratch_clients_cut"].samples}
+    assert cut["header"] >= 1
+    assert {"git_scratch_queue_depth", "git_scratch_rows_in_flight", "git_scratch_images"} <= set(families)
+
+
+def test_without_prometheus_client_metrics_say_how_to_install(monkeypatch):
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with TestClient(demo_app()) as client:
+        r = client.get("/metrics", headers={"Host": "127.0.0.1"})
+    assert r.status_code == 501 and "pip install" in error(r)
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    key_file = tmp_path_factory.mktemp("key") / "key"
+    key_file.write_text("s3cret-key\n")
+    s = Server("--api-key-file", key_file, "--allowed-hosts", "127.0.0.1,serve.example",
+               "--cors-origins", "https://app.example")
+    yield s
+    s.stop()
+
+
+def test_with_an_api_key_v1_needs_it_and_health_stays_open(keyed, image):
+    r = httpx.post(keyed.url + "/v1/caption", files=[upload(image)])
+    assert r.status_code == 401 and "API key" in error(r)
+    r = httpx.post(keyed.url + "/v1/caption", files=[upload(image)], headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    for headers in ({"Authorization": "Bearer s3cret-key"}, {"X-API-Key": "s3cret-key"}):
+        r = httpx.post(keyed.url + "/v1/caption", files=[upload(image)], headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+    assert httpx.get(keyed.url + "/metrics").status_code == 401
+    assert httpx.get(keyed.url + "/health").status_code == 200 and httpx.get(keyed.url + "/health/ready").status_code == 200
+
+
+def test_the_host_allow_list_and_cross_origin_posts(keyed, server, image):
+    key = {"X-API-Key": "s3cret-key"}
+    r = httpx.get(keyed.url + "/health", headers={"Host": "evil.example"})
+    assert r.status_code == 400 and error(r) == "host 'evil.example' is not served here (--allowed-hosts)"
+    assert httpx.get(keyed.url + "/health", headers={"Host": "serve.example:80"}).status_code == 200
+    assert httpx.get(server.url + "/", headers={"Host": "evil.example"}).status_code == 400  # the default list
+    assert httpx.get(server.url + "/health", headers={"Host": "localhost"}).status_code == 200
+    r = httpx.post(keyed.url + "/v1/caption", files=[upload(image)], headers={**key, "Origin": "https://evil.example"})
+    assert r.status_code == 403 and "--cors-origins" in error(r)
+    r = httpx.post(keyed.url + "/v1/caption", files=[upload(image)], headers={**key, "Origin": "https://app.example"},
+                   timeout=60)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    r = httpx.options(keyed.url + "/v1/caption", headers={"Origin": "https://app.example",
+                                                          "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_a_non_loopback_bind_without_a_key_warns(tmp_path):
+    s = Server("--host", "0.0.0.0")
+    try:
+        time.sleep(0.5)
+    finally:
+        s.stop()
+    assert "warning: serving on 0.0.0.0 with no API key" in "".join(s.stderr)
+
+
+# ---------------------------------------------------------------- one error contract
+@pytest.mark.parametrize("endpoint, fields, said", [
+    ("/v1/caption", {"num_beams": ["2", "3"]}, "num_beams: one value only, sent 2 times"),
+    ("/v1/caption", {"temperature": "5"}, "unknown field: temperature; this endpoint takes image, max_new_tokens, "
+                                          "num_beams"),
+    ("/v1/vqa", {"question": "what?", "sample": "true"}, "unknown field: sample;"),
+    ("/v1/explain", {"question": ["a?", "b?"]}, "question: one value only, sent 2 times"),
+], ids=["repeated", "temperature", "sample", "two explain questions"])
+def test_unknown_and_repeated_fields_are_422(server, image, endpoint, fields, said):
+    r = httpx.post(server.url + endpoint, files=[upload(image)], data=fields, timeout=60)
+    assert r.status_code == 422 and error(r).startswith(said)
+
+
+def test_vqa_with_two_images_is_422_not_an_answer_about_the_last(server, image):
+    r = httpx.post(server.url + "/v1/vqa", files=[upload(image), upload(image)], data={"question": "what?"}, timeout=60)
+    assert (r.status_code, error(r)) == (422, "image: one value only, sent 2 times")
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /v1/caption HTTP/1.1\r\n" + HOST + b"Content-Length: abc\r\n\r\n",
+    b"POST /v1/caption HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    b"NOT HTTP AT ALL\r\n\r\n",
+], ids=["bad content-length", "length and chunked", "bad host", "garbage"])
+def test_framing_errors_are_json_400s(server, head):
+    with connect(server) as s:
+        s.sendall(head)
+        status, body, _ = read_answer(s)
+    assert status == 400 and said(status, body)

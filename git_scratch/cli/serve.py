@@ -41,9 +41,11 @@ endpoints:
   API key, 403 a cross-origin POST, 408 a header or body too slow, 413 over --max-upload-mb, 422 a bad request
   or nothing in it readable, 503 (with Retry-After) when --queue requests wait, or past --max-connections.
 
-memory: each upload being read holds its file and its decoded pixels: at --max-pixels 16M (the default), about
-  16M x 4 bytes (RGBA) + 16M x 3 (RGB) ~ 110 MB an image at worst; two images are decoded at once, so the worst
-  case is about 2 x 110 MB above the model, plus the bodies of uploads in flight (--max-upload-mb each).
+memory: an image is refused from its header when over --max-pixels (default 16M), before it is decoded. At the
+  limit, reading one costs about 0.3 GB at its peak, and two are read at once: measured (demo model, 2-core
+  EPYC), four concurrent 16 Mpx RGBA uploads raised the peak RSS by 0.66 GB (one: 0.31 GB; one 1 pixel over the
+  limit: nothing). Budget about 19 MB per million pixels x 2 above the model, plus --max-upload-mb per upload
+  in flight; halve --max-pixels to halve it.
 
 exit codes:
   2    usage error, the port cannot be bound, the checkpoint cannot be loaded, or FastAPI/uvicorn missing
@@ -83,7 +85,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="requests that may wait for the model (default 64); more get 503 with Retry-After")
     p.add_argument("--max-pixels", type=_at_least(1), default=16_000_000, metavar="N",
                    help="refuse images with more than N pixels, from their header, before decoding (default 16M: "
-                        "~110 MB at worst to decode one; see memory below)")
+                        "~0.3 GB at worst to read one, two at a time; see memory below)")
     g = p.add_argument_group("limits on clients (every wait bounded)")
     g.add_argument("--header-timeout", type=_at_least(0.1, float), default=10.0, metavar="S",
                    help="a connection's request header must come whole within S seconds (default 10), else 408")
@@ -156,14 +158,14 @@ def run(args: argparse.Namespace) -> int:
         opts = ServeOptions(str(opened.path), shown, opened.precision.settings(), args.max_batch, args.max_wait_ms,
                             args.queue, args.max_upload_mb, args.image_cache, limits)
         app = create_app(model, opened.processor, opts)
-        if key is None and not loopback(host):
-            print(f"warning: serving on {host} with no API key: anyone who can reach this address can use it "
-                  "(--api-key)", file=sys.stderr)
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         print(f"serving {args.checkpoint} on {url}/ (the page; the API: {url}/docs), device {model.device}, "
               f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, queue {args.queue}, image cache "
               f"{args.image_cache}", file=sys.stderr,
               flush=True)
+        if key is None and not loopback(host):
+            print(f"warning: serving on {host} with no API key: anyone who can reach this address can use it "
+                  "(--api-key)", file=sys.stderr, flush=True)
         access = logging.getLogger("git_scratch.serve")
         access.setLevel(logging.INFO)
         handler = logging.StreamHandler(sys.stdout)

@@ -45,6 +45,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
 from ..evaluation.records import checkpoint_fingerprint, settings
@@ -223,6 +224,9 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
     app.add_middleware(BodyTimeout, limits=opts.limits, error=ClientError)
     app.add_middleware(UploadLimit, limit=int(opts.max_upload_mb * 2**20))
     app.add_middleware(Arriving, arrivals=arrivals)  # outside those two: a request they refuse is counted too
+    if opts.limits.cors_origins:  # the pages of these origins may call the API and read its answers
+        app.add_middleware(CORSMiddleware, allow_origins=opts.limits.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "X-Request-ID"], expose_headers=["X-Request-ID"])
     app.add_middleware(Front, limits=opts.limits, metrics=metrics)  # the outermost: every answer has its id
     app.mount("/page", StaticFiles(directory=PAGE), name="page")
 

@@ -184,7 +184,8 @@ class Front:
         if (scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin and origin.split("://")[-1] != host
                 and origin not in self.limits.cors_origins and "*" not in self.limits.cors_origins):
             return 403, f"origin {origin} may not call this server (--cors-origins)", {}
-        if self.key is not None and not scope["path"].startswith(OPEN_PATHS) and scope["path"] != "/":
+        if (self.key is not None and not scope["path"].startswith(OPEN_PATHS) and scope["path"] != "/"
+                and scope["method"] != "OPTIONS"):  # a browser's CORS preflight carries no key
             given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
             if not hmac.compare_digest(given, self.key):
                 return 401, "this server needs an API key: Authorization: Bearer KEY, or X-API-Key: KEY", \
