@@ -274,8 +274,8 @@ def test_a_non_loopback_bind_without_a_key_warns(tmp_path):
 # ---------------------------------------------------------------- one error contract
 @pytest.mark.parametrize("endpoint, fields, said", [
     ("/v1/caption", {"num_beams": ["2", "3"]}, "num_beams: one value only, sent 2 times"),
-    ("/v1/caption", {"temperature": "5"}, "unknown field: temperature; this endpoint takes image, max_new_tokens, "
-                                          "num_beams"),
+    ("/v1/caption", {"temperature": "5"}, "unknown field: temperature; this endpoint takes deadline_s, image, "
+                                          "max_new_tokens, num_beams"),
     ("/v1/vqa", {"question": "what?", "sample": "true"}, "unknown field: sample;"),
     ("/v1/explain", {"question": ["a?", "b?"]}, "question: one value only, sent 2 times"),
 ], ids=["repeated", "temperature", "sample", "two explain questions"])
@@ -300,3 +300,68 @@ def test_framing_errors_are_json_400s(server, head):
         s.sendall(head)
         status, body, _ = read_answer(s)
     assert status == 400 and said(status, body)
+
+
+# ---------------------------------------------------------------- deadlines and cancellation
+@pytest.fixture
+def held_app():
+    """The real app on uvicorn in this process, its worker held until `release` is set; `ran` lists the jobs of
+    each batch the model ran."""
+    app = demo_app(max_batch=8, max_wait_ms=0)
+    batcher = app.state.batcher
+    running, release, ran = threading.Event(), threading.Event(), []
+    real_run = batcher.run
+
+    def held(jobs):
+        running.set()
+        release.wait(60)
+        ran.append(jobs)
+        return real_run(jobs)
+
+    batcher.run = held
+    with serving(app) as url:
+        yield url, app, running, release, ran
+        release.set()
+
+
+def queued(app, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while app.state.batcher.queue.qsize() < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert app.state.batcher.queue.qsize() == n
+
+
+def test_a_request_past_its_deadline_is_504_its_rows_never_run_and_the_next_is_served(held_app, image):
+    url, app, running, release, ran = held_app
+    first = threading.Thread(target=lambda: httpx.post(url + "/v1/caption", files=[upload(image)], timeout=60))
+    first.start()
+    assert running.wait(30)  # the worker holds the first request's batch
+    start = time.monotonic()
+    r = httpx.post(url + "/v1/caption", files=[upload(image, "late.png")], data={"deadline_s": "0.5"}, timeout=60)
+    assert r.status_code == 504 and "deadline of 0.5 s" in error(r) and time.monotonic() - start < 0.5 + SLACK_S
+    release.set()
+    first.join(60)
+    r = httpx.post(url + "/v1/caption", files=[upload(image)], timeout=60)
+    assert r.status_code == 200
+    assert [len(jobs) for jobs in ran] == [1, 1]  # the late request's job left the queue: never in a batch
+
+
+def test_the_work_of_a_client_that_left_is_dropped_before_it_runs(held_app, image):
+    url, app, running, release, ran = held_app
+    first = threading.Thread(target=lambda: httpx.post(url + "/v1/caption", files=[upload(image)], timeout=60))
+    first.start()
+    assert running.wait(30)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(url + "/v1/caption", files=[upload(image, "gone.png")], timeout=1)
+    deadline = time.monotonic() + 30
+    while not app.state.batcher.queue.queue[0].future.cancelled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.set()
+    first.join(60)
+    assert httpx.post(url + "/v1/caption", files=[upload(image)], timeout=60).status_code == 200
+    assert [len(jobs) for jobs in ran] == [1, 1]  # the batch after the first is the last request's alone
+
+
+def test_a_deadline_of_zero_is_422(server, image):
+    r = httpx.post(server.url + "/v1/caption", files=[upload(image)], data={"deadline_s": "0"}, timeout=60)
+    assert r.status_code == 422 and "deadline_s" in error(r)

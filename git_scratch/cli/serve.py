@@ -39,7 +39,8 @@ endpoints:
   Each result is the record `caption --json` / `vqa --json` prints ("input": the upload's file name, "file":
   "sha256:" + its digest). Errors are {"error": "...", "request_id": "..."}: 400 a bad Host or framing, 401 no
   API key, 403 a cross-origin POST, 408 a header or body too slow, 413 over --max-upload-mb, 422 a bad request
-  or nothing in it readable, 503 (with Retry-After) when --queue requests wait, or past --max-connections.
+  or nothing in it readable, 503 (with Retry-After) when --queue requests wait, or past --max-connections,
+  504 past --deadline (or the request's deadline_s). A client that leaves: its queued work never runs.
 
 memory: an image is refused from its header when over --max-pixels (default 16M), before it is decoded. At the
   limit, reading one costs about 0.3 GB at its peak, and two are read at once: measured (demo model, 2-core
@@ -95,6 +96,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="an idle connection between requests is closed after S seconds (default 5)")
     g.add_argument("--max-connections", type=_at_least(1), default=256, metavar="N",
                    help="connections open at once (default 256); more are answered 503 and closed")
+    g.add_argument("--deadline", type=_at_least(0.1, float), default=60.0, metavar="S",
+                   help="a request not answered within S seconds gets 504 and its work is dropped (default 60); a "
+                        "client may ask for less with the form field deadline_s")
     g.add_argument("--shutdown-timeout", type=_at_least(0, float), default=30.0, metavar="S",
                    help="after SIGTERM, requests in flight have S seconds to finish (default 30); then the rest "
                         "are cancelled and the process exits")
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                         split(args.cors_origins))
         shown = Path(args.checkpoint).name if Path(args.checkpoint).exists() else args.checkpoint  # no local path
         opts = ServeOptions(str(opened.path), shown, opened.precision.settings(), args.max_batch, args.max_wait_ms,
-                            args.queue, args.max_upload_mb, args.image_cache, limits)
+                            args.queue, args.max_upload_mb, args.image_cache, limits, args.deadline)
         app = create_app(model, opened.processor, opts)
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         print(f"serving {args.checkpoint} on {url}/ (the page; the API: {url}/docs), device {model.device}, "

@@ -35,6 +35,7 @@ import asyncio
 import hashlib
 import re
 import tempfile
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,9 @@ RETRY_AFTER_S = 1
 CLOSE = {"Connection": "close"}  # after a 413: the body past the limit is never kept
 LINGER_S = 0.5  # after a 413, how long the client may pause before the connection closes (UploadLimit)
 STALLED_S = 0.05  # a body that pauses this long stops counting as arriving until its next part (Arriving)
-DECODING_FIELDS = {"max_new_tokens", "num_beams"}
+DECODING_FIELDS = {"max_new_tokens", "num_beams", "deadline_s"}
+DEADLINE = {"exclusiveMinimum": 0}
+CLIENT_GONE = 499  # nginx's status for a client that closed its connection: only the access log sees it
 
 
 @dataclass
@@ -81,6 +84,7 @@ class ServeOptions:
     max_upload_mb: float = 20.0  # request body limit, MiB
     image_cache: int = 64  # images whose encodings are kept (batcher.ImageCache); 0: none
     limits: Limits = field(default_factory=Limits)  # timeouts, connections, key, hosts (serve/guard.py)
+    deadline_s: float = 60.0  # a request not answered by then gets 504 and its rows leave the queue
 
 
 class ClientError(HTTPException):
@@ -289,7 +293,13 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         ids = processor.encode_text(question)[0][0].tolist()  # [CLS] + the question's tokens
         return room_error(len(ids), d.max_new_tokens, limit, what="the question") or ids
 
-    async def run(job: Job, request: Request):
+    async def run(job: Job, request: Request, deadline_s: float | None = None):
+        """The job's results from the worker; 504 past the request's deadline (opts.deadline_s, or the client's
+        lower deadline_s) and nothing if the client leaves: either way the job is cancelled, so that a job still
+        queued never runs (a batch already running finishes; its result for this job is dropped)."""
+        if deadline_s is not None and deadline_s <= 0:
+            raise ClientError(422, f"deadline_s must be more than 0, got {deadline_s:g}")
+        limit_s = min(deadline_s or opts.deadline_s, opts.deadline_s)
         try:
             future = batcher.submit(job)
             request.state.arrived()  # after the job is queued: the worker always sees it, coming or queued
@@ -298,7 +308,18 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                                    "shortly", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except Closed:
             raise ClientError(503, "the server is shutting down", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        return await asyncio.wrap_future(future)  # set by the batcher's thread
+        answer = asyncio.wrap_future(future)  # set by the batcher's thread
+        gone = asyncio.ensure_future(disconnected(request))
+        left = limit_s - (time.monotonic() - request.state.started)
+        await asyncio.wait({answer, gone}, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if answer.done():
+            return answer.result()
+        answer.cancel()  # and so the job's future: the worker drops it (Batcher._work)
+        if gone.done():
+            raise ClientError(CLIENT_GONE, "the client closed the connection; its work was dropped")
+        raise ClientError(504, f"no answer within the request's deadline of {limit_s:g} s (--deadline, deadline_s); "
+                               "its work was dropped")
 
     # ------------------------------------------------------------ endpoints
     @app.get("/", include_in_schema=False)
@@ -336,7 +357,8 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
 
     @app.post("/v1/caption")
     async def caption(request: Request, image: list[UploadFile] = File(..., description="one or more image files"),
-                      max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS)):
+                      max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS),
+                      deadline_s: float | None = Form(None, json_schema_extra=DEADLINE)):
         """One caption record per image, in upload order; an image that cannot be read is an error record."""
         only_fields(await request.form(), DECODING_FIELDS, {"image"})
         if len(image) > MAX_IMAGES:
@@ -349,14 +371,15 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
             raise ClientError(422, "; ".join(f"{name}: {why}" for name, _, why in loaded))
         job = Job([px for *_, px in good], [Row(k, [tok.cls_id], None) for k in range(len(good))], d,
                   keys=[key for _, key, _ in good])
-        done = iter(await run(job, request))
+        done = iter(await run(job, request, deadline_s))
         return {"results": [record(name, key, next(done) if torch.is_tensor(px) else {"error": px}, s)
                             for name, key, px in loaded]}
 
     @app.post("/v1/vqa")
     async def vqa(request: Request, image: UploadFile = File(..., description="one image file"),
                   question: list[str] = Form(..., description="one or more questions"),
-                  max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS)):
+                  max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), num_beams: int = Form(1, json_schema_extra=BEAMS),
+                  deadline_s: float | None = Form(None, json_schema_extra=DEADLINE)):
         """One answer record per question, in order; a question that cannot be asked is an error record."""
         only_fields(await request.form(), DECODING_FIELDS | {"image"}, {"question"})
         if len(question) > MAX_QUESTIONS:
@@ -370,16 +393,17 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         rows = [Row(0, p, q) for p, q in zip(prompts, question) if isinstance(p, list)]
         if not rows:
             raise ClientError(422, "; ".join(dict.fromkeys(prompts)))
-        done = iter(await run(Job([px], rows, d, keys=[key]), request))
+        done = iter(await run(Job([px], rows, d, keys=[key]), request, deadline_s))
         return {"results": [record(name, key, next(done) if isinstance(p, list) else {"question": q, "error": p}, s)
                             for p, q in zip(prompts, question)]}
 
     @app.post("/v1/explain")
     async def explain(request: Request, image: UploadFile = File(...), question: str | None = Form(None),
-                      max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), method: str = Form("last", pattern="^(last|rollout)$")):
+                      max_new_tokens: int = Form(20, json_schema_extra=AT_LEAST_1), method: str = Form("last", pattern="^(last|rollout)$"),
+                      deadline_s: float | None = Form(None, json_schema_extra=DEADLINE)):
         """The greedy words, each with its heat map over the image patches (git_scratch.explain): "map" is the
         patch grid as rows, summing to 1; method "last" (the last layer's attention) or "rollout"."""
-        only_fields(await request.form(), {"image", "question", "max_new_tokens", "method"})
+        only_fields(await request.form(), {"image", "question", "max_new_tokens", "method", "deadline_s"})
         if isinstance(model, OnnxGIT):
             raise ClientError(422, NEEDS_TORCH)
         d = decoding(max_new_tokens, 1)
@@ -397,9 +421,15 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
                                      None if question is None else torch.tensor([ids]), method=method,
                                      max_new_tokens=d.max_new_tokens, image=feats[None])
 
-        return {"words": await run(Job(alone=work), request)}
+        return {"words": await run(Job(alone=work), request, deadline_s)}
 
     return app
+
+
+async def disconnected(request: Request) -> None:
+    """Returns once the client has closed its connection (its body already read: receive() then waits for that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def record(name: str, key: str, result: dict, s: dict) -> dict:

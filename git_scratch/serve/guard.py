@@ -123,9 +123,16 @@ class BodyTimeout:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        whole = False  # once the body is whole, receive() waits for the client to leave: no timeout then
+
         async def timed():
+            nonlocal whole
+            if whole:
+                return await receive()
             try:
-                return await asyncio.wait_for(receive(), self.limits.body_timeout)
+                message = await asyncio.wait_for(receive(), self.limits.body_timeout)
+                whole = not message.get("more_body", False)
+                return message
             except asyncio.TimeoutError:
                 self.limits.cut["body"] += 1
                 raise self.error(408, f"the request body stalled: no part of it within {self.limits.body_timeout:g} "
@@ -149,8 +156,8 @@ class Front:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         request_id = new_request_id(headers.get(b"x-request-id"))
-        scope.setdefault("state", {})["request_id"] = request_id
         start, said = time.monotonic(), {"status": 500, "error": ""}
+        scope.setdefault("state", {}).update(request_id=request_id, started=start)
 
         async def answer(message):
             if message["type"] == "http.response.start":
