@@ -578,7 +578,7 @@ def test_a_full_queue_answers_503_with_retry_after(images):
 
 
 def test_sigterm_answers_the_requests_in_flight_then_exits(images, tmp_path):
-    s = Server("--max-batch", 1, "--max-wait-ms", 0, log=tmp_path / "access.log")
+    s = Server("--max-batch", 1, "--max-wait-ms", 0, "--max-rows", 256, log=tmp_path / "access.log")
     answers, done_at = {}, {}
 
     def ask(name, files, **fields):

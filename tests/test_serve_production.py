@@ -365,3 +365,15 @@ def test_the_work_of_a_client_that_left_is_dropped_before_it_runs(held_app, imag
 def test_a_deadline_of_zero_is_422(server, image):
     r = httpx.post(server.url + "/v1/caption", files=[upload(image)], data={"deadline_s": "0"}, timeout=60)
     assert r.status_code == 422 and "deadline_s" in error(r)
+
+
+def test_one_request_cannot_ask_for_more_than_max_rows_beams(server, image):
+    """The audit's 32 images x 16 beams held the worker 16.9 s; at --max-batch 8 a request may ask for 16 x 8
+    rows x beams."""
+    r = httpx.post(server.url + "/v1/caption", files=[upload(image, f"{i}.png") for i in range(9)],
+                   data={"num_beams": "16"}, timeout=60)
+    assert (r.status_code, error(r)) == (422, "9 rows x 16 beams = 144: at most 128 per request on this server "
+                                              "(--max-rows); send fewer at a time")
+    r = httpx.post(server.url + "/v1/vqa", files=[upload(image)], data={"question": ["what?"] * 9, "num_beams": "16"},
+                   timeout=60)
+    assert r.status_code == 422 and error(r).startswith("9 rows x 16 beams = 144")

@@ -77,6 +77,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--port", type=_at_least(0), default=8000, help="default 8000; 0: any free port (printed)")
     p.add_argument("--max-batch", type=_at_least(1), default=8, metavar="N",
                    help="most rows (image + prompt pairs) decoded together (default 8; 1: no batching)")
+    p.add_argument("--max-rows", type=_at_least(1), metavar="N",
+                   help="most rows x beams one request may ask for (default 16 x --max-batch): more is a 422, so that "
+                        "one request cannot hold the worker long; requests are served in arrival order")
     p.add_argument("--max-wait-ms", type=_at_least(0, float), default=100.0, metavar="MS",
                    help="the longest a batch waits for more requests once the first has come (default 100); it "
                         "waits only while others are still being received, so a lone request starts at once")
@@ -160,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
                         split(args.cors_origins))
         shown = Path(args.checkpoint).name if Path(args.checkpoint).exists() else args.checkpoint  # no local path
         opts = ServeOptions(str(opened.path), shown, opened.precision.settings(), args.max_batch, args.max_wait_ms,
-                            args.queue, args.max_upload_mb, args.image_cache, limits, args.deadline)
+                            args.queue, args.max_upload_mb, args.image_cache, limits, args.deadline,
+                            args.max_rows)
         app = create_app(model, opened.processor, opts)
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         print(f"serving {args.checkpoint} on {url}/ (the page; the API: {url}/docs), device {model.device}, "

@@ -85,6 +85,7 @@ class ServeOptions:
     image_cache: int = 64  # images whose encodings are kept (batcher.ImageCache); 0: none
     limits: Limits = field(default_factory=Limits)  # timeouts, connections, key, hosts (serve/guard.py)
     deadline_s: float = 60.0  # a request not answered by then gets 504 and its rows leave the queue
+    max_rows: int | None = None  # most rows x beams one request may ask for; None: 16 x max_batch
 
 
 class ClientError(HTTPException):
@@ -259,6 +260,14 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
             raise ClientError(422, f"num_beams must be at most {MAX_BEAMS} on this server, got {num_beams}")
         return Decoding(max_new_tokens, num_beams)
 
+    def fits(rows: int, d: Decoding) -> None:
+        """422 for a request whose rows x beams pass max_rows: one request never holds the worker for more than
+        a few batches' time (requests are served in arrival order; this bounds what one of them can take)."""
+        cap = opts.max_rows or 16 * opts.max_batch
+        if rows * d.num_beams > cap:
+            raise ClientError(422, f"{rows} rows x {d.num_beams} beams = {rows * d.num_beams}: at most {cap} per "
+                                   "request on this server (--max-rows); send fewer at a time")
+
     def record_settings(d: Decoding) -> dict:
         return settings(fingerprint, opts.precision["dtype"], d.max_new_tokens, d.num_beams,
                         quantize=opts.precision.get("quantize"))
@@ -364,6 +373,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         if len(image) > MAX_IMAGES:
             raise ClientError(422, f"{len(image)} images: at most {MAX_IMAGES} per request")
         d = decoding(max_new_tokens, num_beams)
+        fits(len(image), d)
         s = record_settings(d)
         loaded = [await load(f, n) for n, f in enumerate(image)]
         good = [x for x in loaded if torch.is_tensor(x[2])]
@@ -385,6 +395,7 @@ def create_app(model, processor, opts: ServeOptions) -> FastAPI:
         if len(question) > MAX_QUESTIONS:
             raise ClientError(422, f"{len(question)} questions: at most {MAX_QUESTIONS} per request")
         d = decoding(max_new_tokens, num_beams)
+        fits(len(question), d)
         s = record_settings(d)
         name, key, px = await load(image, 0)
         if not torch.is_tensor(px):
