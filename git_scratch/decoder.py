@@ -62,6 +62,13 @@ class TextBlock(nn.Module):
         x ─┬─ attn ─(+)─ ln_1 ─┬─ mlp ─(+)─ ln_2 ─▶         x ─┬─ ln_1 ─ attn ─(+)─┬─ ln_2 ─ mlp ─(+)─▶
            └─────────┘         └────────┘                      └───────────────────┘└──────────────────┘
     Tokens meet only inside `attn`, under `allowed`: that is what makes the KV cache exact (cache.py).
+
+    The contract every decoder block keeps (GIT.run, the cached prefill and the decode step call it alike):
+        forward(x, allowed, kv=None, *, n_img) -> (B, L, D)    keys_values(x, *, n_img) -> (k, v), (B, H, L, Dh) each
+    x (B, L, D): its first `n_img` tokens are image tokens, the rest text (the full forward: n_img = N; the
+    image prefill: all N image; a decode step: 0). `allowed`: the may-attend rows of x, handed unchanged to the
+    one attention that reads `kv` (a cache layer while generating; None otherwise). A block that treats image
+    and text tokens differently (a gate, cross-attention) decides by `n_img`, never by position or shape.
     """
 
     def __init__(self, config: TextConfig):
@@ -72,14 +79,14 @@ class TextBlock(nn.Module):
         self.mlp = MLP(config.dim, config.mlp_dim, config.act)
         self.ln_2 = nn.LayerNorm(config.dim, eps=config.ln_eps)
 
-    def forward(self, x, allowed, kv=None) -> torch.Tensor:
+    def forward(self, x, allowed, kv=None, *, n_img: int) -> torch.Tensor:
         if self.pre:
-            x = x + self.attn(self.ln_1(x), allowed, kv)
+            x = x + self.attn(self.ln_1(x), allowed, kv, n_img=n_img)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, allowed, kv))
+        x = self.ln_1(x + self.attn(x, allowed, kv, n_img=n_img))
         return self.ln_2(x + self.mlp(x))
 
-    def keys_values(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(self, x, *, n_img: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values `attn` computes from x (B, L, D), and nothing after them: the image prefill needs
         only these of the last block (generation/decoders.py). Wired as `forward` reads x above."""
-        return self.attn.keys_values(self.ln_1(x) if self.pre else x)
+        return self.attn.keys_values(self.ln_1(x) if self.pre else x, n_img=n_img)

@@ -65,7 +65,9 @@ class Attention(nn.Module):
 
     `kv`: a cache layer (generation/cache.py) while generating. Its `update(k, v, allowed)` stores this call's
     keys and values and returns (all keys, all values, shared keys/values or None) to attend over.
-    Inside `record.recording`, the probabilities are handed to the recording (record.attention).
+    `n_img`: how many of x's first tokens are image tokens (decoder.TextBlock's contract); GIT's attention
+    treats both alike (the mask tells them apart), a variant need not. Inside `record.recording`, the
+    probabilities are handed to the recording (record.attention).
     """
 
     def __init__(self, dim: int, n_heads: int):
@@ -79,11 +81,11 @@ class Attention(nn.Module):
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b l (h d) -> b h l d", h=self.n_heads)
 
-    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(self, x: torch.Tensor, *, n_img: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(self.k_proj(x)), self.heads(self.v_proj(x))  # (B, H, L, Dh) each
 
-    def forward(self, x, allowed=None, kv=None) -> torch.Tensor:
-        k, v = self.keys_values(x)
+    def forward(self, x, allowed=None, kv=None, *, n_img: int = 0) -> torch.Tensor:
+        k, v = self.keys_values(x, n_img=n_img)
         shared = None
         if kv is not None:
             k, v, shared = kv.update(k, v, allowed)  # cached tokens + these

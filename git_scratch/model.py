@@ -92,11 +92,11 @@ class GIT(nn.Module):
         """(L, L) may-attend mask of [image ; text]. Generation takes its rows from here too."""
         return git_mask(n_img, n_txt, device=device)
 
-    def run(self, x, allowed, kv=None) -> torch.Tensor:
-        """x (B, L, D) through every decoder block: the one loop that forward and generation share.
-        `kv`: one cache layer per block while generating (generation/cache.py)."""
+    def run(self, x, allowed, kv=None, *, n_img: int) -> torch.Tensor:
+        """x (B, L, D), its first n_img tokens the image's, through every decoder block: the one loop that
+        forward and generation share. `kv`: one cache layer per block while generating (generation/cache.py)."""
         for i, block in enumerate(self.blocks):
-            x = block(x, allowed, None if kv is None else kv[i])
+            x = block(x, allowed, None if kv is None else kv[i], n_img=n_img)
         return x
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class GIT(nn.Module):
 
             x = torch.cat([img, self.embed_text(input_ids)], dim=1)  # (B, L, D): [image ; text]
             allowed = with_padding(self.mask(N, T, device=x.device), N, attention_mask)  # (L, L) or (B, 1, L, L)
-            x = self.run(x, allowed)
+            x = self.run(x, allowed, n_img=N)
             logits = self.head(x[:, N:])  # (B, T, V): only the text positions need logits
         out = GitOutput(logits, None if labels is None else lm_loss(logits, labels), image=image)
         if output_hidden_states:

@@ -117,14 +117,16 @@ def test_checkpoint_loads_as_a_model_and_keeps_the_newest(tmp_path):
     assert proc.tokenizer.vocab_size == 94 and proc.image_config.crop_size["height"] == 96
 
 
-def test_weight_decay_skips_norms_and_biases():
+def test_weight_decay_by_shape_skips_norms_biases_and_parameters_it_does_not_know():
     model = new_model()
+    model.blocks[0].ln_1 = torch.nn.RMSNorm(model.config.text.dim)  # kinds the loop was never told about
+    model.blocks[0].attn.gate = torch.nn.Parameter(torch.ones(()))
     decay, no_decay = param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     skipped = {names[id(p)] for p in no_decay["params"]}
-    assert "embed.ln.weight" in skipped and "lm_head.bias" in skipped
-    assert all(n.endswith(".bias") or ".ln" in n for n in skipped)
+    assert {"embed.ln.weight", "lm_head.bias", "blocks.0.ln_1.weight", "blocks.0.attn.gate"} <= skipped
+    assert all(p.ndim < 2 for p in no_decay["params"]) and all(p.ndim >= 2 for p in decay["params"])
     assert {names[id(p)] for p in decay["params"]} >= {"lm_head.weight", "embed.tok_embed.weight"}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 

@@ -48,6 +48,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--shapes-offset", type=int, default=VAL_OFFSET,
                    help="shapes: first seed (default: unseen in training)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-cache-check", dest="cache_check", action="store_false",
+                   help="skip the first check: cached decoding of a few images equals the uncached rollout")
     add_model_options(p)
     p.set_defaults(run=run_eval)
     return p
@@ -70,7 +72,8 @@ def eval_command(opts: EvalOptions) -> int:
         model, processor = opened.model, opened.processor
         data = prepare(opts, processor)
         scores, results = evaluate(model, data, processor, opts.batch_size, opts.progress,
-                                   max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams)
+                                   cache_check=opts.cache_check, max_new_tokens=opts.max_new_tokens,
+                                   num_beams=opts.num_beams)
         if results_file:
             mark = {"command": "eval", "checkpoint": str(opened.path.resolve()),
                     "data": opts.data}

@@ -12,6 +12,7 @@ with no row, or none whose image can be read, is a ValueError.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from . import metrics
 from ..data.batches import mean_losses
 from ..data.datasets import ShapesDataset, load_dataset
 from ..data.shapes import VAL_OFFSET
+from ..generation.cache_check import cache_mismatch
 from ..generation.checks import room_error
 from ..generation.options import GenerationOptions
 from ..preprocessing.processor import Processor
@@ -42,6 +44,7 @@ class EvalOptions:
     device: str = "auto"
     dtype: str = "float32"  # precision.py: the choices
     quantize: str | None = None
+    cache_check: bool = True  # first: cached decoding of a few images must equal the uncached rollout
     progress: bool = True
 
 
@@ -101,10 +104,12 @@ def generated_texts(model, tok, image, prompts: list[list[int]], **options) -> l
     return [tok.decode(row[width:]).strip() for row in ids]
 
 
-def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True, **options) -> tuple[dict, dict]:
+def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True, cache_check: bool = True,
+             **options) -> tuple[dict, dict]:
     """-> (scores, results): scores has the losses and, for captions, bleu4 / cider_d / rouge_l / distinct,
     for VQA vqa_accuracy; results the COCO-style lists {"captions": [...], "answers": [...]}.
-    ValueError, before any compute where it can be, for no readable example or a question too long to answer."""
+    ValueError, before any compute where it can be, for no readable example or a question too long to answer,
+    and (`cache_check`) when cached decoding of the first few images differs from the uncached rollout."""
     todo = groups(data)
     nothing = f"no readable example in {getattr(data, 'source', '') or 'the data'}"
     if not todo:
@@ -112,6 +117,8 @@ def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True
     check_room(model, processor, todo, options.get("max_new_tokens", GenerationOptions.max_new_tokens),
                getattr(data, "source", ""))
     model.eval()
+    if cache_check:
+        check_cache(model, data, processor, todo)
     scores = mean_losses(model, data, processor, batch_size)  # ValueError when every image is unreadable
     texts = generate_all(model, data, processor, todo, batch_size, progress, **options)
     done = [(g, t) for g, t in zip(todo, texts) if t is not None]
@@ -131,6 +138,19 @@ def evaluate(model, data, processor, batch_size: int = 16, progress: bool = True
                "answers": [{"question_id": i, "image_id": g.image_id, "question": g.prompt, "answer": t}
                            for i, (g, t) in enumerate(answers)]}
     return scores, results
+
+
+CACHE_CHECK_IMAGES = 4
+
+
+def check_cache(model, data, processor, todo: list[Group]) -> None:
+    """ValueError when cached greedy captions of the first few readable images differ from the uncached ones."""
+    read = (data[g.index] for g in {g.image_id: g for g in todo}.values())  # one row per image, read lazily
+    images = list(islice((r[0] for r in read if r is not None), CACHE_CHECK_IMAGES))
+    if images:
+        pixels = torch.from_numpy(processor.pixel_values(images)).to(model.device, model.dtype)
+        if why := cache_mismatch(model, pixels):
+            raise ValueError(f"{why}; --no-cache-check skips this check")
 
 
 def check_room(model, processor, todo: list[Group], max_new_tokens: int, source: str = "") -> None:

@@ -39,10 +39,10 @@ class Cached:
         img_mask = self.image_mask()
         *blocks, last = self.model.blocks
         layers = self.cache.image_layers(img_mask)
-        x = self.image
+        x, N = self.image, self.image.shape[1]
         for block, kv in zip(blocks, layers):
-            x = block(x, img_mask, kv)
-        layers[-1].keep(*last.keys_values(x))
+            x = block(x, img_mask, kv, n_img=N)  # every token an image token
+        layers[-1].keep(*last.keys_values(x, n_img=N))
 
     def image_mask(self) -> torch.Tensor | None:
         """The image tokens' (N, N) mask among themselves; None when each sees every other: SDPA's fast path.
@@ -54,7 +54,8 @@ class Cached:
     def hidden(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """ids (R, n) in text slots start.. (start (R, 1)) -> decoder output (R, n, D); their keys/values stay."""
         slots, allowed = self.cache.positions(start, ids.shape[1])
-        return self.model.run(self.model.embed_text(ids, start), allowed, kv=self.cache.text_layers(slots, allowed))
+        kv = self.cache.text_layers(slots, allowed)
+        return self.model.run(self.model.embed_text(ids, start), allowed, kv, n_img=0)  # text only: image in kv
 
     def prefill(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The image, then right-padded prompts ids (R, T) of `lengths` (R,) -> logits (R, V) of their last tokens."""

@@ -54,9 +54,11 @@ from ..load import load
 from ..precision import fast_bf16
 from ..model import GIT
 from ..data.batches import batch_loss, check_tokenizer, mean_losses, stack
+from ..generation.cache_check import cache_mismatch
 from ..preprocessing.processor import Processor
 
 LOSSES = ("hf", "original")
+CACHE_CHECK_IMAGES = 4  # of the last batch, at each save: a few greedy captions, cached and not
 BF16 = ("auto", "on", "off")
 
 
@@ -82,6 +84,7 @@ class TrainOptions:
     log_every: int = 10
     eval_every: int = 0  # steps between held-out losses (with `val`); 0 = only at the end
     workers: int = 0  # processes reading examples ahead (feed.py); 0: read in the loop's process. Same results.
+    cache_check: bool = True  # at each save: cached decoding of a few batch images must equal the uncached
     progress: bool = True
 
     def __post_init__(self):
@@ -163,14 +166,13 @@ def run_record(run: TrainRun) -> dict:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weights and embeddings, none on LayerNorms and biases; frozen
-    parameters are left out."""
-    no_decay = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
-    no_decay |= {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}
+    """AdamW groups: weight decay on matrices (weights, embeddings), none on vectors and scalars; frozen
+    parameters are left out. By shape, not by module class, so a parameter of a kind this file does not know
+    (an RMSNorm's weight, a learned gate) is decided as its like: norm gains, biases and gates are never decayed."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [
-        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
 
 
@@ -389,6 +391,8 @@ def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunD
                 if error:
                     raise RunError(f"{error}; {kept()}")
                 saved = out / f"step-{step:06d}"
+                if opts.cache_check and (why := cache_mismatch(model, batch["pixel_values"][:CACHE_CHECK_IMAGES])):
+                    raise RunError(f"checkpoint {saved}: {why}; --no-cache-check skips this check")
             # after the save: held-out data that fails loses no training
             if val is not None and ((opts.eval_every and step % opts.eval_every == 0) or step == end):
                 # every rank computes the same held-out losses: no rank idles in a collective meanwhile
