@@ -175,11 +175,15 @@ def quantize(model: nn.Module, mode: str | None) -> nn.Module:
         raise ValueError(f"quantize={mode!r} needs torch's fbgemm int8 kernels, which this torch build "
                           f"({torch.__version__}, engines {torch.backends.quantized.supported_engines}) lacks")
     for block in model.blocks:
-        for owner in (block.attn, block.mlp):
-            for name, child in list(owner.named_children()):
+        for owner in (getattr(block, "attn", None), getattr(block, "mlp", None)):
+            for name, child in list(owner.named_children()) if owner is not None else []:
                 if isinstance(child, nn.Linear):
                     setattr(owner, name, Int8Linear(child))
     model.lm_head = Int8Linear(model.lm_head)  # a tied head: tok_embed keeps the float table it shared
+    left = [f"blocks.{name}" for name, m in model.blocks.named_modules() if isinstance(m, nn.Linear)]
+    if left:  # a block of another kind (cross-attention, a gated MLP): its other Linears are not known here
+        warnings.warn(f"quantize int8 leaves {len(left)} decoder Linear(s) it does not know in float32: "
+                      f"{', '.join(left[:6])}{', ...' if len(left) > 6 else ''}", stacklevel=2)
     own_memory(model)
     return model
 

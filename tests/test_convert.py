@@ -337,3 +337,24 @@ def test_load_of_an_unconverted_checkpoint_is_its_conversion(tiny):
     assert model.state_dict().keys() == converted.state_dict().keys()
     assert all(torch.equal(a, converted.state_dict()[k]) for k, a in model.state_dict().items())
     assert sorted(p.name for p in tiny.hf_dir.iterdir()) == before  # converted into the cache, not beside it
+
+
+def test_to_hf_refuses_parameters_with_no_transformers_key_of_the_same_meaning(tmp_path, monkeypatch):
+    """An RMSNorm in the decoder blocks (weights only, the same names and shapes as the LayerNorms'): the
+    export would write LayerNorm weights without biases, which transformers would run as LayerNorms."""
+    from git_scratch.decoder import TextBlock
+
+    init = TextBlock.__init__
+
+    def with_rms_norm(self, config):
+        init(self, config)
+        self.ln_1 = torch.nn.RMSNorm(config.dim, eps=config.ln_eps)
+
+    monkeypatch.setattr(TextBlock, "__init__", with_rms_norm)
+    model = git_scratch.GIT(git_scratch.GitConfig.preset("tiny"))
+    git_scratch.save(model, tmp_path / "rms")
+    with pytest.raises(ConversionError, match=r"2 parameter\(s\) have no transformers key of the same meaning "
+                                              r".*blocks.0.ln_1.weight \(of a RMSNorm without a bias\), "
+                                              r"blocks.1.ln_1.weight"):
+        convert(tmp_path / "rms", tmp_path / "hf", to_hf=True)
+    assert not (tmp_path / "hf").exists()

@@ -212,3 +212,18 @@ def test_a_token_the_font_cannot_draw_is_labelled_by_its_id(font):
     for token in ("dog", "##s", "[SEP]", "3", "'"):
         assert label(font, {"token": token, "id": 1}) == token
 
+
+
+def test_explain_refuses_decoder_blocks_it_does_not_know_before_any_work():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cross_attention", Path(__file__).resolve().parent.parent / "examples" / "cross_attention.py")
+    cross = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cross)
+    model = cross.with_cross_attention(tiny()).eval()
+    px = torch.zeros(1, 3, model.config.vision.image_size, model.config.vision.image_size)
+    with pytest.raises(ValueError, match=r"^explain reads the attention maps of GIT's decoder blocks \(TextBlock\) "
+                                         r"over \[image ; text\]; this model's are CrossAttentionBlock, whose maps"):
+        explain(model, None, px)

@@ -318,3 +318,12 @@ def test_demo_runs_in_int8(capsys, vision):
     assert rc == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert {r["seed"] for r in records} == {2000000000, 2000000001} and all(r["text"] for r in records)
+
+
+def test_int8_names_the_decoder_linears_it_does_not_know_and_leaves_in_float32(ckpt):
+    model = load(ckpt)
+    model.blocks[1].gate_proj = nn.Linear(8, 8)  # a block of another kind: a Linear quantize has no rule for
+    with pytest.warns(UserWarning, match=r"^quantize int8 leaves 1 decoder Linear\(s\) it does not know in "
+                                         r"float32: blocks.1.gate_proj$"):
+        quantize.quantize(model, "int8")
+    assert type(model.blocks[1].gate_proj) is nn.Linear and isinstance(model.blocks[1].attn.q_proj, Int8Linear)

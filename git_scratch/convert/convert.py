@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from git_scratch.config import GitConfig
 from git_scratch.constants import PREPROCESSOR_FILES
 from git_scratch.precision import DTYPES
 from git_scratch.model import GIT
+from git_scratch.vision import VisionEncoder
 from git_scratch.preprocessing.processor import no_preprocessing_settings
 
 from .files import (cast, check_tokenizer, read_config, read_json, read_original, read_tensors, read_weights,
@@ -29,7 +31,7 @@ from .hf_config import config_from_hf, config_to_hf
 from .hub import download, is_hub_id
 from .mapping import DROPPED, HF_LEGACY, NAME_MAP
 from .original import ORIGINAL_DROPPED, ORIGINAL_EMBED_LN_EPS, ORIGINAL_NAME_MAP, SPLITS, WRAPPER_PREFIX
-from .rename import ConversionError, check_complete, inverse, lookup, rename, split_packed, strip_wrappers
+from .rename import ConversionError, check_complete, inverse, listing, lookup, rename, split_packed, strip_wrappers
 
 
 # ---------------------------------------------------------------- state dicts
@@ -37,6 +39,30 @@ def expected_shapes(cfg: GitConfig) -> dict[str, torch.Size]:
     with torch.device("meta"):
         model = GIT(cfg)
     return {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
+
+
+# The modules a transformers GIT is made of, each with every parameter it has there (its LayerNorms and
+# Linears all have biases); the modules the table names parameters of directly (the class token, positions,
+# temporal embeddings). A parameter held by any other module has no transformers key of the same meaning,
+# whatever its name and shape: an RMSNorm's weight would load as a LayerNorm's.
+HF_MODULES = {nn.Linear: ("weight", "bias"), nn.LayerNorm: ("weight", "bias"), nn.Embedding: ("weight",),
+              nn.Conv2d: ("weight",)}
+HF_OWNERS = (VisionEncoder, nn.ParameterList)
+
+
+def unknown_to_hf(cfg: GitConfig) -> list[str]:
+    """The parameters of GIT(cfg), as the model files build it now, that have no transformers counterpart of
+    the same meaning: each named with the module class that holds it."""
+    with torch.device("meta"):
+        model = GIT(cfg)
+    unknown = []
+    for name, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if not own or type(module) in HF_OWNERS or tuple(own) == HF_MODULES.get(type(module)):
+            continue
+        unknown += [f"{name}.{n} (of a {type(module).__name__}{' without a bias' * (own == ['weight'])})"
+                    for n in own]
+    return unknown
 
 
 def hf_name(key: str) -> str:
@@ -163,6 +189,9 @@ def ours_to_hf_dir(src: Path, dtype: torch.dtype | None) -> Converted:
         raise ConversionError(f"{src}: {e}") from None
     if not (src / "model.safetensors").is_file():
         raise ConversionError(f"{src}: no model.safetensors")
+    if unknown := unknown_to_hf(cfg):
+        raise ConversionError(f"{src}: {len(unknown)} parameter(s) have no transformers key of the same meaning "
+                              f"(transformers' GIT has LayerNorms and Linears with biases there): {listing(unknown)}")
     source = read_tensors(src / "model.safetensors")
     check_complete(source, expected_shapes(cfg), "git_scratch")
     state = ours_to_hf(cast(source, dtype))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..decoder import TextBlock
 from ..generation.generate import generate
 
 METHODS = ("last", "rollout")
@@ -62,6 +63,7 @@ def explain(model, tokenizer, pixel_values, prompt_ids=None, *, method="last", m
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_blocks(model)
     if pixel_values.shape[0] != 1:
         raise ValueError(f"explain takes one image, got pixel_values of batch {pixel_values.shape[0]}")
     pixel_values = pixel_values.to(model.device, model.dtype)
@@ -84,6 +86,16 @@ def explain(model, tokenizer, pixel_values, prompt_ids=None, *, method="last", m
     grids = patch_grids(flow, pixel_values, model.config.vision.patch_size)  # (n, F, h, w)
     maps = grids.tolist() if pixel_values.ndim == 5 else grids[:, 0].tolist()
     return [{"token": token_text(tokenizer, i), "id": i, "map": m} for i, m in zip(new, maps)]
+
+
+def check_blocks(model) -> None:
+    """ValueError, before any work, for decoder blocks explain cannot read: the maps are the probabilities
+    GIT's own block records from its one attention over [image ; text] (TextBlock; a subclass, or its MLP
+    or attention swapped for another that records as Attention does, is read the same way)."""
+    unknown = sorted({type(b).__name__ for b in model.blocks if not isinstance(b, TextBlock)})
+    if unknown:
+        raise ValueError(f"explain reads the attention maps of GIT's decoder blocks (TextBlock) over [image ; text]; "
+                         f"this model's are {', '.join(unknown)}, whose maps it does not know")
 
 
 def patch_grids(flow: torch.Tensor, pixel_values: torch.Tensor, patch: int) -> torch.Tensor:
