@@ -268,7 +268,9 @@ def test_a_non_loopback_bind_without_a_key_warns(tmp_path):
         time.sleep(0.5)
     finally:
         s.stop()
-    assert "warning: serving on 0.0.0.0 with no API key" in "".join(s.stderr)
+    said = "".join(s.stderr)
+    assert "warning: serving on 0.0.0.0 with no API key" in said
+    assert "warning: only requests naming localhost, 127.0.0.1, ::1 in their Host header are served" in said
 
 
 # ---------------------------------------------------------------- one error contract

@@ -174,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
         if key is None and not loopback(host):
             print(f"warning: serving on {host} with no API key: anyone who can reach this address can use it "
                   "(--api-key)", file=sys.stderr, flush=True)
+        if args.allowed_hosts is None and host in ("0.0.0.0", "::"):
+            print(f"warning: only requests naming {', '.join(limits.allowed_hosts[2:])} in their Host header are "
+                  "served: name this machine's addresses with --allowed-hosts (or '*')", file=sys.stderr, flush=True)
         access = logging.getLogger("git_scratch.serve")
         access.setLevel(logging.INFO)
         handler = logging.StreamHandler(sys.stdout)
