@@ -7,7 +7,7 @@ names appear only in the weight converter (convert/hf_config.py and convert/mapp
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .constants import ACTIVATIONS
@@ -122,6 +122,22 @@ class GitConfig:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
+    def with_overrides(self, settings: list[str]) -> GitConfig:
+        """A copy with each "FIELD=VALUE" of `settings` applied ("text.norm=pre", "vision.n_layers=4",
+        "n_frames=6"); ValueError naming a field this config has not, or a value its type cannot take."""
+        d = self.to_dict()
+        for setting in settings:
+            name, eq, value = setting.partition("=")
+            *part, key = name.strip().split(".")
+            section = {"vision": self.vision, "text": self.text}.get(part[0]) if len(part) == 1 else None
+            target = section if part else self
+            kinds = {f.name: str(f.type) for f in fields(target)} if target is not None else {}
+            if not eq or key not in kinds or key in ("vision", "text"):
+                raise ValueError(f"--set {setting!r}: not FIELD=VALUE of a config field (vision.*, text.*, n_frames)")
+            d_section = d[part[0]] if part else d
+            d_section[key] = _parsed(value.strip(), kinds[key], setting)
+        return GitConfig.from_dict(d)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -133,3 +149,15 @@ class GitConfig:
             names = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
             raise ValueError(f"no preset {name!r}; available: {', '.join(names)}")
         return cls.from_json(path)
+
+
+def _parsed(value: str, kind: str, setting: str):
+    """A --set value as the field's type (its annotation, e.g. "float | None") takes it."""
+    if value.lower() in ("none", "null") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            return {"true": True, "false": False}[value.lower()]
+        return int(value) if kind.startswith("int") else float(value) if kind.startswith("float") else value
+    except (KeyError, ValueError):
+        raise ValueError(f"--set {setting!r}: {value!r} is not a {kind.split(' ')[0]}") from None

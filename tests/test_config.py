@@ -73,3 +73,29 @@ def test_a_hugging_face_config_json_is_refused_with_the_convert_command(tmp_path
     path.write_text(json.dumps({"model_type": "git", **SHAPES["tiny"]}))
     with pytest.raises(ValueError, match=r"config\.json is a Hugging Face config\.json; convert the checkpoint"):
         GitConfig.from_json(path)
+
+
+def test_set_overrides_are_checked_against_the_configs_fields():
+    cfg = GitConfig.preset("shapes-tiny").with_overrides(["text.norm=pre", "text.n_layers=2", "n_frames=3",
+                                                          "text.embed_ln_eps=none", "text.tie_embeddings=true"])
+    assert (cfg.text.norm, cfg.text.n_layers, cfg.n_frames, cfg.text.embed_ln_eps, cfg.text.tie_embeddings) == \
+        ("pre", 2, 3, None, True)
+    assert GitConfig.preset("shapes-tiny").text.norm == "post"  # a copy: the preset is untouched
+    with pytest.raises(ValueError, match=r"--set 'text.nrm=pre': not FIELD=VALUE of a config field"):
+        cfg.with_overrides(["text.nrm=pre"])
+    with pytest.raises(ValueError, match=r"--set 'text.n_layers=two': 'two' is not a int"):
+        cfg.with_overrides(["text.n_layers=two"])
+
+
+def test_train_builds_its_model_from_a_config_file_with_overrides(tmp_path):
+    import torch
+
+    from git_scratch.training.loop import TrainRun, prepare
+
+    GitConfig.preset("shapes-tiny").save(tmp_path / "mine.json")
+    run = TrainRun(data="shapes", out=str(tmp_path / "run"), config=str(tmp_path / "mine.json"),
+                   overrides=["text.norm=pre", "text.n_layers=2"], shapes_samples=4)
+    model = prepare(run, torch.device("cpu"))[0]
+    assert model.config.text.norm == "pre" and len(model.blocks) == 2 and model.ln_f is not None
+    with pytest.raises(ValueError, match="--config and --set shape a new model; --init fine-tunes"):
+        TrainRun(data="shapes", out=str(tmp_path / "r2"), init=str(tmp_path), overrides=["text.norm=pre"])

@@ -98,8 +98,8 @@ def test_two_ranks_train_as_one_process_with_the_same_global_batch(two_ranks, da
 def test_only_rank_0_writes_and_prints(two_ranks):
     out, err = two_ranks
     # .lock: the run directory's lock file (training/rundir.py), which rank 0 alone makes and keeps
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "curves.png", "latest", "metrics.jsonl", "step-000002",
-                                                     "step-000004"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "curves.png", "latest", "metrics.jsonl", "run.json",
+                                                     "step-000002", "step-000004"]
     assert [s for s, _ in losses(out)] == [1, 2, 3, 4]  # one writer: no step twice
     assert err.count("trained to step 4") == 1 and err.count("10 rows") == 1
 

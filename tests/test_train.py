@@ -268,3 +268,18 @@ def test_compat_original_trains_with_the_original_loss(tmp_path, capsys):
         TrainOptions(compat="original", loss="hf")
     with pytest.raises(ValueError, match="compat must be one of 'transformers', 'original', got 'hf'"):
         TrainOptions(compat="hf")
+
+
+def test_every_run_directory_gets_a_readable_run_json(tmp_path):
+    from git_scratch.data.datasets import ShapesDataset
+    from git_scratch.data import shapes
+
+    model = new_model(GitConfig.preset("shapes-tiny"))
+    opts = TrainOptions(steps=1, batch_size=2, bf16="off", augment=False, save_every=1, progress=False)
+    train(model, ShapesDataset(4, "caption"), shapes.processor(), opts, tmp_path / "run", record={"preset": "x"})
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["options"]["steps"] == 1 and run["run"] == {"preset": "x"}
+    assert run["model"]["text"]["n_layers"] == model.config.text.n_layers
+    assert run["git_scratch"] and {"host", "torch", "device"} <= set(run["machine"]) and "commit" in run
+    train(model, ShapesDataset(4, "caption"), shapes.processor(), TrainOptions(**{**vars(opts), "steps": 2}),
+          tmp_path / "run", resume=True)  # run.json is the run's own file: a resume takes the folder as a run

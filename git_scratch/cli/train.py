@@ -62,6 +62,8 @@ exit codes:
 """
 # The help of TrainOptions' flags that need more than their default (the rest are named by the field).
 ABOUT = {"batch_size": "examples per micro-batch, all processes together under torchrun ",
+         "cache_check": "at each save, a few images of the last batch decoded with and without the KV cache must "
+                        "agree, else the run stops naming the first row that differs (default: on)",
          "compat": "original: the original GIT's loss, label-smoothed (--loss original) ",
          "loss": "default: hf, or original with --compat original",
          "workers": "processes that read, crop and preprocess examples ahead of the training step; the same "
@@ -82,6 +84,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--images", help="image folder (default: the annotation file's folder)")
     p.add_argument("--init", metavar="CKPT", help="start from this git_scratch checkpoint (fine-tuning)")
     p.add_argument("--preset", default="shapes-tiny", help="shape to initialise randomly when no --init")
+    p.add_argument("--config", metavar="FILE", help="a model config JSON (as in configs/) instead of --preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one field of the model config, checked against its fields (repeatable): "
+                        "--set text.norm=pre --set text.n_layers=4")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer files, for a random init on your own data")
     p.add_argument("--task", default="both", choices=("caption", "vqa", "both"), help="shapes: what to learn")
     p.add_argument("--shapes-samples", type=int, default=100_000, help="shapes: dataset size")
@@ -100,7 +106,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool" or isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=ABOUT.get(f.name))
         else:
             choices = {"loss": LOSSES, "bf16": BF16, "compat": COMPATS}.get(f.name)
             value = DEFAULTS.get(f.name, f.default)

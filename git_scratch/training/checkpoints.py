@@ -48,7 +48,7 @@ STATE = "state.pt"
 LOCK = ".lock"
 COMPLETE = ("config.json", "model.safetensors", STATE)  # the files of a complete checkpoint
 STEP = re.compile(r"step-(\d{6,})")  # f"step-{step:06d}": the only names this code writes, reads or prunes
-RUN_FILES = (LATEST, "metrics.jsonl", "curves.png")  # besides the step folders: a run lives here
+RUN_FILES = (LATEST, "metrics.jsonl", "curves.png", "run.json")  # besides the step folders: a run lives here
 
 
 class RunError(Exception):

@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoints import RunError, rng_states, save_checkpoint, set_rng_states
 from .feed import Feed
-from .rundir import RunDir, check_resume, flag
+from .rundir import RunDir, check_resume, describe_run, flag
 from ..config import GitConfig
 from ..constants import check_compat
 from .curves import plot_curves
@@ -127,6 +127,8 @@ class TrainRun:
     images: str | None = None  # image folder; None: the annotation file's folder
     init: str | None = None  # a git_scratch checkpoint to fine-tune; None: a random init of `preset`
     preset: str = "shapes-tiny"
+    config: str | None = None  # a model config JSON (configs/*.json's form) instead of `preset`
+    overrides: list[str] = field(default_factory=list)  # "FIELD=VALUE" on the config (GitConfig.with_overrides)
     tokenizer: str | None = None  # tokenizer files for a random init on your own data
     task: str = "both"  # shapes: "caption", "vqa" or "both"
     shapes_samples: int = 100_000  # shapes: dataset size
@@ -139,6 +141,8 @@ class TrainRun:
     def __post_init__(self):
         if str(self.out) == "":
             raise ValueError("--out is empty: name a run directory")
+        if self.init and (self.config or self.overrides):
+            raise ValueError("--config and --set shape a new model; --init fine-tunes a checkpoint as it is")
         _check(self, "shapes_samples", lambda v: v >= 1, "must be >= 1")
         _check(self, "val_samples", lambda v: v >= 1, "must be >= 1")
         _check(self, "shapes_focus_share", lambda v: 0 <= v <= 1, "must be between 0 and 1")
@@ -152,7 +156,8 @@ def run_record(run: TrainRun) -> dict:
 
     shapes = run.data == "shapes"
     return {"data": "shapes" if shapes else where(run.data), "images": None if shapes else where(run.images),
-            "init": where(run.init), "preset": None if run.init else run.preset,
+            "init": where(run.init), "preset": None if run.init or run.config else run.preset,
+            "config": where(run.config), "overrides": None if run.init else list(run.overrides),
             "tokenizer": None if run.init else where(run.tokenizer),
             "task": run.task if shapes or run.val == "shapes" else None,
             "shapes_samples": run.shapes_samples if shapes else None,
@@ -316,6 +321,12 @@ def _train(model: GIT, data, processor: Processor, opts: TrainOptions, run: RunD
     except OSError as e:
         raise RunError(f"cannot write {out / 'metrics.jsonl'}: {e.strerror or e}") from None
     unlogged = None  # under torchrun, rank 0's failed metrics write, told to every rank at the next save
+    if main:  # a readable account of the run beside its metrics (rewritten by a resume)
+        try:
+            (out / "run.json").write_text(json.dumps(describe_run(asdict(opts), record, model.config.to_dict(),
+                                                                  device), indent=1) + "\n")
+        except OSError as e:
+            raise RunError(f"cannot write {out / 'run.json'}: {e.strerror or e}") from None
 
     def log(row: dict) -> None:
         nonlocal unlogged
@@ -435,7 +446,8 @@ def prepare(run: TrainRun, device: torch.device, seed: int = 0):
         model = load(run.init, device=device)
         processor = Processor.from_pretrained(run.init)
     else:
-        cfg = GitConfig.preset(run.preset)
+        cfg = (GitConfig.from_json(run.config) if run.config else GitConfig.preset(run.preset))
+        cfg = cfg.with_overrides(run.overrides)
         model = init_weights(GIT(cfg), generator=torch.Generator().manual_seed(seed)).to(device)
         if run.data == "shapes" and not run.tokenizer:
             processor = shapes.processor()

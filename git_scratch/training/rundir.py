@@ -76,14 +76,14 @@ def _pointer(out: Path) -> str | None:
 # other parameters), so it is refused, naming each. Every other setting (--steps, --lr, --min-lr, --warmup,
 # --weight-decay, --clip, --bf16, --grad-checkpointing, --save-every, --keep, --log-every, --eval-every,
 # --val, --val-samples, --device) is applied from the resumed step on, and said on stderr.
-FIXED = ("data", "images", "init", "preset", "tokenizer", "task", "shapes_samples", "shapes_focus",
-         "shapes_focus_share", "batch_size", "accum", "seed", "compat", "loss", "freeze_vision", "augment")
+FIXED = ("data", "images", "init", "preset", "config", "overrides", "tokenizer", "task", "shapes_samples",
+         "shapes_focus", "shapes_focus_share", "batch_size", "accum", "seed", "compat", "loss", "freeze_vision", "augment")
 UNSAID = ("progress",)
 
 
 def flag(name: str) -> str:
     """A TrainOptions or TrainRun field as `git-scratch train` spells it: --batch-size, DATA."""
-    return "DATA" if name == "data" else "--" + name.replace("_", "-")
+    return {"data": "DATA", "overrides": "--set"}.get(name, "--" + name.replace("_", "-"))
 
 
 def _shown(v) -> str:
@@ -206,8 +206,8 @@ class RunDir:
             pass
 
     def close(self) -> None:
-        """Release the lock. What this run added and left empty goes: an empty metrics.jsonl, then, when
-        nothing else is new, its lock file and the folders it created."""
+        """Release the lock. What this run added and left empty goes: an empty metrics.jsonl (and the run.json
+        beside it), then, when nothing else is new, its lock file and the folders it created."""
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -217,6 +217,9 @@ class RunDir:
             if "metrics.jsonl" in new and metrics.stat().st_size == 0:
                 metrics.unlink()
                 new.discard("metrics.jsonl")
+                if "run.json" in new:  # the account of a run that logged nothing goes with it
+                    (self.path / "run.json").unlink()
+                    new.discard("run.json")
             if new - {LOCK}:
                 return
             if LOCK in new:  # made by this run: another run's lock file is never new
@@ -227,3 +230,27 @@ class RunDir:
             pass
         finally:
             self.created = []
+
+
+def describe_run(opts: dict, record: dict | None, config: dict, device) -> dict:
+    """What run.json says of a run, for a reader: its options, what it started from, the model config, the
+    package version, the git commit when run from a checkout, and the machine."""
+    import json
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    try:
+        version = metadata.version("git_scratch")
+    except metadata.PackageNotFoundError:
+        version = None
+    try:  # the checkout this package runs from, if any (with "+dirty" for uncommitted changes)
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "describe", "--always", "--dirty=+dirty", "--abbrev=40"], cwd=here,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    machine = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+               "torch": torch.__version__, "device": str(device)}
+    return json.loads(json.dumps({"options": opts, "run": record, "model": config, "git_scratch": version,
+                                  "commit": commit, "machine": machine}, default=str))
